@@ -1,0 +1,50 @@
+"""``casereview``: one command, one subcommand per job. ``casereview <cmd> --help`` explains each.
+
+Each module in ``COMMAND_MODULES`` adds its subcommands with ``register(subparsers)`` and
+sets ``func(args) -> int`` on them, so that the commands of one capability live together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import warnings
+
+from casereview.errors import CaseReviewError
+
+COMMAND_MODULES = ("classifier",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="casereview",
+        description=(
+            "Case review for paediatric chest X-rays (PneumoniaMNIST): a CNN classifier, a Chroma "
+            "case index and a vision-language reporter, wired by a LangGraph workflow."
+        ),
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"casereview.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    try:
+        return int(args.func(args) or 0)
+    except CaseReviewError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Options shared by subcommands and the bridge from parsed flags to :class:`Settings`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from casereview.config import Settings, load_settings
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML config file (default: $CASEREVIEW_CONFIG)")
+    parser.add_argument(
+        "--data-root", type=Path, help="folder holding pneumoniamnist.npz (default: $CASEREVIEW_DATA_ROOT, else ~/.medmnist)"
+    )
+    parser.add_argument("--workdir", type=Path, help="where indexes and runs are kept (default: runs/)")
+
+
+def settings_from_args(args: argparse.Namespace, **sections: dict[str, Any]) -> Settings:
+    """Defaults < YAML < environment < these flags (``None`` flags leave lower layers alone)."""
+    overrides: dict[str, dict[str, Any]] = {
+        "data": {"root": getattr(args, "data_root", None)},
+        "paths": {"workdir": getattr(args, "workdir", None)},
+    }
+    for section, values in sections.items():
+        overrides.setdefault(section, {}).update(values)
+    return load_settings(getattr(args, "config", None), overrides)

@@ -1,0 +1,53 @@
+"""Batched inference with a loaded :class:`Classifier`: logits, calibrated probabilities, features."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from casereview.training.checkpoint import Classifier
+from casereview.training.data import to_tensor
+from casereview.training.models import embed
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 2:
+        images = images[None]
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(f"expected uint8 images of shape (N, 28, 28) or (28, 28), got {images.shape}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images (0-255), got dtype {images.dtype}")
+    return images
+
+
+@torch.no_grad()
+def _batched(clf: Classifier, images: np.ndarray, fn, batch_size: int) -> np.ndarray:
+    images = _check_images(images)
+    out = [
+        fn(to_tensor(images[i : i + batch_size]).to(clf.device)).float().cpu().numpy()
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0,), dtype=np.float32)
+
+
+def predict_logits(clf: Classifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Raw (uncalibrated) pneumonia logits, shape (N,)."""
+    return _batched(clf, images, lambda x: clf.model(x).reshape(-1), batch_size)
+
+
+def calibrated_proba(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """p(pneumonia) after temperature scaling: sigmoid(logit / T)."""
+    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / temperature))
+
+
+def predict_proba(clf: Classifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Calibrated p(pneumonia) with the checkpoint's temperature, shape (N,)."""
+    return calibrated_proba(predict_logits(clf, images, batch_size), clf.temperature)
+
+
+def embed_images(clf: Classifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Penultimate features, L2-normalised, shape (N, D) float32."""
+    feats = _batched(clf, images, lambda x: embed(clf.model, x), batch_size)
+    norms = np.linalg.norm(feats, axis=1, keepdims=True)
+    return (feats / np.clip(norms, 1e-12, None)).astype(np.float32)
