@@ -14,7 +14,7 @@ import warnings
 
 from casereview.errors import CaseReviewError
 
-COMMAND_MODULES = ("classifier",)
+COMMAND_MODULES = ("classifier", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

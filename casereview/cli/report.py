@@ -1,0 +1,33 @@
+"""``casereview report TASK``: regenerate a task report under reports/ from its Jinja template."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+
+from casereview.cli.common import add_common_options, settings_from_args
+
+# task -> "module:function"; each function takes (settings, out_dir) and returns the report's path.
+REPORTS = {
+    "task1": "casereview.training.report:write_task1_report",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="regenerate a task report (Markdown + figures) under reports/",
+        description="Regenerate a task report from its template in templates/, recomputing every figure it shows.",
+    )
+    p.add_argument("task", choices=sorted(REPORTS), help="which report")
+    p.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports/)")
+    add_common_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    module, func = REPORTS[args.task].split(":")
+    path = getattr(importlib.import_module(module), func)(settings_from_args(args), args.out)
+    print(f"wrote {path}")
+    return 0
