@@ -69,9 +69,13 @@ class ClassifierConfig(Section):
 
 
 class IndexConfig(Section):
-    embedder: str = "cnn"
+    """The case index (``casereview index build``, ``search``, ``evaluate-retrieval``)."""
+
+    embedder: str = "cnn"  # cnn | clip | pixels
     clip_model: str = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
-    clip_pretrained: str | None = None
+    clip_pretrained: str | None = None  # open_clip pretrained tag or weights file (built-in model names only)
+    device: str = "auto"  # where the clip embedder runs (cnn uses classifier.device)
+    pixels_pca_components: int = 64
     chroma_path: Path | None = None  # None: <paths.workdir>/chroma
     chroma_url: str | None = None  # http://host:port of a `chroma run` server
     k: int = 5
@@ -79,6 +83,8 @@ class IndexConfig(Section):
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 200
     batch_size: int = 256
+    limit: int | None = None  # index only the first N images of each split (tests, smoke runs)
+    report_embedders: list[str] = ["cnn", "pixels"]  # evaluated by `casereview report task3`
 
 
 class ReporterConfig(Section):
