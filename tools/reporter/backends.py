@@ -1,0 +1,281 @@
+"""Reporter backends behind one interface: ``template``, ``medgemma`` and ``openai``.
+
+A backend turns rendered prompts into raw text (:meth:`ReporterBackend.generate`) and says
+what produced it (:meth:`ReporterBackend.describe`). :func:`get_backend` returns one instance
+per configuration and process; model weights and clients are created on first use.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from casereview.config import ReporterConfig, Settings
+from casereview.tools.reporter.evidence import Evidence, ReporterError
+from casereview.tools.reporter.prompts import RenderedPrompt
+
+log = logging.getLogger(__name__)
+
+
+class Generation(BaseModel):
+    """Raw text for one prompt and the time it took (a batch's time shared among its prompts)."""
+
+    text: str
+    seconds: float
+    batch_size: int = 1
+
+
+class ReporterBackend(ABC):
+    name: ClassVar[str]
+
+    def __init__(self, cfg: ReporterConfig):
+        self.cfg = cfg.model_copy()
+
+    @property
+    def model_id(self) -> str:
+        return self.cfg.model_id
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[RenderedPrompt]) -> list[Generation]:
+        """Raw text for each prompt, in order."""
+
+    def describe(self) -> dict[str, Any]:
+        """What produced the text (for provenance); never holds secrets."""
+        return {"backend": self.name, "model_id": self.model_id}
+
+
+class TemplateBackend(ReporterBackend):
+    """A deterministic report written from the evidence alone; no model looks at the image.
+
+    The impression follows the classifier unless it is uncertain or the majority of the
+    retrieved cases disagrees with it (then ``indeterminate``); with no classifier, a strict
+    majority of the retrieved cases; with neither, ``indeterminate``.
+    """
+
+    name = "template"
+    DISCLAIMER = (
+        "[template backend: not a vision-language model. This text restates the classifier's and the "
+        "case index's evidence; no model looked at the image.]"
+    )
+
+    @property
+    def model_id(self) -> str:
+        return "casereview-template-v1"
+
+    def generate(self, prompts: Sequence[RenderedPrompt]) -> list[Generation]:
+        out = []
+        for prompt in prompts:
+            start = time.perf_counter()
+            text = self.write(prompt.evidence)
+            out.append(Generation(text=text, seconds=time.perf_counter() - start))
+        return out
+
+    @classmethod
+    def write(cls, evidence: Evidence) -> str:
+        findings, impression = [], "indeterminate"
+        op, nbs = evidence.opinion, evidence.neighbours
+        majority = None
+        if nbs:
+            n_pn = sum(n.label == "pneumonia" for n in nbs)
+            sims = [n.similarity for n in nbs]
+            findings.append(
+                f"{n_pn} of the {len(nbs)} most similar training cases are labelled pneumonia "
+                f"(similarity {min(sims):.2f} to {max(sims):.2f})."
+            )
+            if 2 * n_pn != len(nbs):
+                majority = "pneumonia" if 2 * n_pn > len(nbs) else "normal"
+        if op is not None:
+            findings.insert(
+                0,
+                f"The classifier gives p(pneumonia) = {op.prob_pneumonia:.2f} against a decision threshold of "
+                f"{op.threshold:.2f}: {op.label}" + (", inside its uncertainty band." if op.uncertain else "."),
+            )
+            if op.uncertain:
+                findings.append("The classifier is uncertain, so no impression is drawn.")
+            elif majority is not None and majority != op.label:
+                findings.append("The classifier and the majority of similar cases disagree.")
+            else:
+                impression = op.label
+        elif majority is not None:
+            impression = majority
+        if not findings:
+            findings.append("No classifier opinion or similar cases were given, so nothing is said about this image.")
+        return f"{cls.DISCLAIMER}\nFINDINGS: {' '.join(findings)}\nIMPRESSION: {impression}"
+
+
+class MedGemmaBackend(ReporterBackend):
+    """Any image-text-to-text checkpoint through ``AutoProcessor`` + ``AutoModelForImageTextToText``.
+
+    bf16 on CUDA (fp16 breaks Gemma 3), fp32 on CPU; greedy decoding; batches of
+    ``cfg.batch_size`` prompts per ``generate`` call with left padding. ``cfg.model_id`` is a
+    hub id (MedGemma is gated: accept its terms and set ``HF_TOKEN``) or a local folder.
+    """
+
+    name = "medgemma"
+
+    def __init__(self, cfg: ReporterConfig):
+        super().__init__(cfg)
+        self._model = None
+        self._processor = None
+        self.device = None
+        self.dtype = None
+
+    def load(self) -> None:
+        """Load processor and model (once; later calls return at once)."""
+        if self._model is not None:
+            return
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from casereview.training.checkpoint import resolve_device
+
+        device = resolve_device(self.cfg.device)
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        log.info("loading %s on %s (%s)", self.model_id, device, dtype)
+        try:
+            processor = AutoProcessor.from_pretrained(self.model_id)
+            model = AutoModelForImageTextToText.from_pretrained(self.model_id, dtype=dtype, device_map=str(device))
+        except (OSError, ValueError) as exc:
+            raise ReporterError(
+                f"cannot load {self.model_id!r} ({exc}). MedGemma is gated: accept its terms on the Hugging Face "
+                "model page and set HF_TOKEN; offline, set reporter.model_id to a local folder of the model."
+            ) from exc
+        processor.tokenizer.padding_side = "left"  # generation continues from the right end of every row
+        gen = copy.deepcopy(model.generation_config)
+        gen.do_sample, gen.temperature, gen.top_p, gen.top_k = False, None, None, None
+        gen.max_new_tokens = self.cfg.max_new_tokens
+        if gen.pad_token_id is None:
+            gen.pad_token_id = processor.tokenizer.pad_token_id
+        self._processor, self._model, self._gen = processor, model.eval(), gen
+        self.device, self.dtype = device, dtype
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe() | {"max_new_tokens": self.cfg.max_new_tokens, "decoding": "greedy"}
+        if self._model is not None:
+            info |= {
+                "device": str(self.device),
+                "dtype": str(self.dtype).removeprefix("torch."),
+                "model_revision": getattr(self._model.config, "_commit_hash", None),
+            }
+        return info
+
+    def generate(self, prompts: Sequence[RenderedPrompt]) -> list[Generation]:
+        import torch
+
+        self.load()
+        out: list[Generation] = []
+        step = max(1, self.cfg.batch_size)
+        for i in range(0, len(prompts), step):
+            batch = prompts[i : i + step]
+            texts = [
+                self._processor.apply_chat_template(p.hf_messages(), add_generation_prompt=True, tokenize=False)
+                for p in batch
+            ]
+            inputs = self._processor(
+                text=texts, images=[p.pil_images() for p in batch], padding=True, return_tensors="pt"
+            ).to(self._model.device, dtype=self.dtype)
+            start = time.perf_counter()
+            torch.manual_seed(self.cfg.seed)
+            with torch.inference_mode():
+                ids = self._model.generate(**inputs, generation_config=self._gen)
+            seconds = (time.perf_counter() - start) / len(batch)
+            texts_out = self._processor.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            out += [Generation(text=t.strip(), seconds=seconds, batch_size=len(batch)) for t in texts_out]
+        return out
+
+
+class OpenAIBackend(ReporterBackend):
+    """An OpenAI-compatible chat-completions server (vLLM, ``transformers serve``, Ollama).
+
+    Images go as base64 PNG data URLs. The API key is read from the environment variable
+    named by ``cfg.api_key_env`` (local servers accept any key); it is never logged or saved.
+    Timeouts and retries with exponential backoff are the ``openai`` client's; up to
+    ``cfg.batch_size`` requests run at once.
+    """
+
+    name = "openai"
+
+    def __init__(self, cfg: ReporterConfig):
+        super().__init__(cfg)
+        self._client = None
+
+    @property
+    def model_id(self) -> str:
+        return self.cfg.api_model or self.cfg.model_id
+
+    def client(self):
+        if self._client is None:
+            from openai import OpenAI
+
+            self._client = OpenAI(
+                base_url=self.cfg.base_url,
+                api_key=os.environ.get(self.cfg.api_key_env) or "no-key",
+                timeout=self.cfg.timeout_s,
+                max_retries=self.cfg.retries,
+            )
+        return self._client
+
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {
+            "base_url": self.cfg.base_url,
+            "max_new_tokens": self.cfg.max_new_tokens,
+            "decoding": "temperature 0",
+        }
+
+    def _one(self, prompt: RenderedPrompt) -> Generation:
+        import openai
+
+        where = f"the OpenAI-compatible server at {self.cfg.base_url}"
+        tries = f"{self.cfg.retries + 1} attempt(s)"
+        start = time.perf_counter()
+        try:
+            resp = self.client().chat.completions.create(
+                model=self.model_id,
+                messages=prompt.openai_messages(),
+                max_tokens=self.cfg.max_new_tokens,
+                temperature=0.0,
+                seed=self.cfg.seed,
+            )
+        except openai.APITimeoutError as exc:
+            raise ReporterError(f"{where} did not answer within {self.cfg.timeout_s:g} s ({tries})") from exc
+        except openai.APIConnectionError as exc:
+            raise ReporterError(
+                f"cannot reach {where} ({tries}: {exc}). Start one (e.g. `vllm serve MODEL` or "
+                "`transformers serve MODEL`) or set reporter.base_url."
+            ) from exc
+        except openai.APIStatusError as exc:
+            raise ReporterError(f"{where} refused the request: HTTP {exc.status_code} {exc.message}") from exc
+        if not resp.choices:
+            raise ReporterError(f"{where} answered without a completion")
+        return Generation(text=(resp.choices[0].message.content or "").strip(), seconds=time.perf_counter() - start)
+
+    def generate(self, prompts: Sequence[RenderedPrompt]) -> list[Generation]:
+        workers = max(1, min(self.cfg.batch_size, len(prompts)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(self._one, prompts))
+
+
+BACKENDS: dict[str, type[ReporterBackend]] = {
+    b.name: b for b in (TemplateBackend, MedGemmaBackend, OpenAIBackend)
+}
+_INSTANCES: dict[str, ReporterBackend] = {}
+
+
+def get_backend(settings: Settings | ReporterConfig, name: str | None = None) -> ReporterBackend:
+    """The backend ``name`` (default: the configured one), one instance per configuration and process."""
+    cfg = settings.reporter if isinstance(settings, Settings) else settings
+    name = name or cfg.backend
+    if name not in BACKENDS:
+        raise ReporterError(f"unknown reporter backend {name!r}; known: {', '.join(BACKENDS)}")
+    key = name + cfg.model_dump_json(exclude={"backend", "variant"})
+    if key not in _INSTANCES:
+        _INSTANCES[key] = BACKENDS[name](cfg)
+    return _INSTANCES[key]
