@@ -14,7 +14,7 @@ import warnings
 
 from casereview.errors import CaseReviewError
 
-COMMAND_MODULES = ("classifier", "report")
+COMMAND_MODULES = ("classifier", "report", "reporter")
 
 
 def build_parser() -> argparse.ArgumentParser:

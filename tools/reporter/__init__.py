@@ -1,0 +1,41 @@
+"""The VLM reporter: prompt variants, backends, output parser (issue 4, task 2).
+
+The interface the graph uses::
+
+    backend = get_backend(settings)                         # "template" | "medgemma" | "openai", once per process
+    evidence = Evidence(case_id, image, opinion, neighbours, neighbour_images)
+    prompt = render_prompt("grounded", evidence)            # PromptError when evidence is missing
+    text = backend.generate([prompt])[0].text               # raw, untrusted
+    parsed = parse_report(text)                             # ParsedReport: impression | None, status, ...
+
+or in one step, with provenance: ``generate_reports(backend, [evidence, ...], variant)``.
+"""
+
+from casereview.tools.reporter.backends import BACKENDS, Generation, ReporterBackend, get_backend
+from casereview.tools.reporter.evidence import Evidence, ReporterError
+from casereview.tools.reporter.parser import ParsedReport, parse_report
+from casereview.tools.reporter.prompts import PromptError, RenderedPrompt, list_variants, render_prompt, template_sha256
+from casereview.tools.reporter.reporting import ReportResult, generate_reports
+
+DEFAULT_VARIANT = "grounded"
+STRICT_VARIANT = "grounded_skeptical"
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_VARIANT",
+    "STRICT_VARIANT",
+    "Evidence",
+    "Generation",
+    "ParsedReport",
+    "PromptError",
+    "RenderedPrompt",
+    "ReportResult",
+    "ReporterBackend",
+    "ReporterError",
+    "generate_reports",
+    "get_backend",
+    "list_variants",
+    "parse_report",
+    "render_prompt",
+    "template_sha256",
+]
