@@ -1,0 +1,176 @@
+"""Retrieval quality of a case index: Precision@k, mAP@10, per-class P@k, kNN accuracy,
+HNSW recall against exact search, and query latency.
+
+Two settings, both with test images as queries:
+- ``within_test``: the case base is the test split, leave-one-out (the query itself excluded);
+- ``test_vs_train``: the case base is the train split, the setting the case-review graph uses.
+
+Definitions (a neighbour is relevant when its label equals the query's):
+- P@k: the fraction of the top k that is relevant, averaged over queries;
+- AP@k: (1 / min(k, R)) * sum over ranks i <= k of P@i * rel_i, where R is the number of
+  relevant cases in the case base; mAP@k averages it over queries;
+- kNN accuracy at k: the majority label of the top k equals the query's (a tie goes to the
+  nearest neighbour's label);
+- recall@10 vs exact: the share of the exact (numpy, brute-force cosine) top 10 that the
+  HNSW search returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from casereview.config import Settings
+from casereview.provenance import git_commit, package_versions, utc_now
+from casereview.tools.case_index import CaseIndex
+from casereview.training.data import CLASS_NAMES, load_split
+
+KS = (1, 5, 10)
+SETTINGS = {"within_test": "test", "test_vs_train": "train"}
+
+
+def precision_at_k(query_labels: np.ndarray, neighbour_labels: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
+    """Mean P@k for each k; ``neighbour_labels`` is (Q, K) in rank order."""
+    hits = neighbour_labels == np.asarray(query_labels)[:, None]
+    return {f"p@{k}": float(hits[:, :k].mean()) for k in ks}
+
+
+def mean_average_precision(
+    query_labels: np.ndarray, neighbour_labels: np.ndarray, n_relevant: np.ndarray, k: int = 10
+) -> float:
+    """mAP@k with AP@k normalised by min(k, R) (see the module docstring)."""
+    rel = (neighbour_labels[:, :k] == np.asarray(query_labels)[:, None]).astype(np.float64)
+    precision_at_rank = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
+    denom = np.minimum(k, np.asarray(n_relevant)).clip(min=1)
+    return float(((precision_at_rank * rel).sum(axis=1) / denom).mean())
+
+
+def knn_accuracy(query_labels: np.ndarray, neighbour_labels: np.ndarray, ks: Sequence[int] = KS) -> dict[str, float]:
+    """Majority-vote accuracy of the top k for each k (binary labels; ties go to the nearest neighbour)."""
+    out = {}
+    for k in ks:
+        votes = neighbour_labels[:, :k].mean(axis=1)
+        pred = np.where(votes == 0.5, neighbour_labels[:, 0], (votes > 0.5).astype(np.int64))
+        out[f"knn@{k}"] = float((pred == query_labels).mean())
+    return out
+
+
+def exact_neighbours(queries: np.ndarray, base: np.ndarray, k: int, exclude_diagonal: bool) -> np.ndarray:
+    """Indices (Q, k) of the k most cosine-similar base vectors (unit vectors), best first."""
+    sims = queries @ base.T
+    if exclude_diagonal:
+        np.fill_diagonal(sims, -np.inf)
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
+
+
+def setting_metrics(
+    query_labels: np.ndarray,
+    neighbour_labels: np.ndarray,
+    base_labels: np.ndarray,
+    leave_one_out: bool,
+    ks: Sequence[int] = KS,
+) -> dict[str, Any]:
+    """P@k, mAP@max(k), per-class P@k, kNN accuracy and the chance level of P@k for one ranking."""
+    query_labels = np.asarray(query_labels)
+    n_relevant = np.array([(base_labels == y).sum() for y in query_labels]) - int(leave_one_out)
+    n_base = len(base_labels) - int(leave_one_out)
+    kmax = max(ks)
+    return {
+        **precision_at_k(query_labels, neighbour_labels, ks),
+        f"map@{kmax}": mean_average_precision(query_labels, neighbour_labels, n_relevant, kmax),
+        "per_class": {
+            name: precision_at_k(query_labels[query_labels == c], neighbour_labels[query_labels == c], ks)
+            for c, name in enumerate(CLASS_NAMES)
+            if (query_labels == c).any()
+        },
+        "knn_accuracy": knn_accuracy(query_labels, neighbour_labels, ks),
+        "chance_p@k": float((n_relevant / n_base).mean()),
+    }
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {"p50": round(float(np.percentile(ms, 50)), 3), "p95": round(float(np.percentile(ms, 95)), 3)}
+
+
+def measure_latency(index: CaseIndex, images: np.ndarray, k: int = 10, split: str = "train", warmup: int = 5) -> dict[str, Any]:
+    """Per-query latency over ``images`` (one query at a time): vector search alone, and image-to-results."""
+    vectors = index.embedder.embed_images(images)
+    for v in vectors[:warmup]:
+        index.search_vectors(v, k, split)
+    search, end_to_end = [], []
+    for vector, image in zip(vectors, images):
+        t0 = time.perf_counter()
+        index.search_vectors(vector, k, split)
+        search.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        index.search_image(image, k, split)
+        end_to_end.append(time.perf_counter() - t0)
+    return {"k": k, "split": split, "n_queries": len(images), "search_ms": _percentiles(search), "end_to_end_ms": _percentiles(end_to_end)}
+
+
+def evaluate_retrieval(
+    index: CaseIndex,
+    settings: Settings,
+    latency_queries: int = 200,
+    n_failures: int = 20,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """All retrieval metrics of ``index`` with test queries, as a JSON-ready dict with provenance."""
+    started = time.perf_counter()
+    kmax = max(KS)
+    queries, query_labels, query_ids = index.vectors("test")
+    result: dict[str, Any] = {}
+    recalls = []
+    for name, split in tqdm(SETTINGS.items(), desc="evaluating", disable=not progress):
+        leave_one_out = split == "test"
+        base, base_labels, base_ids = (queries, query_labels, query_ids) if leave_one_out else index.vectors(split)
+        hits = index.search_vectors(queries, kmax, split, query_ids if leave_one_out else None)
+        labels = np.array([[CLASS_NAMES.index(n.label) for n in row] for row in hits])
+        exact = exact_neighbours(queries, base, kmax, exclude_diagonal=leave_one_out)
+        recall = float(np.mean([len({n.case_id for n in row} & {base_ids[j] for j in ex}) / kmax for row, ex in zip(hits, exact)]))
+        recalls.append(recall)
+        metrics = setting_metrics(query_labels, labels, base_labels, leave_one_out)
+        hit5 = labels[:, :5] == query_labels[:, None]
+        worst = np.argsort(hit5.mean(axis=1), kind="stable")[:n_failures]  # lowest P@5 first
+        result[name] = {
+            **metrics,
+            f"recall@{kmax}_vs_exact": recall,
+            "exact": precision_at_k(query_labels, base_labels[exact]),
+            "n_queries": len(query_labels),
+            "case_base": split,
+            "n_case_base": len(base_labels),
+            "n_queries_p@5_le_0.2": int((hit5.mean(axis=1) <= 0.2).sum()),
+            "failures": [
+                {
+                    "case_id": query_ids[i],
+                    "label": CLASS_NAMES[query_labels[i]],
+                    "p@5": float(hit5[i].mean()),
+                    "neighbours": [n.model_dump() for n in hits[i][:5]],
+                }
+                for i in worst
+                if hit5[i].mean() < 0.5
+            ],
+        }
+    test_images = load_split("test", settings.data.root).images
+    meta = index.meta
+    n_latency = min(latency_queries, int(meta["n_test"]))
+    return {
+        "embedder": index.embedder.provenance(),
+        "index": index.provenance,
+        "subset": bool(meta.get("limit")),
+        **result,
+        f"recall_at_{kmax}_vs_exact": min(recalls),
+        "latency_ms": measure_latency(index, test_images[:n_latency], k=kmax),
+        "build_s": {k: meta[k] for k in ("load_s", "embed_s", "add_s", "build_s") if k in meta},
+        "eval_s": round(time.perf_counter() - started, 2),
+        "created_at": utc_now(),
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+    }
