@@ -56,7 +56,7 @@ class TrainConfig(Section):
     seed: int = 0
     num_workers: int = 0
     threads: int | None = None  # torch.set_num_threads; None keeps torch's default
-    limit: int | None = None  # train on the first N images of each split (tests, smoke runs)
+    limit: int | None = None  # train/validate on a fixed random subset of N images (tests, smoke runs)
     device: str = "auto"
 
 

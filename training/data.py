@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 from casereview.errors import CaseReviewError
+from casereview.training.augment import augment_batch
 
 SPLITS = ("train", "val", "test")
 CLASS_NAMES = ("normal", "pneumonia")
@@ -92,65 +92,74 @@ def pixel_stats(images: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.std())
 
 
-def eval_transform() -> v2.Compose:
-    """uint8 (H, W) -> float (1, H, W), normalised with the train statistics."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize([PIXEL_MEAN], [PIXEL_STD])])
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """float pixels in [0, 1] -> the network's input scale."""
+    return (x - PIXEL_MEAN) / PIXEL_STD
 
 
-def train_transform() -> v2.Compose:
-    """Augmentations that stay inside what a paediatric AP/PA chest film can look like.
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """Batch of uint8 (N, 28, 28) -> normalised float (N, 1, 28, 28) for inference."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
+    return normalize(x.float() / 255.0)
 
+
+def subset_indices(n: int, limit: int | None) -> np.ndarray:
+    """All indices, or a fixed random subset of ``limit`` of them (sorted).
+
+    Random rather than the first N: the train split's order is not guaranteed (the shared
+    copy is grouped by class), and a prefix could hold one class only.
+    """
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).permutation(n)[:limit])
+
+
+class ImageDataset(Dataset):
+    """uint8 (1, 28, 28) images and float labels; scaling and augmentation happen per batch."""
+
+    def __init__(self, split: Split, limit: int | None = None):
+        idx = subset_indices(len(split), limit)
+        self.images = torch.from_numpy(split.images[idx]).unsqueeze(1)  # (N, 1, 28, 28) uint8
+        self.labels = torch.from_numpy(split.labels[idx]).float()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[i], self.labels[i]
+
+
+def make_loader(
+    split: Split,
+    batch_size: int,
+    shuffle: bool = False,
+    seed: int = 0,
+    limit: int | None = None,
+    num_workers: int = 0,
+) -> DataLoader:
+    ds = ImageDataset(split, limit=limit)
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=False,
+        num_workers=num_workers,
+        generator=generator,
+    )
+
+
+def prepare_batch(x: torch.Tensor, augment_gen: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 batch -> network input; augmented when a generator is given (training).
+
+    Augmentations stay inside what a paediatric AP/PA chest film can look like:
     - small rotations, shifts and zoom: patient positioning varies from film to film;
     - brightness/contrast jitter: exposure and processing vary between machines;
     - no horizontal flip: the heart, aortic knob and liver are lateralised, flipped films
       do not occur in practice, and the test set has none;
     - no vertical flip, strong crops or elastic warps: they break chest anatomy at 28 px.
     """
-    return v2.Compose(
-        [
-            v2.RandomAffine(degrees=10, translate=(0.08, 0.08), scale=(0.9, 1.1)),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.ColorJitter(brightness=0.2, contrast=0.2),
-            v2.Normalize([PIXEL_MEAN], [PIXEL_STD]),
-        ]
-    )
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """Batch of uint8 (N, 28, 28) -> normalised float (N, 1, 28, 28) for inference."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
-    return eval_transform()(x)
-
-
-class ImageDataset(Dataset):
-    def __init__(self, split: Split, transform: v2.Compose | None = None, limit: int | None = None):
-        n = len(split) if limit is None else min(limit, len(split))
-        self.images = torch.from_numpy(split.images[:n]).unsqueeze(1)  # (N, 1, 28, 28) uint8
-        self.labels = torch.from_numpy(split.labels[:n]).float()
-        self.transform = transform or eval_transform()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.images[i]), self.labels[i]
-
-
-def make_loader(
-    split: Split,
-    batch_size: int,
-    train: bool,
-    seed: int = 0,
-    limit: int | None = None,
-    num_workers: int = 0,
-) -> DataLoader:
-    ds = ImageDataset(split, train_transform() if train else eval_transform(), limit=limit)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        ds,
-        batch_size=batch_size,
-        shuffle=train,
-        drop_last=False,
-        num_workers=num_workers,
-        generator=generator,
-    )
+    x = x.float() / 255.0
+    if augment_gen is not None:
+        x = augment_batch(x, augment_gen)
+    return normalize(x)

@@ -1,0 +1,151 @@
+"""Classifier commands: ``train``, ``evaluate``, ``predict``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from casereview.cli.common import add_common_options, settings_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a classifier and calibrate it on validation",
+        description=(
+            "Train a timm classifier on the PneumoniaMNIST train split, keep the epoch that is best on "
+            "validation, fit the temperature and the decision threshold on validation, and save a "
+            "safetensors checkpoint with its config, data checksum and git commit. Never reads test."
+        ),
+    )
+    add_common_options(p)
+    p.add_argument("--out", type=Path, required=True, help="output folder (classifier.safetensors, history.json)")
+    p.add_argument("--arch", help="cr_resnet_small (default), cr_vit_tiny, or any timm model name")
+    p.add_argument("--pretrained", action="store_true", default=None, help="start from timm's ImageNet weights (needs internet)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--optimizer", choices=["adamw", "sgd"])
+    p.add_argument("--scheduler", choices=["onecycle", "cosine", "none"])
+    p.add_argument("--class-weighting", choices=["balanced", "none"])
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="turn augmentation off")
+    p.add_argument("--early-stopping-metric", choices=["val_loss", "val_auc"])
+    p.add_argument("--patience", type=int, help="epochs without improvement before stopping")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--limit", type=int, help="use a fixed random subset of N images of train and val (smoke runs)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint on a split: metrics with 95%% CIs, figures, failure cases",
+        description=(
+            "Evaluate a classifier on one split with the temperature and threshold it ships with. Writes "
+            "metrics.json, predictions.csv and figures to --out."
+        ),
+    )
+    add_common_options(p)
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate (default: the released one)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--no-figures", dest="figures", action="store_false", help="metrics and predictions only")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser(
+        "predict",
+        help="classify images or cases: calibrated p(pneumonia) and label",
+        description="Classify case references (test:42) or PNG/JPEG files with a checkpoint.",
+    )
+    add_common_options(p)
+    p.add_argument("cases", nargs="+", help="case refs like test:42 or image paths")
+    p.add_argument("--checkpoint", type=Path, help="default: the released checkpoint")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.set_defaults(func=run_predict)
+
+    p = sub.add_parser(
+        "study",
+        help="architecture comparison on validation and the seed study of the chosen one",
+        description=(
+            "Train seed 0 of each architecture (the default config otherwise), choose on validation, train the "
+            "other seeds of the choice, evaluate those on test, and write a JSON summary. Runs that already "
+            "have a checkpoint under --out are reused, so an interrupted study resumes."
+        ),
+    )
+    add_common_options(p)
+    p.add_argument("--out", type=Path, default=Path("runs/study"), help="one folder per run (default: runs/study)")
+    p.add_argument("--archs", nargs="+", default=["cr_resnet_small", "cr_vit_tiny"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--summary", type=Path, default=Path("reports/task1_study.json"), help="summary JSON path")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.set_defaults(func=run_study)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from casereview.training.train import train
+
+    keys = ("arch", "pretrained", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler",
+            "class_weighting", "augment", "early_stopping_metric", "patience", "seed", "limit", "threads", "device")
+    settings = settings_from_args(args, train={k: getattr(args, k) for k in keys})
+    path = train(settings, args.out)
+    from casereview.training.checkpoint import read_meta
+
+    meta = read_meta(path)
+    cal = meta["calibration"]
+    print(f"saved {path}")
+    print(f"best epoch {meta['best_epoch']}/{meta['epochs_run']}, {meta['train_seconds']:.0f} s; "
+          f"val AUC {meta['val_metrics']['roc_auc']:.4f}; temperature {cal['temperature']:.3f}; "
+          f"threshold {cal['threshold']:.3f} (bootstrap 5-95%: {cal['threshold_p05']:.3f}-{cal['threshold_p95']:.3f})")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from casereview.training.evaluate import evaluate
+
+    settings = settings_from_args(args, classifier={"checkpoint": args.checkpoint})
+    start = time.perf_counter()
+    metrics = evaluate(settings, args.split, args.out, figures=args.figures, n_boot=args.bootstrap)
+    keys = ("roc_auc", "accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "pr_auc")
+    print(f"{args.split}: n={metrics['n']}, threshold {metrics['threshold']:.3f}, checkpoint {metrics['checkpoint_sha256'][:12]}")
+    for k in keys:
+        lo, hi = metrics["ci95"][k]
+        print(f"  {k:18s} {metrics[k]:.4f}  [{lo:.4f}, {hi:.4f}]")
+    print(f"wrote {args.out}/metrics.json, predictions.csv ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from casereview.cases import load_case
+    from casereview.training.checkpoint import load_classifier
+    from casereview.training.predict import predict_proba
+
+    settings = settings_from_args(args, classifier={"checkpoint": args.checkpoint})
+    clf = load_classifier(settings.classifier.checkpoint, settings.classifier.device)
+    cases = [load_case(ref, settings.data.root, settings.data.download) for ref in args.cases]
+    probs = predict_proba(clf, np.stack([c.image for c in cases]))
+    for case, p in zip(cases, probs):
+        label = "pneumonia" if p >= clf.threshold else "normal"
+        row = {"case_id": case.case_id, "prob_pneumonia": round(float(p), 4), "label": label,
+               "threshold": round(clf.threshold, 4), "ground_truth": case.label_name}
+        print(json.dumps(row) if args.json else
+              f"{case.case_id:24s} p(pneumonia)={p:.3f}  -> {label:9s} (truth: {case.label_name or 'unknown'})")
+    return 0
+
+
+def run_study(args: argparse.Namespace) -> int:
+    from casereview.training.study import run_study, write_summary
+
+    settings = settings_from_args(args, train={"threads": args.threads})
+    summary = run_study(settings, args.out, args.archs, args.seeds)
+    path = write_summary(summary, args.summary)
+    print(f"chosen on validation: {summary['chosen_arch']} (ranking {summary['ranking_on_val']})")
+    for k, v in summary["test_mean_std"].items():
+        print(f"  test {k:18s} {v['mean']:.4f} +- {v['std']:.4f}")
+    print(f"wrote {path}")
+    return 0

@@ -1,0 +1,123 @@
+"""``casereview evaluate``: metrics with bootstrap intervals, calibration and figures for one split.
+
+The checkpoint's temperature and threshold were fitted on validation by ``casereview train``;
+evaluation only applies them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from casereview.cases import case_id
+from casereview.config import Settings
+from casereview.provenance import package_versions, utc_now
+from casereview.training import figures
+from casereview.training.checkpoint import Classifier, load_classifier
+from casereview.training.data import CLASS_NAMES, load_split, to_tensor
+from casereview.training.metrics import (
+    binary_metrics,
+    bootstrap_intervals,
+    expected_calibration_error,
+    sigmoid,
+)
+from casereview.training.predict import predict_logits
+from casereview.training.saliency import smoothgrad
+
+GALLERY_SIZE = 8  # failure cases of each kind shown in the gallery
+
+
+def write_predictions(path: Path, split: str, y: np.ndarray, prob: np.ndarray, logits: np.ndarray, threshold: float) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["case_id", "label", "prob_pneumonia", "pred", "logit"])
+        for i, (yi, pi, li) in enumerate(zip(y, prob, logits)):
+            w.writerow([case_id(split, i), int(yi), f"{pi:.6f}", int(pi >= threshold), f"{li:.5f}"])
+
+
+def failure_cases(y: np.ndarray, prob: np.ndarray, threshold: float, n: int = GALLERY_SIZE) -> dict[str, list[int]]:
+    """Most confident mistakes: false positives by highest p, false negatives by lowest p."""
+    fp = np.flatnonzero((y == 0) & (prob >= threshold))
+    fn = np.flatnonzero((y == 1) & (prob < threshold))
+    return {
+        "false_positives": fp[np.argsort(-prob[fp])][:n].tolist(),
+        "false_negatives": fn[np.argsort(prob[fn])][:n].tolist(),
+    }
+
+
+def _figures(clf: Classifier, split: str, images: np.ndarray, y: np.ndarray, prob: np.ndarray,
+             prob_raw: np.ndarray, eces: dict[str, float], failures: dict[str, list[int]], out: Path) -> dict[str, str]:
+    thr = clf.threshold
+    paths = {
+        "confusion": figures.confusion(y, (prob >= thr).astype(int), out / "confusion_matrix.png",
+                                       f"{split}, threshold {thr:.2f}"),
+        "confusion_05": figures.confusion(y, (prob >= 0.5).astype(int), out / "confusion_matrix_05.png",
+                                          f"{split}, threshold 0.50"),
+        "roc_pr": figures.roc_pr(y, prob, thr, out / "roc_pr.png"),
+        "reliability": figures.reliability(
+            y, {"before (T=1)": prob_raw, f"after (T={clf.temperature:.2f})": prob},
+            {"before (T=1)": eces["ece_before"], f"after (T={clf.temperature:.2f})": eces["ece_after"]},
+            out / "reliability.png"),
+    }
+    if clf.meta.get("history"):
+        paths["training_curves"] = figures.training_curves(clf.meta["history"], out / "training_curves.png")
+    gallery = failures["false_positives"] + failures["false_negatives"]
+    if gallery:
+        caps = [f"{case_id(split, i)}\n{CLASS_NAMES[y[i]]}, p={prob[i]:.2f}" for i in gallery]
+        paths["failures"] = figures.image_grid(images[gallery], caps, out / "failure_cases.png")
+    # Saliency for a fixed sample: the first two true positives, true negatives and each error kind.
+    pred = prob >= thr
+    sample = (np.flatnonzero(pred & (y == 1))[:2].tolist() + np.flatnonzero(~pred & (y == 0))[:2].tolist()
+              + failures["false_positives"][:2] + failures["false_negatives"][:2])
+    if sample:
+        maps = smoothgrad(clf.model, to_tensor(images[sample]).to(clf.device))
+        caps = [f"{case_id(split, i)} {CLASS_NAMES[y[i]]}\np={prob[i]:.2f}" for i in sample]
+        paths["saliency"] = figures.image_grid(images[sample], caps, out / "saliency.png", overlays=maps)
+    return {k: str(v) for k, v in paths.items()}
+
+
+def evaluate(settings: Settings, split: str, out: Path, figures: bool = True, n_boot: int = 1000) -> dict[str, Any]:
+    """Evaluate ``settings.classifier.checkpoint`` (default: released) on ``split``; write to ``out``."""
+    start = time.perf_counter()
+    clf = load_classifier(settings.classifier.checkpoint, settings.classifier.device)
+    data = load_split(split, settings.data.root, settings.data.download)
+    logits = predict_logits(clf, data.images, settings.classifier.batch_size)
+    infer_s = time.perf_counter() - start
+    y = data.labels
+    prob_raw, prob = sigmoid(logits), sigmoid(logits / clf.temperature)
+    thr = clf.threshold
+    main = binary_metrics(y, prob, thr)
+    eces = {"ece_before": expected_calibration_error(y, prob_raw), "ece_after": expected_calibration_error(y, prob)}
+    failures = failure_cases(y, prob, thr)
+    metrics: dict[str, Any] = {
+        "split": split,
+        "n": int(len(y)),
+        "n_pneumonia": int(y.sum()),
+        **main,
+        "threshold": thr,
+        "threshold_rule": clf.meta.get("calibration", {}).get("threshold_rule"),
+        "temperature": clf.temperature,
+        "ci95": bootstrap_intervals(y, prob, thr, n_boot=n_boot),
+        "at_0.5": binary_metrics(y, prob, 0.5),
+        "ci95_at_0.5": bootstrap_intervals(y, prob, 0.5, n_boot=n_boot),
+        **eces,
+        "failures": failures,
+        "checkpoint": str(clf.path),
+        "checkpoint_sha256": clf.sha256,
+        "arch": clf.arch,
+        "data_sha256_at_training": clf.meta.get("data_sha256"),
+        "packages": package_versions(),
+        "created": utc_now(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(out / "predictions.csv", split, y, prob, logits, thr)
+    if figures:
+        metrics["figures"] = _figures(clf, split, data.images, y, prob, prob_raw, eces, failures, out)
+    metrics["timings_s"] = {"inference": round(infer_s, 3), "total": round(time.perf_counter() - start, 3)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+    return metrics

@@ -1,0 +1,112 @@
+"""Matplotlib figures of the classifier evaluation. Each function writes one PNG and returns its path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.calibration import calibration_curve  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay  # noqa: E402
+
+from casereview.training.data import CLASS_NAMES  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def confusion(y: np.ndarray, pred: np.ndarray, path: Path, title: str) -> Path:
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ConfusionMatrixDisplay.from_predictions(y, pred, display_labels=CLASS_NAMES, cmap="Blues", ax=ax, colorbar=False)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def roc_pr(y: np.ndarray, prob: np.ndarray, threshold: float, path: Path) -> Path:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4))
+    RocCurveDisplay.from_predictions(y, prob, ax=a, name="classifier")
+    a.plot([0, 1], [0, 1], ls=":", c="grey")
+    pred = prob >= threshold
+    a.scatter([(pred & (y == 0)).sum() / (y == 0).sum()], [(pred & (y == 1)).sum() / (y == 1).sum()],
+              c="red", zorder=3, label=f"threshold {threshold:.2f}")
+    a.legend(loc="lower right")
+    a.set_title("ROC")
+    PrecisionRecallDisplay.from_predictions(y, prob, ax=b, name="classifier")
+    b.axhline(y.mean(), ls=":", c="grey", label=f"prevalence {y.mean():.2f}")
+    b.legend(loc="lower left")
+    b.set_title("Precision-recall")
+    return _save(fig, path)
+
+
+def reliability(y: np.ndarray, probs: dict[str, np.ndarray], eces: dict[str, float], path: Path, n_bins: int = 10) -> Path:
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", label="perfect calibration")
+    for name, prob in probs.items():
+        frac, mean = calibration_curve(y, prob, n_bins=n_bins, strategy="uniform")
+        ax.plot(mean, frac, marker="o", label=f"{name} (ECE {eces[name]:.3f})")
+    ax.set_xlabel("predicted p(pneumonia)")
+    ax.set_ylabel("observed fraction pneumonia")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Reliability diagram")
+    return _save(fig, path)
+
+
+def training_curves(history: Sequence[dict], path: Path, title: str = "") -> Path:
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.6))
+    a.plot(ep, [h["train_loss"] for h in history], label="train loss (augmented)")
+    a.plot(ep, [h["val_loss"] for h in history], label="validation loss")
+    a.set_xlabel("epoch")
+    a.legend()
+    a.set_title("Loss (class-weighted BCE)")
+    b.plot(ep, [h["val_auc"] for h in history], label="validation ROC AUC")
+    b.plot(ep, [h["val_balanced_accuracy"] for h in history], label="validation balanced acc. @0.5")
+    b.set_xlabel("epoch")
+    b.legend()
+    b.set_title(title or "Validation metrics")
+    return _save(fig, path)
+
+
+def image_grid(images: np.ndarray, captions: Sequence[str], path: Path, cols: int = 8, overlays: np.ndarray | None = None) -> Path:
+    """Images with captions; with ``overlays`` each image is followed by its saliency map."""
+    per = 2 if overlays is not None else 1
+    n = len(images)
+    cols = min(cols, max(n * per, 1))
+    rows = max(1, int(np.ceil(n * per / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, (img, cap) in enumerate(zip(images, captions)):
+        ax = axes.ravel()[i * per]
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(cap, fontsize=7)
+        if overlays is not None:
+            ax2 = axes.ravel()[i * per + 1]
+            ax2.imshow(img, cmap="gray", vmin=0, vmax=255)
+            ax2.imshow(overlays[i], cmap="jet", alpha=0.45)
+            ax2.set_title("saliency", fontsize=7)
+    return _save(fig, path)
+
+
+def seed_thresholds(rows: Sequence[dict], path: Path) -> Path:
+    """Per-seed validation thresholds: single Youden cut vs bootstrap median with its 5-95% band."""
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    x = np.arange(len(rows))
+    med = np.array([r["threshold"] for r in rows])
+    ax.errorbar(x, med, yerr=[med - [r["threshold_p05"] for r in rows], [r["threshold_p95"] for r in rows] - med],
+                fmt="o", capsize=4, label="bootstrap median (5-95%)")
+    ax.scatter(x + 0.1, [r["threshold_single_youden"] for r in rows], marker="x", c="red", label="single Youden cut")
+    ax.set_xticks(x, [f"seed {r['seed']}" for r in rows])
+    ax.set_ylabel("threshold on calibrated p(pneumonia)")
+    ax.set_title("Validation-chosen thresholds across seeds", fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
