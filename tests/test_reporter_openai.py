@@ -1,0 +1,155 @@
+"""The ``openai`` backend against a real ``transformers serve`` process on 127.0.0.1, and its failures.
+
+The served model is the tiny random Gemma 3 VLM: the tests check the protocol (system
+prompt, image as a data URL, completion text), not what the text says.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from casereview.config import ReporterConfig
+from casereview.tools.reporter import Evidence, ReporterError, generate_reports, render_prompt
+from casereview.tools.reporter.backends import MedGemmaBackend, OpenAIBackend
+from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slow
+
+KEY_ENV = "CASEREVIEW_TEST_API_KEY"
+SECRET = "sk-test-secret-4711"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cases(n: int) -> list[Evidence]:
+    rng = np.random.default_rng(3)
+    return [Evidence(f"test:{i}", rng.integers(0, 256, (28, 28), dtype=np.uint8)) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def served_model(tiny_vlm_dir: Path, tmp_path_factory) -> Iterator[str]:  # noqa: F811
+    """Base URL of `transformers serve` preloading the tiny model; stopped after the module."""
+    exe = shutil.which("transformers", path=os.path.dirname(sys.executable)) or shutil.which("transformers")
+    if exe is None:
+        pytest.fail("the `transformers` command is missing: pip install 'transformers[serving]'")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [exe, "serve", str(tiny_vlm_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
+            stdout=fh, stderr=subprocess.STDOUT, env=env,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"transformers serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"transformers serve did not come up in 90 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_chat_completion_with_image(served_model: str, tiny_vlm_dir: Path, monkeypatch) -> None:  # noqa: F811
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    cfg = ReporterConfig(
+        backend="openai", base_url=served_model, api_model=str(tiny_vlm_dir), api_key_env=KEY_ENV,
+        max_new_tokens=8, timeout_s=60, retries=0, batch_size=2,
+    )
+    backend = OpenAIBackend(cfg)
+    cases = _cases(3)
+    results = generate_reports(backend, cases, "structured")
+    assert [r.case_id for r in results] == ["test:0", "test:1", "test:2"]
+    assert all(r.backend == "openai" and r.model_id == str(tiny_vlm_dir) for r in results)
+    assert all(r.provenance["base_url"] == served_model for r in results)
+    assert SECRET not in repr([r.model_dump() for r in results])
+    # the server answers what the same model generates in process for the same messages
+    local = MedGemmaBackend(cfg.model_copy(update={"backend": "medgemma", "model_id": str(tiny_vlm_dir), "device": "cpu"}))
+    expected = [g.text for g in local.generate([render_prompt("structured", ev) for ev in cases])]
+    assert [r.raw for r in results] == expected
+
+
+def test_server_down_is_a_clear_error() -> None:
+    port = _free_port()  # nothing listens there
+    cfg = ReporterConfig(backend="openai", base_url=f"http://127.0.0.1:{port}/v1", timeout_s=5, retries=1)
+    start = time.monotonic()
+    with pytest.raises(ReporterError, match=rf"cannot reach the OpenAI-compatible server at http://127.0.0.1:{port}/v1 \(2 attempt"):
+        OpenAIBackend(cfg).generate([render_prompt("minimal", _cases(1)[0])])
+    assert time.monotonic() - start < 15  # bounded retries with backoff, not a hang
+
+
+def test_timeout_is_a_clear_error(monkeypatch) -> None:
+    """A server that accepts the request and never answers: the client gives up after its timeout and retries."""
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    requests: list[bytes] = []
+    stop = threading.Event()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+
+    def silent() -> None:
+        held = []
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(1)
+            try:
+                requests.append(conn.recv(65536))
+            except OSError:
+                pass
+            held.append(conn)  # keep it open, answer nothing
+        for conn in held:
+            conn.close()
+
+    thread = threading.Thread(target=silent, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    cfg = ReporterConfig(
+        backend="openai", base_url=f"http://127.0.0.1:{port}/v1", timeout_s=0.5, retries=1, api_key_env=KEY_ENV
+    )
+    try:
+        start = time.monotonic()
+        with pytest.raises(ReporterError, match=r"did not answer within 0.5 s \(2 attempt") as info:
+            OpenAIBackend(cfg).generate([render_prompt("minimal", _cases(1)[0])])
+        assert time.monotonic() - start < 10
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+    assert len(requests) == 2  # the first try and one retry
+    head = requests[0].decode("latin-1")
+    assert f"Bearer {SECRET}" in head  # the key comes from the named environment variable...
+    assert SECRET not in str(info.value)  # ...and never shows in errors
