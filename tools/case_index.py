@@ -39,6 +39,7 @@ from casereview.training.data import CLASS_NAMES, SPLITS, load_split
 
 PREFIX = "cases"
 SQL_VARIABLES = 20_000  # results fetched per Chroma query call (SQLite allows 32,766 variables)
+TIMINGS = ("load_s", "embed_s", "add_s", "build_s")  # build timings kept in the collection's metadata
 ADD_BATCH = 1000  # items per Chroma `add` (below client.get_max_batch_size(), and a finer progress bar)
 
 
@@ -173,7 +174,8 @@ class CaseIndex:
         if len(exclude) != len(vectors):
             raise QueryError(f"{len(exclude)} excluded ids for {len(vectors)} queries")
         splits = parse_splits(split)
-        spare = 1 if any(exclude) else 0
+        # one spare result when a query's own case may be among the results
+        spare = int(any(e is not None and (splits is None or e.split(":")[0] in splits) for e in exclude))
         available = self.count(splits)
         if not isinstance(k, int) or k <= 0:
             raise QueryError(f"k must be a positive integer, got {k!r}")
@@ -318,7 +320,8 @@ def build_index(
     existing = next((c for c in _collections(client, name) if c.name == cname), None)
     if existing is not None and not rebuild and _same_build(existing.metadata or {}, expected):
         if existing.count() == expected["n_items"]:
-            timings = {k: float(v) for k, v in (existing.metadata or {}).items() if k.endswith("_s")}
+            meta = existing.metadata or {}
+            timings = {k: float(meta[k]) for k in TIMINGS if k in meta}
             return BuildReport(cname, location, existing.count(), False, timings, other_names, pruned)
 
     t0 = time.perf_counter()

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from casereview.config import Settings
 from casereview.provenance import git_commit, package_versions, utc_now
-from casereview.tools.case_index import CaseIndex
+from casereview.tools.case_index import TIMINGS, CaseIndex
 from casereview.training.data import CLASS_NAMES, load_split
 
 KS = (1, 5, 10)
@@ -168,7 +168,7 @@ def evaluate_retrieval(
         **result,
         f"recall_at_{kmax}_vs_exact": min(recalls),
         "latency_ms": measure_latency(index, test_images[:n_latency], k=kmax),
-        "build_s": {k: meta[k] for k in ("load_s", "embed_s", "add_s", "build_s") if k in meta},
+        "build_s": {k: meta[k] for k in TIMINGS if k in meta},
         "eval_s": round(time.perf_counter() - started, 2),
         "created_at": utc_now(),
         "git_commit": git_commit(),

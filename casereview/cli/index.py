@@ -1,0 +1,235 @@
+"""``casereview index build|list``, ``casereview search image|text`` and ``casereview evaluate-retrieval``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+from casereview.cli.common import add_common_options, settings_from_args
+from casereview.config import Settings
+
+SPLIT_CHOICES = ("train", "val", "test", "train+val", "all")
+
+EPILOG = """\
+embedders:
+  cnn     penultimate features of the classifier (released checkpoint, or --checkpoint); offline default
+  clip    an open_clip model (--clip-model): hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224
+          (the medical choice; downloads its weights once), a built-in name with --clip-pretrained TAG|FILE,
+          or local-dir:/path holding open_clip_config.json and weights; the only one with text search
+  pixels  PCA of raw pixels fitted on train: the baseline
+
+The index lives in <workdir>/chroma (--chroma-path), or in a server started with
+`chroma run --path DIR --host 127.0.0.1 --port 8000` (--chroma-url http://127.0.0.1:8000).
+"""
+
+
+def _index_options(p: argparse.ArgumentParser) -> None:
+    from casereview.tools.embedders import EMBEDDERS
+
+    p.add_argument("--embedder", choices=sorted(EMBEDDERS), help="which embedder's index (default: index.embedder, cnn)")
+    p.add_argument("--checkpoint", type=Path, help="classifier checkpoint for the cnn embedder (default: the released one)")
+    p.add_argument("--clip-model", help="open_clip model for the clip embedder (default: BiomedCLIP from the hub)")
+    p.add_argument("--clip-pretrained", help="open_clip pretrained tag or weights file, for built-in model names")
+    p.add_argument("--chroma-path", type=Path, help="Chroma folder (default: <workdir>/chroma)")
+    p.add_argument("--chroma-url", help="URL of a `chroma run` server instead of a folder, e.g. http://127.0.0.1:8000")
+    add_common_options(p)
+
+
+def _settings(args: argparse.Namespace, **index: Any) -> Settings:
+    return settings_from_args(
+        args,
+        classifier={"checkpoint": args.checkpoint},
+        index={
+            "embedder": args.embedder,
+            "clip_model": args.clip_model,
+            "clip_pretrained": args.clip_pretrained,
+            "chroma_path": args.chroma_path,
+            "chroma_url": args.chroma_url,
+            **index,
+        },
+    )
+
+
+def _parser(sub: argparse._SubParsersAction, name: str, summary: str, description: str, examples: str = "") -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(description, 100),
+        epilog=EPILOG + (f"\nexamples:\n{examples}" if examples else ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    index = sub.add_parser("index", help="build or list the Chroma case index", description="Build or list the case index.")
+    index_sub = index.add_subparsers(dest="index_command", metavar="ACTION", required=True)
+    build = _parser(
+        index_sub,
+        "build",
+        "embed every image (train, val, test) and store it in Chroma",
+        "Embed all PneumoniaMNIST images with one embedder and store them, with case id, split, index and "
+        "label, in a Chroma collection named after the embedder and its weights (cosine space, HNSW). "
+        "Idempotent: an up-to-date index is kept; an index from other weights is reported (or --prune'd).",
+        "  casereview index build --embedder cnn --data-root ../shared/data\n"
+        "  casereview index build --embedder pixels --chroma-url http://127.0.0.1:8000",
+    )
+    build.add_argument("--rebuild", action="store_true", help="rebuild even when an up-to-date index exists")
+    build.add_argument("--prune", action="store_true", help="delete this embedder's indexes built from other weights")
+    build.add_argument("--limit", type=int, help="index only the first N images of each split (smoke runs; results are a subset)")
+    _index_options(build)
+    build.set_defaults(func=run_build)
+
+    listing = _parser(index_sub, "list", "list the case indexes and their provenance", "List every case index at the location.")
+    _index_options(listing)
+    listing.set_defaults(func=run_list)
+
+    search = sub.add_parser("search", help="find similar cases by image or text", description="Search the case index.")
+    search_sub = search.add_subparsers(dest="search_command", metavar="QUERY", required=True)
+    image = _parser(
+        search_sub,
+        "image",
+        "the cases most similar to an image",
+        "Print the k cases of the case base most similar to a dataset case (split:index) or an image file. "
+        "A dataset case never retrieves itself.",
+        "  casereview search image test:42 -k 5\n"
+        "  casereview search image xray.png -k 10 --split train+val --json\n"
+        "  casereview search image test:7 --grid runs/test7.png",
+    )
+    image.add_argument("ref", help="a case ref like test:42, or a PNG/JPEG file")
+    text = _parser(
+        search_sub,
+        "text",
+        "the cases that best match a description (clip embedder only)",
+        "Print the k cases whose images best match a text description. Needs an embedder with a text "
+        "tower (clip); cnn and pixels have none.",
+        '  casereview search text "bilateral patchy consolidation" --embedder clip -k 5',
+    )
+    text.add_argument("text", help="a description of the findings")
+    for p in (image, text):
+        p.add_argument("-k", type=int, help="number of cases (default: index.k, 5)")
+        p.add_argument("--split", default="train", choices=SPLIT_CHOICES, help="case base (default: train)")
+        p.add_argument("--json", action="store_true", help="print a JSON list of {case_id, split, index, label, similarity}")
+        p.add_argument("--grid", type=Path, metavar="PNG", help="also save the query beside its neighbours as an image")
+        _index_options(p)
+    image.set_defaults(func=run_search_image)
+    text.set_defaults(func=run_search_text)
+
+    evaluate = _parser(
+        sub,
+        "evaluate-retrieval",
+        "Precision@k, mAP@10, kNN accuracy, HNSW recall and latency of a case index",
+        "Evaluate the index with the test images as queries, (a) within the test set, leave-one-out, and "
+        "(b) against the train case base: P@1/5/10, mAP@10, per-class P@k, kNN accuracy, recall@10 of the "
+        "HNSW search against exact numpy search, and per-query latency (k=10). Writes "
+        "DIR/retrieval_metrics.json with provenance.",
+        "  casereview evaluate-retrieval --embedder cnn --out runs/retrieval/cnn",
+    )
+    evaluate.add_argument("--out", type=Path, help="output folder (default: <workdir>/retrieval/<embedder>)")
+    evaluate.add_argument("--latency-queries", type=int, default=200, help="queries timed one by one (default 200)")
+    _index_options(evaluate)
+    evaluate.set_defaults(func=run_evaluate)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from casereview.tools.case_index import build_index
+
+    settings = _settings(args, limit=args.limit)
+    report = build_index(settings, rebuild=args.rebuild, prune=args.prune)
+    state = "built" if report.built else "up to date, kept (use --rebuild to rebuild)"
+    print(f"{report.collection}: {report.count} cases at {report.location}, {state}")
+    print("timings: " + ", ".join(f"{k} {v:.2f}" for k, v in report.timings.items()))
+    for name in report.pruned:
+        print(f"deleted {name} (other weights)")
+    for name in report.other_indexes:
+        print(f"note: {name} holds the same embedder with other weights; --prune deletes it")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from casereview.tools.case_index import list_indexes
+
+    rows = list_indexes(_settings(args))
+    if not rows:
+        print("no case index here; build one with `casereview index build`")
+    for row in rows:
+        sha = str(row.get("weights_sha256", "?"))[:12]
+        print(f"{row['collection']}: {row['count']} cases, {row.get('model_id')} (sha256 {sha}), built {row.get('built_at', '?')}")
+    return 0
+
+
+def _print_hits(header: str, hits: list, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([h.model_dump() for h in hits], indent=2))
+        return
+    print(header)
+    print(f"{'rank':>4}  {'case_id':<12} {'label':<10} {'similarity':>10}")
+    for rank, h in enumerate(hits, 1):
+        print(f"{rank:>4}  {h.case_id:<12} {h.label:<10} {h.similarity:>10.4f}")
+
+
+def run_search_image(args: argparse.Namespace) -> int:
+    from casereview.cases import load_case
+    from casereview.tools.case_index import open_index
+    from casereview.tools.retrieval_figures import GridRow, save_retrieval_grid
+
+    settings = _settings(args, k=args.k)
+    k = settings.index.k
+    index = open_index(settings)
+    case = load_case(args.ref, settings.data.root)
+    hits = index.search_image(case.image, k, args.split, exclude_case_id=case.case_id)
+    query = f"{case.case_id} ({case.label_name or 'label unknown'})"
+    _print_hits(f"query {query}; case base {args.split}; {index.embedder_id}", hits, args.json)
+    if args.grid:
+        row = GridRow(query, case.image, case.label_name, hits)
+        save_retrieval_grid([row], args.grid, settings.data.root, f"top {k} of {args.split} by {index.embedder_id}")
+        if not args.json:
+            print(f"grid saved to {args.grid}")
+    return 0
+
+
+def run_search_text(args: argparse.Namespace) -> int:
+    from casereview.tools.case_index import open_index
+    from casereview.tools.retrieval_figures import GridRow, save_retrieval_grid
+
+    settings = _settings(args, k=args.k)
+    k = settings.index.k
+    index = open_index(settings)
+    hits = index.search_text(args.text, k, args.split)
+    _print_hits(f"query {args.text!r}; case base {args.split}; {index.embedder_id}", hits, args.json)
+    if args.grid:
+        save_retrieval_grid([GridRow(repr(args.text), None, None, hits)], args.grid, settings.data.root)
+        if not args.json:
+            print(f"grid saved to {args.grid}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from casereview.tools.case_index import open_index
+    from casereview.tools.retrieval_eval import KS, evaluate_retrieval
+
+    settings = _settings(args)
+    index = open_index(settings)
+    out = args.out or settings.paths.workdir / "retrieval" / index.embedder.name
+    metrics = evaluate_retrieval(index, settings, latency_queries=args.latency_queries)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "retrieval_metrics.json"
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    subset = " (SUBSET: index built with --limit)" if metrics["subset"] else ""
+    print(f"{index.embedder_id} ({index.embedder.model_id}){subset}")
+    print(f"{'setting':<14} " + " ".join(f"{f'p@{k}':>7}" for k in KS) + f" {'map@10':>7} {'recall@10':>9}")
+    for name in ("within_test", "test_vs_train"):
+        m = metrics[name]
+        print(f"{name:<14} " + " ".join(f"{m[f'p@{k}']:>7.4f}" for k in KS) + f" {m['map@10']:>7.4f} {m['recall@10_vs_exact']:>9.4f}")
+    lat = metrics["latency_ms"]
+    print(
+        f"latency k={lat['k']} over {lat['n_queries']} queries: search p50 {lat['search_ms']['p50']:.2f} ms, "
+        f"p95 {lat['search_ms']['p95']:.2f} ms; image to results p50 {lat['end_to_end_ms']['p50']:.2f} ms, "
+        f"p95 {lat['end_to_end_ms']['p95']:.2f} ms"
+    )
+    if "build_s" in metrics["build_s"]:
+        print(f"index build: {metrics['build_s']['build_s']:.1f} s")
+    print(f"wrote {path}")
+    return 0
