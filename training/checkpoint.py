@@ -93,6 +93,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 def load_classifier(path: Path | str | None = None, device: str = "auto") -> Classifier:
     """Load a checkpoint written by ``casereview train`` (``None``: the released one)."""
     path = Path(path) if path else released_checkpoint()
+    if not path.is_file() and path == released_checkpoint():
+        raise CheckpointError(
+            f"the released checkpoint is missing from this installation ({path}); reinstall casereview, "
+            "or train one with `casereview train --out DIR` and pass --checkpoint DIR/classifier.safetensors."
+        )
     if not path.is_file():
         raise CheckpointError(
             f"classifier checkpoint not found: {path}. Train one with `casereview train --out DIR` "
