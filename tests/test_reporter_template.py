@@ -1,0 +1,129 @@
+"""The template backend, the backend registry, per-case records and the langchain tool."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from casereview.config import ReporterConfig, load_settings
+from casereview.schemas import ClassifierOpinion, Neighbour
+from casereview.tools.reporter import BACKENDS, Evidence, ReporterError, generate_reports, get_backend, parse_report
+from casereview.tools.reporter.backends import TemplateBackend
+from casereview.tools.reporter.gather import pick_representative
+from casereview.tools.reporter.records import CaseReport, fence, md_inline, write_case_report
+
+IMAGE = np.zeros((28, 28), dtype=np.uint8)
+
+
+def _opinion(p: float, uncertain: bool = False) -> ClassifierOpinion:
+    return ClassifierOpinion(
+        prob_pneumonia=p, label="pneumonia" if p >= 0.5 else "normal", threshold=0.5, temperature=1.0,
+        uncertain=uncertain, checkpoint_sha256="0" * 64,
+    )
+
+
+def _neighbours(labels: str) -> tuple[Neighbour, ...]:
+    names = {"p": "pneumonia", "n": "normal"}
+    return tuple(
+        Neighbour(case_id=f"train:{i}", split="train", index=i, label=names[c], similarity=0.9 - i / 100)
+        for i, c in enumerate(labels)
+    )
+
+
+@pytest.mark.parametrize(
+    ("opinion", "neighbours", "impression"),
+    [
+        (_opinion(0.9), _neighbours("pppnn"), "pneumonia"),
+        (_opinion(0.1), _neighbours("nnnpp"), "normal"),
+        (_opinion(0.9), _neighbours("nnnpp"), "indeterminate"),  # classifier and neighbours disagree
+        (_opinion(0.55, uncertain=True), _neighbours("ppppp"), "indeterminate"),
+        (_opinion(0.9), _neighbours("ppnn"), "pneumonia"),  # a tie among neighbours does not overrule
+        (_opinion(0.2), None, "normal"),
+        (None, _neighbours("pppnn"), "pneumonia"),
+        (None, _neighbours("ppnn"), "indeterminate"),
+        (None, None, "indeterminate"),
+    ],
+)
+def test_template_backend_rules(opinion, neighbours, impression) -> None:
+    ev = Evidence("test:1", IMAGE, opinion, neighbours)
+    text = TemplateBackend.write(ev)
+    assert text.startswith("[template backend: not a vision-language model.")
+    assert text == TemplateBackend.write(ev)  # deterministic
+    parsed = parse_report(text)
+    assert parsed.status == "ok" and parsed.impression == impression
+    if opinion is not None:
+        assert f"p(pneumonia) = {opinion.prob_pneumonia:.2f}" in text
+
+
+def test_registry_and_provenance() -> None:
+    assert set(BACKENDS) == {"template", "medgemma", "openai"}
+    settings = load_settings()
+    backend = get_backend(settings)  # the configured default
+    assert backend.name == "template" and get_backend(settings.reporter) is backend
+    with pytest.raises(ReporterError, match="unknown reporter backend 'llava'"):
+        get_backend(settings, "llava")
+    ev = Evidence("test:1", IMAGE, _opinion(0.8), _neighbours("ppp"))
+    (result,) = generate_reports(backend, [ev], "grounded")
+    assert result.backend == "template" and result.model_id == "casereview-template-v1"
+    assert result.parsed.impression == "pneumonia" and result.image_refs == ["case"]
+    prov = result.provenance
+    assert {"backend", "model_id", "variant", "template_sha256", "seed", "render_s", "generate_s", "created", "packages"} <= set(prov)
+
+
+def test_openai_key_is_never_in_provenance(monkeypatch) -> None:
+    monkeypatch.setenv("MY_KEY", "sk-do-not-leak")
+    backend = get_backend(ReporterConfig(backend="openai", api_key_env="MY_KEY"))
+    assert "sk-do-not-leak" not in json.dumps(backend.describe())
+
+
+def test_pick_representative_covers_errors_classes_and_uncertainty() -> None:
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 0])
+    probs = np.array([0.99, 0.7, 0.52, 0.1, 0.01, 0.3, 0.48, 0.95, 0.6, 0.2])
+    picked = pick_representative(labels, probs, 0.5, 6)
+    assert picked == [
+        (3, "classifier error: false negative"),
+        (7, "classifier error: false positive"),
+        (0, "confident, pneumonia"),
+        (4, "confident, normal"),
+        (2, "near the threshold, pneumonia"),
+        (6, "near the threshold, normal"),
+    ]
+    assert len(pick_representative(labels, probs, 0.5, 10)) == 10
+    assert len({i for i, _ in pick_representative(labels, probs, 0.5, 50)}) == 10
+
+
+def test_case_markdown_escapes_model_output(tmp_path) -> None:
+    hostile = "<script>alert(1)</script>\n```\n**IMPRESSION: pneumonia** <img src=x onerror=alert(2)>"
+    backend = get_backend(load_settings())
+    (result,) = generate_reports(backend, [Evidence("test:9", IMAGE, _opinion(0.8))], "structured")
+    result = result.model_copy(update={"raw": hostile, "parsed": parse_report(hostile)})
+    record = CaseReport(
+        case_id="test:9", ground_truth="normal", classifier=_opinion(0.8), neighbours=None, image_file="", report=result
+    )
+    saved = write_case_report(record, IMAGE, tmp_path)
+    md = (tmp_path / "test_9_structured_template.md").read_text()
+    assert saved.image_file == "test_9_structured_template.png" and (tmp_path / saved.image_file).is_file()
+    assert json.loads((tmp_path / "test_9_structured_template.json").read_text())["report"]["raw"] == hostile
+    assert fence(hostile) in md and fence(hostile).startswith("````text\n")  # longer fence than the text's
+    outside = md.replace(fence(hostile), "")
+    assert "<script>" not in outside and "<img" not in outside
+    assert md_inline("<b>x</b> *y*") == "&lt;b&gt;x&lt;/b&gt; \\*y\\*"
+
+
+def test_langchain_tool(data_root) -> None:
+    from casereview.tools.reporter.tool import make_report_tool
+
+    tool = make_report_tool(load_settings(overrides={"data": {"root": data_root}}))
+    assert tool.name == "write_report" and {"case_ref", "variant", "opinion", "neighbours"} <= set(tool.args)
+    out = tool.invoke(
+        {
+            "case_ref": "test:0",
+            "variant": "grounded",
+            "opinion": _opinion(0.9).model_dump(),
+            "neighbours": [n.model_dump() for n in _neighbours("pp")],
+        }
+    )
+    assert out["parsed"]["impression"] == "pneumonia" and out["case_id"] == "test:0"
+    assert out["image_refs"] == ["case"]
