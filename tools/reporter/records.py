@@ -7,17 +7,14 @@ rendered as markup when the Markdown becomes HTML.
 
 from __future__ import annotations
 
-import html
 import re
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
-import jinja2
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
+from casereview.render import fence, markdown_env, md_inline  # noqa: F401 (re-exported)
 from casereview.schemas import ClassifierOpinion, Label, Neighbour
 from casereview.tools.reporter.reporting import ReportResult
 
@@ -34,34 +31,6 @@ class CaseReport(BaseModel):
     neighbours: list[Neighbour] | None
     image_file: str  # relative to the record's folder
     report: ReportResult
-
-
-def fence(text: str, info: str = "text") -> str:
-    """``text`` in a Markdown code fence longer than any backtick run inside it."""
-    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
-    ticks = "`" * max(3, longest + 1)
-    return f"{ticks}{info}\n{text}\n{ticks}"
-
-
-def md_inline(text: object) -> str:
-    """Untrusted text for inline Markdown: one line, HTML escaped, Markdown syntax backslash-escaped."""
-    flat = " ".join(str(text).split())
-    return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", html.escape(flat, quote=True))
-
-
-@lru_cache(maxsize=1)
-def markdown_env() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(resources.files("casereview.templates"))),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,  # Markdown: untrusted text goes through `fence` or `md_inline`
-    )
-    env.filters["fence"] = fence
-    env.filters["md_inline"] = md_inline
-    return env
 
 
 def save_view_image(image: np.ndarray, path: Path) -> Path:

@@ -1,0 +1,51 @@
+"""Jinja rendering of the human-facing documents in ``templates/`` (case reports, task reports, cards).
+
+Model output is untrusted text: templates show it only in code fences (``fence``) or
+through ``md_inline``, which escapes HTML and Markdown, so nothing a model writes is
+rendered as markup when the Markdown becomes HTML.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import jinja2
+
+
+def fence(text: str, info: str = "text") -> str:
+    """``text`` in a Markdown code fence longer than any backtick run inside it."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    ticks = "`" * max(3, longest + 1)
+    return f"{ticks}{info}\n{text}\n{ticks}"
+
+
+def md_inline(text: object) -> str:
+    """Untrusted text for inline Markdown: one line, HTML escaped, Markdown syntax backslash-escaped."""
+    flat = " ".join(str(text).split())
+    return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", html.escape(flat, quote=True))
+
+
+@lru_cache(maxsize=1)
+def markdown_env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resources.files("casereview.templates"))),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,  # Markdown: untrusted text goes through `fence` or `md_inline`
+    )
+    env.filters["fence"] = fence
+    env.filters["md_inline"] = md_inline
+    env.filters["pct"] = lambda x, d=1: f"{100 * x:.{d}f}%"
+    env.filters["f"] = lambda x, d=3: f"{x:.{d}f}"
+    return env
+
+
+def render(template: str, **context: Any) -> str:
+    """Render ``templates/<template>`` with StrictUndefined: a missing value is an error, never blank."""
+    return markdown_env().get_template(template).render(**context)
