@@ -99,11 +99,15 @@ def list_variants() -> list[str]:
     return sorted(name[:-3] for name in _env().list_templates(extensions=["j2"]) if not name.startswith("_"))
 
 
+def template_source(name: str) -> str:
+    """The source text of a prompt template file (``grounded.j2``, ``_macros.j2``)."""
+    env = _env()
+    return env.loader.get_source(env, name)[0]
+
+
 def template_sha256(variant: str) -> str:
     """sha256 of a variant's template together with the shared macros it imports."""
-    env = _env()
-    sources = [env.loader.get_source(env, name)[0] for name in (f"{variant}.j2", MACROS)]
-    return sha256_text("\n".join(sources))
+    return sha256_text("\n".join(template_source(name) for name in (f"{variant}.j2", MACROS)))
 
 
 def _image_function(evidence: Evidence):
