@@ -139,7 +139,7 @@ class PixelEmbedder(Embedder):
             sha256_text(f"pixels:pca{n_components}:train:{data_sha256}"),
             batch_size,
         )
-        self.pca = PCA(n_components=n_components, svd_solver="randomized", random_state=0)
+        self.pca = PCA(n_components=n_components, svd_solver="covariance_eigh")  # exact and fast for 784 features
         self.pca.fit(self._flat(train_images))
 
     @classmethod
@@ -207,7 +207,7 @@ def _require_weights(model_name: str, pretrained: str | None) -> None:
         return
     if model_name.startswith("local-dir:"):
         folder = Path(model_name.removeprefix("local-dir:"))
-        if not any(folder.glob(pattern) for pattern in ("*.safetensors", "*.bin", "*.pth")):
+        if not any(any(folder.glob(pattern)) for pattern in ("*.safetensors", "*.bin", "*.pth")):
             raise EmbedderError(f"{folder} holds no CLIP weights (*.safetensors, *.bin or *.pth beside open_clip_config.json)")
         return
     if not pretrained:
