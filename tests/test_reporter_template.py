@@ -12,7 +12,8 @@ from casereview.schemas import ClassifierOpinion, Neighbour
 from casereview.tools.reporter import BACKENDS, Evidence, ReporterError, generate_reports, get_backend, parse_report
 from casereview.tools.reporter.backends import TemplateBackend
 from casereview.tools.reporter.gather import pick_representative
-from casereview.tools.reporter.records import CaseReport, fence, md_inline, write_case_report
+from casereview.render import fence, md_inline
+from casereview.tools.reporter.records import CaseReport, write_case_report
 
 IMAGE = np.zeros((28, 28), dtype=np.uint8)
 

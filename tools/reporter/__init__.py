@@ -17,13 +17,8 @@ from casereview.tools.reporter.parser import ParsedReport, parse_report
 from casereview.tools.reporter.prompts import PromptError, RenderedPrompt, list_variants, render_prompt, template_sha256
 from casereview.tools.reporter.reporting import ReportResult, generate_reports
 
-DEFAULT_VARIANT = "grounded"
-STRICT_VARIANT = "grounded_skeptical"
-
 __all__ = [
     "BACKENDS",
-    "DEFAULT_VARIANT",
-    "STRICT_VARIANT",
     "Evidence",
     "Generation",
     "ParsedReport",

@@ -1,8 +1,7 @@
 """Per-case report records (JSON) and their Markdown rendering from ``templates/report_case.md.j2``.
 
-Model output is untrusted text: the templates show it only in code fences (``fence``) or
-through ``md_inline``, which escapes HTML and Markdown, so that nothing a model writes is
-rendered as markup when the Markdown becomes HTML.
+Model output is untrusted: the template shows it only through ``fence`` and ``md_inline``
+(see :mod:`casereview.render`).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
-from casereview.render import fence, markdown_env, md_inline  # noqa: F401 (re-exported)
+from casereview.render import render
 from casereview.schemas import ClassifierOpinion, Label, Neighbour
 from casereview.tools.reporter.reporting import ReportResult
 
@@ -57,5 +56,5 @@ def write_case_report(record: CaseReport, image: np.ndarray, out_dir: Path) -> C
     save_view_image(image, out_dir / f"{stem}.png")
     record = record.model_copy(update={"image_file": f"{stem}.png"})
     (out_dir / f"{stem}.json").write_text(record.model_dump_json(indent=2) + "\n")
-    (out_dir / f"{stem}.md").write_text(markdown_env().get_template("report_case.md.j2").render(r=record))
+    (out_dir / f"{stem}.md").write_text(render("report_case.md.j2", r=record))
     return record

@@ -25,11 +25,11 @@ from casereview.tools.reporter.evidence import Evidence
 from casereview.tools.reporter.gather import EvidenceSources, require
 from casereview.tools.reporter.generate import picked_cases
 from casereview.tools.reporter.prompts import list_variants, render_prompt, template_sha256, template_source
-from casereview.tools.reporter.records import file_stem, markdown_env, save_view_image
+from casereview.render import render
+from casereview.tools.reporter.records import file_stem, save_view_image
 from casereview.tools.reporter.reporting import ReportResult, generate_reports
 from casereview.training.data import load_split
 
-DEFAULT_VARIANT = "grounded"
 REPORT_NAME = "task2_report_generation.md"
 GPU_COMMAND = (
     "HF_TOKEN=hf_... CASEREVIEW_REPORTER_BACKEND=medgemma casereview report task2 --data-root ../shared/data"
@@ -104,18 +104,19 @@ def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n
     backend = get_backend(settings)
     vlm = backend.name != "template"
     variants = list_variants() if vlm else []
+    default = settings.reporter.variant
 
     picked = picked_cases(settings, sources, n_samples, "test")
     cases = [c for c, _ in picked]
     evidence = sources.evidence(cases, settings)
-    samples = {"template": generate_reports(template, evidence, DEFAULT_VARIANT)}
+    samples = {"template": generate_reports(template, evidence, default)}
     for v in variants:
         samples[v] = generate_reports(backend, evidence, v, progress=True)
 
     val_cases = _val_sample(settings, n_eval)
     val_evidence = sources.evidence(val_cases, settings)
     truths = [c.label_name for c in val_cases]
-    rows = [score(generate_reports(template, val_evidence, DEFAULT_VARIANT), truths, val_evidence)]
+    rows = [score(generate_reports(template, val_evidence, default), truths, val_evidence)]
     for v in variants:
         rows.append(score(generate_reports(backend, val_evidence, v, progress=True), truths, val_evidence))
 
@@ -137,9 +138,8 @@ def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n
     ]
     path = out_dir / REPORT_NAME
     path.write_text(
-        markdown_env()
-        .get_template("task2_report_generation.md.j2")
-        .render(
+        render(
+            "task2_report_generation.md.j2",
             created=utc_now(),
             commit=git_commit(),
             backend=backend,
@@ -150,9 +150,9 @@ def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n
             classifier_sha=sources.classifier.sha256,
             index=sources.index.embedder_id,
             k=settings.index.k,
-            default_variant=DEFAULT_VARIANT,
+            default_variant=default,
             prompts=prompts,
-            example=rendered[DEFAULT_VARIANT],
+            example=rendered[default],
             samples=[
                 {"case": c, "why": why, "evidence": ev, "image": images[c.case_id],
                  "template": samples["template"][i], "vlm": {v: samples[v][i] for v in variants}}
