@@ -103,10 +103,15 @@ class ReporterConfig(Section):
 
 
 class GraphConfig(Section):
-    k: int = 5
-    k_uncertain: int = 15
-    max_attempts: int = 2
-    strict_variant: str = "grounded_skeptical"
+    """The case-review workflow (``casereview review``)."""
+
+    k: int = 5  # neighbours retrieved as evidence
+    k_uncertain: int = 15  # neighbours when the classifier is uncertain
+    case_base: Literal["train", "train+val"] = "train"  # never test: test cases must not ground reports
+    max_attempts: int = 2  # report attempts, the first included
+    strict_variant: str = "grounded_skeptical"  # prompt variant of a retry after a contradiction
+    conformal_alpha: float = 0.05  # miscoverage of the split-conformal set that flags uncertain cases
+    neighbour_majority: float = 0.6  # vote share the neighbours need before a report can contradict them
     checkpointer: Literal["sqlite", "memory", "none"] = "sqlite"
 
 

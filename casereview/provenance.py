@@ -6,6 +6,7 @@ import hashlib
 import platform
 import subprocess
 from datetime import datetime, timezone
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -24,14 +25,20 @@ PACKAGES = (
 )
 
 
-def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+@lru_cache(maxsize=16)
+def _versions(names: tuple[str, ...]) -> tuple[tuple[str, str | None], ...]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
-    return out
+    return tuple(out.items())
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions of ``names`` (and Python), looked up once per process."""
+    return dict(_versions(tuple(names)))
 
 
 def git_commit(cwd: Path | None = None) -> str | None:

@@ -16,7 +16,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocC
 from casereview.training.data import CLASS_NAMES  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save(fig: plt.Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -28,7 +28,7 @@ def confusion(y: np.ndarray, pred: np.ndarray, path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(4, 3.6))
     ConfusionMatrixDisplay.from_predictions(y, pred, display_labels=CLASS_NAMES, cmap="Blues", ax=ax, colorbar=False)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def roc_pr(y: np.ndarray, prob: np.ndarray, threshold: float, path: Path) -> Path:
@@ -44,7 +44,7 @@ def roc_pr(y: np.ndarray, prob: np.ndarray, threshold: float, path: Path) -> Pat
     b.axhline(y.mean(), ls=":", c="grey", label=f"prevalence {y.mean():.2f}")
     b.legend(loc="lower left")
     b.set_title("Precision-recall")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def reliability(y: np.ndarray, probs: dict[str, np.ndarray], eces: dict[str, float], path: Path, n_bins: int = 10) -> Path:
@@ -57,7 +57,7 @@ def reliability(y: np.ndarray, probs: dict[str, np.ndarray], eces: dict[str, flo
     ax.set_ylabel("observed fraction pneumonia")
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("Reliability diagram")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def training_curves(history: Sequence[dict], path: Path, title: str = "") -> Path:
@@ -73,7 +73,7 @@ def training_curves(history: Sequence[dict], path: Path, title: str = "") -> Pat
     b.set_xlabel("epoch")
     b.legend()
     b.set_title(title or "Validation metrics")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def image_grid(images: np.ndarray, captions: Sequence[str], path: Path, cols: int = 8, overlays: np.ndarray | None = None) -> Path:
@@ -94,7 +94,7 @@ def image_grid(images: np.ndarray, captions: Sequence[str], path: Path, cols: in
             ax2.imshow(img, cmap="gray", vmin=0, vmax=255)
             ax2.imshow(overlays[i], cmap="jet", alpha=0.45)
             ax2.set_title("saliency", fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def seed_thresholds(rows: Sequence[dict], path: Path) -> Path:
@@ -109,4 +109,4 @@ def seed_thresholds(rows: Sequence[dict], path: Path) -> Path:
     ax.set_ylabel("threshold on calibrated p(pneumonia)")
     ax.set_title("Validation-chosen thresholds across seeds", fontsize=10)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)

@@ -143,3 +143,21 @@ def bootstrap_youden_threshold(y: np.ndarray, prob: np.ndarray, n_boot: int = 50
         "p95": float(np.quantile(t, 0.95)),
         "single_youden": youden_threshold(y, prob),
     }
+
+
+def conformal_qhat(y: np.ndarray, prob: np.ndarray, alpha: float = 0.05) -> float:
+    """Split-conformal quantile of the score 1 - p(true class) on a calibration set (LAC).
+
+    A new case's prediction set {c : 1 - p_c <= qhat} then holds its true label with
+    probability >= 1 - alpha (exchangeability with the calibration set assumed).
+    """
+    y, prob = np.asarray(y), np.asarray(prob, dtype=float)
+    scores = np.where(y == 1, 1 - prob, prob)
+    n = len(scores)
+    level = min(1.0, np.ceil((n + 1) * (1 - alpha)) / n)
+    return float(np.quantile(scores, level, method="higher"))
+
+
+def prediction_set(prob: float, qhat: float) -> list[str]:
+    """The conformal prediction set of one case, as labels."""
+    return [name for name, p in (("normal", 1 - prob), ("pneumonia", prob)) if 1 - p <= qhat]

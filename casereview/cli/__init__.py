@@ -14,7 +14,7 @@ import warnings
 
 from casereview.errors import CaseReviewError
 
-COMMAND_MODULES = ("classifier", "report", "reporter", "index")
+COMMAND_MODULES = ("classifier", "report", "review", "reporter", "index")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -84,6 +84,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.set_defaults(func=run_study)
 
+    p = sub.add_parser(
+        "release",
+        help="install a checkpoint as the released default and write its model card",
+        description=(
+            "Evaluate a checkpoint on val and test, copy it to casereview/released/classifier.safetensors "
+            "(the default of every command) and write casereview/released/MODEL_CARD.md."
+        ),
+    )
+    add_common_options(p)
+    p.add_argument("checkpoint", type=Path, help="a checkpoint written by `casereview train`")
+    p.add_argument("--eval-out", type=Path, default=Path("runs/release_eval"), help="where the evaluations go")
+    p.set_defaults(func=run_release)
+
 
 def run_train(args: argparse.Namespace) -> int:
     from casereview.training.train import train
@@ -148,4 +161,12 @@ def run_study(args: argparse.Namespace) -> int:
     for k, v in summary["test_mean_std"].items():
         print(f"  test {k:18s} {v['mean']:.4f} +- {v['std']:.4f}")
     print(f"wrote {path}")
+    return 0
+
+
+def run_release(args: argparse.Namespace) -> int:
+    from casereview.training.release import release
+
+    path = release(settings_from_args(args), args.checkpoint, args.eval_out)
+    print(f"released {path} (model card: {path.parent / 'MODEL_CARD.md'})")
     return 0

@@ -1,0 +1,52 @@
+"""Checking a parsed report against the evidence: pure functions, no I/O."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from casereview.graphs.state import Verification
+
+
+def neighbour_vote(neighbours: list[dict[str, Any]], majority: float) -> tuple[str | None, float]:
+    """The neighbours' majority label and its share; label ``None`` when the share is below ``majority``."""
+    if not neighbours:
+        return None, 0.0
+    label, count = Counter(n["label"] for n in neighbours).most_common(1)[0]
+    share = count / len(neighbours)
+    return (label if share >= majority else None), share
+
+
+def verify_report(
+    impression: str | None, classifier: dict[str, Any], neighbours: list[dict[str, Any]], majority: float
+) -> Verification:
+    """Compare the report's impression with the calibrated classifier and the neighbours' vote.
+
+    - no impression (the output broke the contract): ``unparseable``;
+    - ``indeterminate`` contradicts nothing (it is flagged for review by the graph);
+    - a confident classifier label that differs: ``contradicts_classifier``;
+    - else a clear neighbour majority that differs: ``contradicts_neighbours``.
+    An uncertain classifier (conformal set not a single label) is not contradicted by either label.
+    """
+    n_label, share = neighbour_vote(neighbours, majority)
+    base = {"report_impression": impression, "classifier_label": classifier["label"],
+            "neighbour_label": n_label, "neighbour_share": round(share, 3)}
+    if impression is None:
+        return {"verdict": "unparseable", "reasons": ["the report has no IMPRESSION line that could be read"], **base}
+    if impression == "indeterminate":
+        return {"verdict": "agree", "reasons": ["the report is indeterminate; it contradicts no evidence"], **base}
+    against_classifier = not classifier["uncertain"] and impression != classifier["label"]
+    against_neighbours = n_label is not None and impression != n_label
+    reasons = []
+    if against_classifier:
+        reasons.append(f"report says {impression}, classifier says {classifier['label']} "
+                       f"(p={classifier['prob_pneumonia']:.2f}, threshold {classifier['threshold']:.2f})")
+    if against_neighbours:
+        reasons.append(f"report says {impression}, {share:.0%} of {len(neighbours)} similar cases are {n_label}")
+    if against_classifier:
+        verdict = "contradicts_classifier"
+    elif against_neighbours:
+        verdict = "contradicts_neighbours"
+    else:
+        verdict, reasons = "agree", ["report agrees with the classifier and the similar cases"]
+    return {"verdict": verdict, "reasons": reasons, **base}

@@ -1,0 +1,80 @@
+"""``casereview review``: run the case-review graph on cases; ``casereview graph``: show it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+
+from casereview.cli.common import add_common_options, settings_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "review",
+        help="review cases end to end: classify, retrieve similar cases, report, verify",
+        description=(
+            "Run the LangGraph case-review workflow on each case: classify (calibrated), retrieve similar train "
+            "cases as evidence, prompt the reporter, verify the report against the evidence (one retry with a "
+            "stricter prompt after a contradiction), and save the record as JSON and Markdown. CASES are "
+            "split:index references (test:42), PNG/JPEG files of any size, or folders of them."
+        ),
+    )
+    add_common_options(p)
+    p.add_argument("cases", nargs="+", metavar="CASE", help="test:42, path/to/image.png or folder/")
+    p.add_argument("--backend", choices=["template", "medgemma", "openai"], help="reporter backend (default: template)")
+    p.add_argument("--variant", help="first prompt variant (default: grounded)")
+    p.add_argument("--model-id", help="VLM model id or local folder (medgemma/openai backends)")
+    p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
+    p.add_argument("-k", type=int, help="similar cases retrieved (default: 5; more when the classifier is uncertain)")
+    p.add_argument("--embedder", choices=["cnn", "clip", "pixels"], help="case-index embedder (default: cnn)")
+    p.add_argument("--checkpoint", type=Path, help="classifier checkpoint (default: the released one)")
+    p.add_argument("--max-attempts", type=int, help="report attempts including the first (default: 2)")
+    p.add_argument("--out", type=Path, help="where records go (default: <workdir>/reviews/<run id>)")
+    p.add_argument("--run-id", help="resume or extend this run (default: a new id)")
+    p.add_argument("--json", action="store_true", help="print the record(s) as JSON instead of a summary")
+    p.add_argument("--step", action="store_true", help="pause before each node to inspect the state (interactive)")
+    p.add_argument("--timings", action="store_true", help="print per-node timings and the graph overhead")
+    p.set_defaults(func=run_review)
+
+    p = sub.add_parser("graph", help="print the review graph", description="Print the case-review graph.")
+    p.add_argument("--mermaid", action="store_true", help="Mermaid source (default: ASCII)")
+    p.set_defaults(func=run_graph)
+
+
+def run_graph(args: argparse.Namespace) -> int:
+    from casereview.graphs.graph import build_graph
+
+    g = build_graph().get_graph()
+    print(g.draw_mermaid() if args.mermaid else g.draw_ascii())
+    return 0
+
+
+def run_review(args: argparse.Namespace) -> int:
+    from casereview.graphs.review import ReviewRun, expand_case_refs
+
+    settings = settings_from_args(
+        args,
+        reporter={"backend": args.backend, "variant": args.variant, "model_id": args.model_id, "base_url": args.base_url},
+        graph={"k": args.k, "max_attempts": args.max_attempts},
+        index={"embedder": args.embedder},
+        classifier={"checkpoint": args.checkpoint},
+    )
+    refs = expand_case_refs(args.cases)  # every input checked before anything runs
+    run_id = args.run_id or uuid.uuid4().hex[:12]
+    out = args.out or settings.paths.workdir / "reviews" / run_id
+    run = ReviewRun(settings, run_id, out)
+    records = []
+    for ref in refs:
+        record = run.step_through(ref) if args.step else run.review(ref)
+        records.append(record)
+        if not args.json:
+            print(run.summary(record, timings=args.timings))
+    if args.json:
+        print(json.dumps(records[0] if len(records) == 1 else records, indent=2))
+    if args.timings and len(records) > 1:
+        print(run.timing_summary(records))
+    print(f"records in {out} (run id {run_id})", file=sys.stderr)
+    return 0
