@@ -34,7 +34,8 @@ def test_cases_with_image_only_variant(data_root, random_checkpoint, tmp_path, c
     record = json.loads((out / "test_5_structured_template.json").read_text())
     assert record["case_id"] == "test:5" and record["ground_truth"] in {"normal", "pneumonia"}
     assert record["classifier"]["checkpoint_sha256"] and record["neighbours"] is None
-    assert record["report"]["parsed"]["impression"] == record["classifier"]["label"]
+    opinion = record["classifier"]
+    assert record["report"]["parsed"]["impression"] == ("indeterminate" if opinion["uncertain"] else opinion["label"])
     assert record["report"]["raw"].startswith("[template backend: not a vision-language model")
     assert (out / record["image_file"]).is_file()
     md = (out / "test_5_structured_template.md").read_text()

@@ -10,34 +10,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from casereview.cases import Case
 from casereview.config import Settings
 from casereview.errors import CaseReviewError
-from casereview.schemas import ClassifierOpinion, Neighbour
+from casereview.schemas import Neighbour
 from casereview.tools.reporter.evidence import Evidence, ReporterError
 from casereview.training.data import load_split
 
+if TYPE_CHECKING:
+    from casereview.tools.case_index import CaseIndex
+    from casereview.tools.classifier_tool import CaseClassifier
+
 log = logging.getLogger(__name__)
-
-
-def classifier_opinions(clf, images: np.ndarray) -> list[ClassifierOpinion]:
-    """The classifier's calibrated opinion on each uint8 (28, 28) image."""
-    from casereview.training.predict import predict_proba
-
-    probs = predict_proba(clf, np.asarray(images))
-    return [
-        ClassifierOpinion(
-            prob_pneumonia=float(p),
-            label="pneumonia" if p >= clf.threshold else "normal",
-            threshold=clf.threshold,
-            temperature=clf.temperature,
-            checkpoint_sha256=clf.sha256,
-        )
-        for p in probs
-    ]
 
 
 def pick_representative(labels: np.ndarray, probs: np.ndarray, threshold: float, n: int) -> list[tuple[int, str]]:
@@ -84,20 +72,23 @@ def neighbour_images(neighbours: Sequence[Neighbour], data_root) -> tuple[np.nda
 
 @dataclass
 class EvidenceSources:
-    """The classifier and case index when they can be loaded, and why not when they cannot."""
+    """The classifier and case index when they can be loaded, and why not when they cannot.
 
-    classifier: object | None = None
-    index: object | None = None
+    The classifier's opinions carry the same conformal ``uncertain`` flag as in the graph.
+    """
+
+    classifier: CaseClassifier | None = None
+    index: CaseIndex | None = None
     missing: dict[str, str] = field(default_factory=dict)  # "classifier" / "index" -> reason
 
     @classmethod
     def load(cls, settings: Settings, *, classifier: bool = True, index: bool = True) -> EvidenceSources:
         out = cls()
         if classifier:
-            from casereview.training.checkpoint import load_classifier
+            from casereview.tools.classifier_tool import case_classifier
 
             try:
-                out.classifier = load_classifier(settings.classifier.checkpoint, settings.classifier.device)
+                out.classifier = case_classifier(settings)
             except CaseReviewError as exc:
                 out.missing["classifier"] = str(exc)
         if index:
@@ -118,9 +109,7 @@ class EvidenceSources:
     def evidence(self, cases: Sequence[Case], settings: Settings, k: int | None = None) -> list[Evidence]:
         """Evidence for each case from whatever sources loaded (train split as the case base)."""
         k = k or settings.index.k
-        opinions = (
-            classifier_opinions(self.classifier, np.stack([c.image for c in cases])) if self.classifier else None
-        )
+        opinions = [self.classifier.opinion(c.image)[0] for c in cases] if self.classifier else None
         out = []
         for i, case in enumerate(cases):
             neighbours = None

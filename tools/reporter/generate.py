@@ -9,19 +9,20 @@ from casereview.cases import Case, case_id, load_case
 from casereview.config import Settings
 from casereview.tools.reporter.backends import get_backend
 from casereview.tools.reporter.evidence import ReporterError
-from casereview.tools.reporter.gather import EvidenceSources, classifier_opinions, pick_representative, require
+from casereview.tools.reporter.gather import EvidenceSources, pick_representative, require
 from casereview.tools.reporter.prompts import PromptError
 from casereview.tools.reporter.records import CaseReport, write_case_report
 from casereview.tools.reporter.reporting import generate_reports
 from casereview.training.data import load_split
+from casereview.training.predict import predict_proba
 
 
 def picked_cases(settings: Settings, sources: EvidenceSources, n: int, split: str = "test") -> list[tuple[Case, str]]:
     """``n`` representative cases of ``split`` (see :func:`pick_representative`) with why each was picked."""
     require(sources, "classifier", "--pick (it selects by the classifier's confidence and errors)")
+    clf = sources.classifier.clf
     data = load_split(split, settings.data.root)
-    probs = [o.prob_pneumonia for o in classifier_opinions(sources.classifier, data.images)]
-    chosen = pick_representative(data.labels, probs, sources.classifier.threshold, n)
+    chosen = pick_representative(data.labels, predict_proba(clf, data.images), clf.threshold, n)
     return [
         (Case(case_id(split, i), data.images[i], int(data.labels[i]), split, i), why) for i, why in chosen
     ]
