@@ -16,6 +16,7 @@ is detected by that hash.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 from casereview.config import Settings
 from casereview.errors import CaseReviewError
-from casereview.provenance import sha256_file, sha256_text
+from casereview.provenance import sha256_file
 from casereview.training.data import DataError, data_file, load_split
 
 MEDICAL_CLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
@@ -125,27 +126,26 @@ class CnnEmbedder(Embedder):
 class PixelEmbedder(Embedder):
     """Raw pixels in [0, 1], projected on the top principal components of the train split.
 
-    The PCA is refitted (deterministically) whenever the embedder is built, so its identity
-    is the number of components and the data file it was fitted on.
+    The PCA is refitted (deterministically) whenever the embedder is built; ``weights_sha256``
+    hashes the fitted projection.
     """
 
     name = "pixels"
 
-    def __init__(self, train_images: np.ndarray, n_components: int, data_sha256: str, batch_size: int) -> None:
+    def __init__(self, train_images: np.ndarray, n_components: int, batch_size: int) -> None:
         from sklearn.decomposition import PCA
 
-        super().__init__(
-            f"pca{n_components}-train-pixels",
-            sha256_text(f"pixels:pca{n_components}:train:{data_sha256}"),
-            batch_size,
-        )
         self.pca = PCA(n_components=n_components, svd_solver="covariance_eigh")  # exact and fast for 784 features
         self.pca.fit(self._flat(train_images))
+        # The projection's identity: its mean and components, rounded so that last-bit BLAS
+        # differences between machines do not count (+ 0.0 turns -0.0 into 0.0).
+        fitted = np.round(np.concatenate([self.pca.mean_, self.pca.components_.ravel()]), 4) + 0.0
+        super().__init__(f"pca{n_components}-train-pixels", hashlib.sha256(fitted.astype(np.float32).tobytes()).hexdigest(), batch_size)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PixelEmbedder:
         train = load_split("train", settings.data.root)
-        return cls(train.images, settings.index.pixels_pca_components, data_sha256(settings), settings.index.batch_size)
+        return cls(train.images, settings.index.pixels_pca_components, settings.index.batch_size)
 
     @staticmethod
     def _flat(images: np.ndarray) -> np.ndarray:
@@ -218,8 +218,6 @@ def _require_weights(model_name: str, pretrained: str | None) -> None:
 
 
 def _state_dict_sha256(model: torch.nn.Module) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     for key, tensor in sorted(model.state_dict().items()):
         digest.update(key.encode())

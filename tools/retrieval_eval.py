@@ -146,7 +146,10 @@ def evaluate_retrieval(
             "n_queries": len(query_labels),
             "case_base": split,
             "n_case_base": len(base_labels),
-            "n_queries_p@5_le_0.2": int((hit5.mean(axis=1) <= 0.2).sum()),
+            # queries whose top 5 mostly disagree with them (at most 1 of 5 shares the label), by true class
+            "low_p@5_queries": {
+                cls: int(((hit5.mean(axis=1) <= 0.2) & (query_labels == c)).sum()) for c, cls in enumerate(CLASS_NAMES)
+            },
             "failures": [
                 {
                     "case_id": query_ids[i],

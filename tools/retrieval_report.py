@@ -1,0 +1,169 @@
+"""Task 3 report (``casereview report task3``): the case index, its retrieval quality, grids and failure cases.
+
+For each embedder in ``settings.index.report_embedders`` the index is built (kept when
+up to date) and evaluated with :func:`evaluate_retrieval`; the report, its figures and
+``task3_retrieval_metrics.json`` are written to ``out_dir``. The default embedder
+(``settings.index.embedder``) must be available; any other that cannot be built here
+(e.g. BiomedCLIP without internet access) is reported as unavailable with the reason.
+Example queries are fixed by rule (the first two normal and the first two pneumonia test
+images); failure cases are the test queries whose five nearest training cases disagree most.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from casereview.config import Settings
+from casereview.errors import CaseReviewError
+from casereview.provenance import git_commit, utc_now
+from casereview.render import render
+from casereview.schemas import Neighbour
+from casereview.tools.case_index import CaseIndex, build_index, open_index
+from casereview.tools.embedders import MEDICAL_CLIP
+from casereview.tools.retrieval_eval import KS, evaluate_retrieval
+from casereview.tools.retrieval_figures import GridRow, save_retrieval_grid
+from casereview.training.data import CLASS_NAMES, SPLITS, load_split
+
+REPORT_NAME = "task3_retrieval_system.md"
+METRICS_NAME = "task3_retrieval_metrics.json"
+EXAMPLES_PER_CLASS = 2
+FAILURES_SHOWN = 4
+GRID_K = 5
+
+
+def example_queries(settings: Settings) -> list[int]:
+    """Test indices shown in the grids: the first ``EXAMPLES_PER_CLASS`` of each class."""
+    labels = load_split("test", settings.data.root).labels
+    return [int(i) for c in range(len(CLASS_NAMES)) for i in np.flatnonzero(labels == c)[:EXAMPLES_PER_CLASS]]
+
+
+def _grid(settings: Settings, index: CaseIndex, queries: list[int], path: Path) -> str:
+    test = load_split("test", settings.data.root)
+    rows = [
+        GridRow(f"test:{i} ({CLASS_NAMES[test.labels[i]]})", test.images[i], CLASS_NAMES[test.labels[i]],
+                index.search_image(test.images[i], GRID_K, split="train"))
+        for i in queries
+    ]
+    title = f"{index.embedder.name}: test queries, top {GRID_K} of the train case base"
+    save_retrieval_grid(rows, path, settings.data.root, title)
+    return path.name
+
+
+def _failure_grid(settings: Settings, failures: list[dict[str, Any]], embedder: str, path: Path) -> str | None:
+    if not failures:
+        return None
+    test = load_split("test", settings.data.root)
+    rows = []
+    for f in failures[:FAILURES_SHOWN]:
+        i = int(f["case_id"].split(":")[1])
+        rows.append(GridRow(f"{f['case_id']} ({f['label']})", test.images[i], f["label"], [Neighbour(**n) for n in f["neighbours"]]))
+    save_retrieval_grid(rows, path, settings.data.root, f"{embedder}: test queries whose train neighbours disagree most")
+    return path.name
+
+
+def _precision_chart(results: dict[str, dict[str, Any]], path: Path) -> str:
+    settings_shown = ("within_test", "test_vs_train")
+    fig = Figure(figsize=(8, 3.2), layout="constrained")
+    axes = fig.subplots(1, len(settings_shown), sharey=True)
+    width = 0.8 / max(1, len(results))
+    for ax, setting in zip(axes, settings_shown):
+        for j, (name, m) in enumerate(results.items()):
+            values = [m[setting][f"p@{k}"] for k in KS]
+            bars = ax.bar(np.arange(len(KS)) + j * width, values, width, label=name)
+            ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        chance = next(iter(results.values()))[setting]["chance_p@k"]
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
+        ax.set_xticks(np.arange(len(KS)) + width * (len(results) - 1) / 2, [f"P@{k}" for k in KS])
+        ax.set_title(setting.replace("_", " "), fontsize=9)
+        ax.set_ylim(0, 1.05)
+    axes[0].set_ylabel("precision")
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.savefig(path, dpi=120)
+    return path.name
+
+
+def classifier_agreement(settings: Settings, index: CaseIndex, k: int = GRID_K) -> dict[str, Any]:
+    """P@k (test vs train) for test images the index's classifier gets right and wrong (cnn embedder only).
+
+    Shows whether neighbours are independent evidence or share the classifier's mistakes.
+    """
+    from casereview.training.predict import predict_proba
+
+    clf = index.embedder.classifier
+    vectors, labels, _ = index.vectors("test")  # the indexed test images: test[:n_test]
+    images = load_split("test", settings.data.root).images[: len(labels)]
+    correct = (predict_proba(clf, images) >= clf.threshold).astype(np.int64) == labels
+    hits = index.search_vectors(vectors, k, "train")
+    precision = np.array([np.mean([n.label == CLASS_NAMES[y] for n in row]) for row, y in zip(hits, labels)])
+    return {
+        "k": k,
+        "threshold": clf.threshold,
+        "n_correct": int(correct.sum()),
+        "n_wrong": int((~correct).sum()),
+        "p_correct": float(precision[correct].mean()),
+        "p_wrong": float(precision[~correct].mean()) if (~correct).any() else None,
+    }
+
+
+def write_task3_report(settings: Settings, out_dir: Path, latency_queries: int = 200) -> Path:
+    """Build (if needed) and evaluate each report embedder, draw the figures, render the report."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    indexes: dict[str, CaseIndex] = {}
+    unavailable: dict[str, str] = {}
+    for name in dict.fromkeys([settings.index.embedder, *settings.index.report_embedders]):
+        try:
+            build_index(settings, name)
+            indexes[name] = open_index(settings, name)
+            results[name] = evaluate_retrieval(indexes[name], settings, latency_queries=latency_queries)
+        except CaseReviewError as exc:
+            if name == settings.index.embedder:
+                raise
+            unavailable[name] = str(exc)
+    (out_dir / METRICS_NAME).write_text(json.dumps(results, indent=2) + "\n")
+
+    queries = example_queries(settings)
+    grids = {name: _grid(settings, index, queries, out_dir / f"task3_grid_{name}.png") for name, index in indexes.items()}
+    default = settings.index.embedder
+    gap = max(
+        abs(m[setting][f"p@{k}"] - m[setting]["exact"][f"p@{k}"])
+        for m in results.values()
+        for setting in ("within_test", "test_vs_train")
+        for k in KS
+    )
+    failures = results[default]["test_vs_train"]["failures"]
+    counts = {s: len(load_split(s, settings.data.root)) for s in SPLITS}
+    train_labels = load_split("train", settings.data.root).labels
+    path = out_dir / REPORT_NAME
+    path.write_text(
+        render(
+            "task3_retrieval_system.md.j2",
+            created=utc_now(),
+            commit=git_commit(),
+            default=default,
+            results=results,
+            unavailable=unavailable,
+            ks=KS,
+            index=settings.index,
+            counts=counts,
+            train_pneumonia=float(train_labels.mean()),
+            queries=[f"test:{i}" for i in queries],
+            grids=grids,
+            failure_grid=_failure_grid(settings, failures, default, out_dir / f"task3_failures_{default}.png"),
+            failures=failures[:FAILURES_SHOWN],
+            precision_chart=_precision_chart(results, out_dir / "task3_precision_at_k.png"),
+            medical_clip=MEDICAL_CLIP,
+            grid_k=GRID_K,
+            checkpoint=settings.classifier.checkpoint,
+            hnsw_gap=gap,
+            agreement=classifier_agreement(settings, indexes[default]) if default == "cnn" else None,
+            metrics_file=METRICS_NAME,
+        )
+    )
+    return path
