@@ -51,8 +51,9 @@ class TrainConfig(Section):
     class_weighting: Literal["balanced", "none"] = "balanced"
     label_smoothing: float = 0.0
     augment: bool = True
+    ema_decay: float = 0.99  # weight EMA that is validated and saved; 0 turns it off
     early_stopping_metric: Literal["val_loss", "val_auc"] = "val_loss"
-    patience: int = 8
+    patience: int = 10
     seed: int = 0
     num_workers: int = 0
     threads: int | None = None  # torch.set_num_threads; None keeps torch's default

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -76,8 +76,10 @@ class ReviewRun:
         self.save(record, np.asarray(state["image"], dtype=np.uint8))
         return record
 
-    def step_through(self, ref: str, pause=input) -> dict[str, Any]:
-        """Run one case pausing before every node; ``pause`` is called with a prompt between nodes."""
+    def step_through(self, ref: str, pause: Callable[[str], str] | None = None) -> dict[str, Any]:
+        """Run one case pausing before every node; ``pause`` (default: ``input``) gets a prompt
+        between nodes and stops the run when it returns ``q``."""
+        pause = pause or input
         graph = build_graph(self.checkpointer or make_checkpointer("memory", Path()), interrupt_before=NODE_ORDER)
         cfg = thread_config(self.run_id + "-step", ref)
         inp: dict[str, Any] | None = {"case_ref": ref}

@@ -63,7 +63,7 @@ def _load_split(split: str, root: str | None, download: bool) -> Split:
             medmnist.PneumoniaMNIST(split=split, root=str(path.parent), download=True, size=28)
         except Exception as exc:  # medmnist raises bare RuntimeErrors on network failure
             raise DataError(
-                f"could not download PneumoniaMNIST into {path.parent} ({exc}). "
+                f"could not download PneumoniaMNIST into {path.parent} ({type(exc).__name__}; offline?). "
                 f"Copy {DATA_FILE} there or set --data-root / CASEREVIEW_DATA_ROOT."
             ) from exc
     try:

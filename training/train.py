@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from casereview.config import Settings, TrainConfig
@@ -108,9 +109,16 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
     criterion = nn.BCEWithLogitsLoss(pos_weight=None if pw is None else pw.to(device))
     opt = _optimizer(cfg, model)
     sched = _scheduler(cfg, opt, len(train_loader))
+    # An exponential moving average of the weights is what gets validated and saved: at peak
+    # learning rate the raw weights' logit offset swings from epoch to epoch (validation balanced
+    # accuracy at 0.5 moved between 0.82 and 0.95 without it), which made epoch selection and the
+    # threshold fit noisy.
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay else None
+    evaluated = ema.module if ema else model
 
     history: list[dict[str, float]] = []
     best, best_state, bad_epochs = None, None, 0
+    step = 0
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.augment else None
     start = time.perf_counter()
     epochs = tqdm(range(1, cfg.epochs + 1), desc=f"train {cfg.arch} seed {cfg.seed}", disable=not show_progress)
@@ -125,9 +133,12 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
             loss.backward()
             opt.step()
             sched.step()
+            step += 1
+            if ema:
+                ema.update(model, step=step)
             running += loss.item() * len(y)
             seen += len(y)
-        val_logits, val_y = collect_logits(model, val_loader, device)
+        val_logits, val_y = collect_logits(evaluated, val_loader, device)
         val_loss = float(nn.functional.binary_cross_entropy_with_logits(
             torch.from_numpy(val_logits), torch.from_numpy(val_y).float(),
             pos_weight=None if pw is None else pw).item())
@@ -138,13 +149,14 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
         history.append(row)
         epochs.set_postfix(loss=f"{row['train_loss']:.3f}", val_loss=f"{val_loss:.3f}", val_auc=f"{m['roc_auc']:.4f}")
         if _is_better(cfg, row, best):
-            best, best_state, bad_epochs = row, copy.deepcopy(model.state_dict()), 0
+            best, best_state, bad_epochs = row, copy.deepcopy(evaluated.state_dict()), 0
         else:
             bad_epochs += 1
             if bad_epochs >= cfg.patience:
                 log.info("early stop at epoch %d (best %d)", epoch, best["epoch"])
                 break
     train_seconds = time.perf_counter() - start
+    model = evaluated
     model.load_state_dict(best_state)
 
     # Calibration on validation only: temperature (NLL), then the threshold rule on the

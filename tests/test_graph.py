@@ -1,0 +1,231 @@
+"""The case-review graph: nodes on hand-made states, routing, full runs on real data with a real
+on-disk Chroma, stepping and resuming with a checkpointer, the CLI and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.runtime import Runtime
+from PIL import Image
+
+from case_index_support import index_settings
+from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)
+from casereview.agents import nodes
+from casereview.agents.verify import neighbour_vote, verify_report
+from casereview.cases import CaseError
+from casereview.cli import main
+from casereview.graphs.context import ReviewContext
+from casereview.graphs.graph import NODE_ORDER, build_graph, make_checkpointer, thread_config
+from casereview.graphs.review import ReviewRun, expand_case_refs
+from casereview.tools.case_index import build_index, chroma_path
+
+LIMIT = 60  # images per split in the test index
+
+
+def with_overrides(settings, **sections):
+    return settings.model_copy(update={k: getattr(settings, k).model_copy(update=v) for k, v in sections.items()})
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory, data_root, random_checkpoint):
+    s = index_settings(tmp_path_factory.mktemp("graph"), data_root, checkpoint=random_checkpoint, limit=LIMIT, embedder="cnn")
+    build_index(s, progress=False)
+    return with_overrides(s, graph={"checkpointer": "memory"}, reporter={"backend": "template"})
+
+
+def runtime(settings) -> Runtime:
+    return Runtime(context=ReviewContext(settings))
+
+
+def opinion(label="pneumonia", p=0.9, uncertain=False):
+    return {"prob_pneumonia": p, "label": label, "threshold": 0.5, "temperature": 1.0, "uncertain": uncertain,
+            "checkpoint_sha256": "x" * 64, "prediction_set": [label], "conformal_alpha": 0.05, "arch": "cr_resnet_small"}
+
+
+def nbs(*labels):
+    return [{"case_id": f"train:{i}", "split": "train", "index": i, "label": lab, "similarity": 0.9} for i, lab in enumerate(labels)]
+
+
+# --- pure pieces -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("impression", "clf", "neighbours", "verdict"),
+    [
+        ("pneumonia", opinion("pneumonia"), nbs("pneumonia", "pneumonia", "normal"), "agree"),
+        ("normal", opinion("pneumonia"), nbs("pneumonia", "pneumonia", "pneumonia"), "contradicts_classifier"),
+        ("normal", opinion("normal", 0.1), nbs("pneumonia", "pneumonia", "pneumonia"), "contradicts_neighbours"),
+        ("normal", opinion("pneumonia", 0.55, uncertain=True), nbs("normal", "normal"), "agree"),
+        ("normal", opinion("normal", 0.2), nbs("pneumonia", "normal"), "agree"),  # 50/50 vote: no majority
+        ("indeterminate", opinion("pneumonia"), nbs("pneumonia"), "agree"),
+        (None, opinion("pneumonia"), nbs("pneumonia"), "unparseable"),
+    ],
+)
+def test_verify_verdicts(impression, clf, neighbours, verdict):
+    v = verify_report(impression, clf, neighbours, majority=0.6)
+    assert v["verdict"] == verdict and v["reasons"]
+
+
+def test_neighbour_vote():
+    assert neighbour_vote(nbs("pneumonia", "pneumonia", "normal"), 0.6) == ("pneumonia", pytest.approx(2 / 3))
+    assert neighbour_vote(nbs("pneumonia", "normal"), 0.6)[0] is None
+    assert neighbour_vote([], 0.6) == (None, 0.0)
+
+
+def test_router_caps_retries(settings):
+    rt = runtime(with_overrides(settings, graph={"max_attempts": 2}))
+    contra = {"verification": {"verdict": "contradicts_classifier"}}
+    assert nodes.route_after_verify({**contra, "attempts": 1}, rt) == "compose_prompt"
+    assert nodes.route_after_verify({**contra, "attempts": 2}, rt) == "finalize"
+    assert nodes.route_after_verify({"verification": {"verdict": "agree"}, "attempts": 1}, rt) == "finalize"
+    assert nodes.route_after_verify({"verification": {"verdict": "unparseable"}, "attempts": 1}, rt) == "finalize"
+
+
+def test_retry_uses_the_strict_variant(settings):
+    ctx = ReviewContext(settings)
+    assert nodes.next_variant({"attempts": 0}, ctx) == settings.reporter.variant
+    assert nodes.next_variant({"attempts": 1}, ctx) == settings.graph.strict_variant
+
+
+def test_uncertain_cases_get_more_neighbours(settings):
+    rt = runtime(settings)
+    for uncertain, k in ((False, settings.graph.k), (True, settings.graph.k_uncertain)):
+        update = nodes.retrieve({"case_ref": "test:3", "classifier": opinion(uncertain=uncertain)}, rt)
+        assert len(update["neighbours"]) == k
+        assert {n["split"] for n in update["neighbours"]} == {"train"}  # never test cases as evidence
+        assert "retrieve" in update["timings"]
+
+
+def test_load_case_node_on_real_data(settings):
+    update = nodes.load_case({"case_ref": "test:7"}, runtime(settings))
+    assert update["case_id"] == "test:7" and np.asarray(update["image"]).shape == (28, 28)
+    assert update["ground_truth"] in ("normal", "pneumonia") and update["attempts"] == 0
+
+
+# --- whole graph ------------------------------------------------------------------------------
+
+def test_full_run_with_template_backend(settings, tmp_path):
+    run = ReviewRun(settings, "t1", tmp_path)
+    record = run.review("test:3")
+    assert record["case_id"] == "test:3" and record["ground_truth"] in ("normal", "pneumonia")
+    assert set(record["classifier"]) >= {"prob_pneumonia", "label"}
+    assert all({"case_id", "label", "similarity"} <= set(n) for n in record["neighbours"])
+    assert record["report"]["raw"].startswith("[template backend: not a vision-language model")
+    assert record["report"]["impression"] in ("normal", "pneumonia", "indeterminate")
+    assert record["verification"]["verdict"] in ("agree", "contradicts_classifier", "contradicts_neighbours", "unparseable")
+    prov = record["provenance"]
+    assert prov["classifier_checkpoint_sha256"] == record["classifier"]["checkpoint_sha256"]
+    assert prov["prompt_variant"] == "grounded" and len(prov["template_sha256"]) == 64
+    assert prov["reporter"]["backend"] == "template" and prov["packages"]["langgraph"]
+    assert set(NODE_ORDER) - {"finalize"} <= set(prov["timings_s"])
+    saved = json.loads((tmp_path / "test_3.json").read_text())
+    assert saved["case_id"] == "test:3"
+    md = (tmp_path / "test_3.md").read_text()
+    assert "# Case review: test:3" in md and "not a vision-language model" in md
+    assert (tmp_path / "test_3.png").is_file()
+
+
+def test_full_run_with_tiny_gemma(settings, tiny_vlm_dir, tmp_path):  # noqa: F811
+    s = with_overrides(settings, reporter={"backend": "medgemma", "model_id": str(tiny_vlm_dir), "max_new_tokens": 8,
+                                           "device": "cpu"})
+    record = ReviewRun(s, "gemma", tmp_path).review("test:4")
+    assert record["report"]["backend"] == "medgemma" and record["report"]["model_id"] == str(tiny_vlm_dir)
+    assert isinstance(record["report"]["raw"], str)
+    # random weights: the text is noise, so the verdict is whatever the parser makes of it
+    assert record["verification"]["verdict"] in ("agree", "contradicts_classifier", "contradicts_neighbours", "unparseable")
+    assert record["attempts"] in (1, 2)
+
+
+def test_step_before_each_node(settings):
+    graph = build_graph(InMemorySaver(), interrupt_before=NODE_ORDER)
+    cfg, ctx = thread_config("step", "test:5"), ReviewContext(settings)
+    graph.invoke({"case_ref": "test:5"}, cfg, context=ctx)
+    visited = []
+    while graph.get_state(cfg).next:
+        visited.append(graph.get_state(cfg).next[0])
+        graph.invoke(None, cfg, context=ctx)
+    assert visited[:6] == list(NODE_ORDER[:6]) and visited[-1] == "finalize"
+    assert graph.get_state(cfg).values["record"]["case_id"] == "test:5"
+
+
+def test_cli_step_mode_pauses_and_finishes(settings, tmp_path, monkeypatch, capsys):
+    prompts = []
+    monkeypatch.setattr("builtins.input", lambda msg: prompts.append(msg) or "")
+    monkeypatch.setenv("CASEREVIEW_PATHS_WORKDIR", str(settings.paths.workdir))
+    monkeypatch.setenv("CASEREVIEW_DATA_ROOT", str(settings.data.root))
+    code = main(["review", "test:6", "--step", "--checkpoint", str(settings.classifier.checkpoint), "--out", str(tmp_path)])
+    assert code == 0 and len(prompts) >= len(NODE_ORDER)
+    assert "run load_case" in prompts[0] and "state before compose_prompt" in capsys.readouterr().out
+
+
+def test_interrupted_run_resumes_without_rerunning(settings, tmp_path):
+    s = with_overrides(settings, graph={"checkpointer": "sqlite"}, paths={"workdir": tmp_path},
+                       index={"chroma_path": chroma_path(settings)})
+    cp = make_checkpointer("sqlite", tmp_path / "checkpoints.sqlite")
+    half = build_graph(cp, interrupt_before=["report"])
+    cfg = thread_config("crash", "test:8")
+    half.invoke({"case_ref": "test:8"}, cfg, context=ReviewContext(s), durability="sync")
+    assert half.get_state(cfg).next == ("report",)
+    # a new process (new graph, same SQLite file) picks the case up where it stopped
+    run = ReviewRun(s, "crash", tmp_path / "out")
+    record = run.review("test:8")
+    assert record["attempts"] >= 1 and len(record["attempt_log"]) == record["attempts"]
+    again = ReviewRun(s, "crash", tmp_path / "out").review("test:8")  # finished: returned, not recomputed
+    assert again["provenance"]["created"] == record["provenance"]["created"]
+
+
+def test_review_cli_json(settings, capsys, monkeypatch):
+    monkeypatch.setenv("CASEREVIEW_PATHS_WORKDIR", str(settings.paths.workdir))
+    monkeypatch.setenv("CASEREVIEW_DATA_ROOT", str(settings.data.root))
+    code = main(["review", "test:9", "--json", "--checkpoint", str(settings.classifier.checkpoint), "--timings"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    for key in ("case_id", "classifier", "neighbours", "report", "verification", "needs_review", "provenance"):
+        assert key in out
+    assert {"raw", "impression"} <= set(out["report"]) and "verdict" in out["verification"]
+
+
+def test_graph_mermaid(capsys):
+    assert main(["graph", "--mermaid"]) == 0
+    out = capsys.readouterr().out
+    assert "verify -.-> compose_prompt" in out and "verify -.-> finalize" in out
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+def test_folder_with_non_images_is_rejected_before_running(tmp_path):
+    Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert expand_case_refs([str(tmp_path)]) == [str(tmp_path / "a.png")]
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(CaseError, match="notes.txt"):
+        expand_case_refs([str(tmp_path)])
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    with pytest.raises(CaseError):
+        expand_case_refs([str(tmp_path / "b.png")])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["test:100000"], "out of range"),
+        (["nowhere/image.png"], "not found"),
+    ],
+)
+def test_bad_cases_give_clear_errors_and_write_nothing(settings, tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.setenv("CASEREVIEW_PATHS_WORKDIR", str(settings.paths.workdir))
+    monkeypatch.setenv("CASEREVIEW_DATA_ROOT", str(settings.data.root))
+    code = main(["review", *args, "--checkpoint", str(settings.classifier.checkpoint), "--out", str(tmp_path / "o")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not list((tmp_path).rglob("*.json"))
+
+
+def test_missing_index_or_checkpoint(settings, tmp_path, capsys, data_root):
+    code = main(["review", "test:1", "--data-root", str(data_root), "--workdir", str(tmp_path),
+                 "--checkpoint", str(settings.classifier.checkpoint), "--out", str(tmp_path / "o")])
+    assert code == 2 and "casereview index build" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.json"))
+    code = main(["review", "test:1", "--data-root", str(data_root), "--checkpoint", str(tmp_path / "no.safetensors")])
+    assert code == 2 and "casereview train" in capsys.readouterr().err
