@@ -31,3 +31,4 @@ def test_task3_report_renders_from_its_metrics(tmp_path, data_root, random_check
     assert "Subset warning" in text and "Checkpoint warning" in text  # a subset and a random checkpoint are labelled
     assert "not available here" in text and "holds no CLIP weights" in text
     assert (tmp_path / "reports" / "task3_precision_at_k.png").is_file()
+    assert "| Chroma's defaults | 16 | 100 | 100 |" in text

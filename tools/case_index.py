@@ -335,14 +335,7 @@ def build_index(
     cfg = settings.index
     collection = client.create_collection(
         cname,
-        configuration={
-            "hnsw": {
-                "space": "cosine",
-                "max_neighbors": cfg.hnsw_m,
-                "ef_construction": cfg.hnsw_ef_construction,
-                "ef_search": cfg.hnsw_ef_search,
-            }
-        },
+        configuration=_hnsw(cfg.hnsw_m, cfg.hnsw_ef_construction, cfg.hnsw_ef_search),
         metadata={**expected, "dim": int(vectors.shape[1])},
         embedding_function=None,
     )
@@ -351,12 +344,7 @@ def build_index(
         for s in SPLITS
         for i in range(counts[s])
     ]
-    ids = [m["case_id"] for m in metadatas]
-    with tqdm(total=len(ids), desc="adding to Chroma", unit="item", disable=not progress) as bar:
-        for start in range(0, len(ids), ADD_BATCH):
-            stop = start + ADD_BATCH
-            collection.add(ids=ids[start:stop], embeddings=vectors[start:stop], metadatas=metadatas[start:stop])
-            bar.update(len(ids[start:stop]))
+    _add(collection, [m["case_id"] for m in metadatas], vectors, metadatas, progress)
     add_s = time.perf_counter() - t0
     timings = {
         "load_s": round(load_s, 3),
@@ -373,6 +361,33 @@ def build_index(
         }
     )
     return BuildReport(cname, location, collection.count(), True, timings, other_names, pruned)
+
+
+def _hnsw(m: int, ef_construction: int, ef_search: int) -> dict[str, Any]:
+    return {"hnsw": {"space": "cosine", "max_neighbors": m, "ef_construction": ef_construction, "ef_search": ef_search}}
+
+
+def _add(collection: Collection, ids: list[str], vectors: np.ndarray, metadatas: list[dict[str, Any]], progress: bool) -> None:
+    with tqdm(total=len(ids), desc="adding to Chroma", unit="item", disable=not progress) as bar:
+        for start in range(0, len(ids), ADD_BATCH):
+            stop = start + ADD_BATCH
+            collection.add(ids=ids[start:stop], embeddings=vectors[start:stop], metadatas=metadatas[start:stop])
+            bar.update(len(ids[start:stop]))
+
+
+def copy_with_hnsw(index: CaseIndex, m: int, ef_construction: int, ef_search: int) -> CaseIndex:
+    """The same vectors and metadata in an in-memory collection with other HNSW settings (to compare settings)."""
+    got = index.collection.get(include=["embeddings", "metadatas"])
+    client = chromadb.EphemeralClient(settings=ChromaSettings(anonymized_telemetry=False))
+    name = f"{index.embedder_id}-m{m}-efc{ef_construction}-efs{ef_search}"
+    if name in {c.name for c in client.list_collections()}:
+        client.delete_collection(name)
+    meta = {**index.meta, "hnsw_m": m, "hnsw_ef_construction": ef_construction, "hnsw_ef_search": ef_search}
+    collection = client.create_collection(
+        name, configuration=_hnsw(m, ef_construction, ef_search), metadata=meta, embedding_function=None
+    )
+    _add(collection, list(got["ids"]), np.asarray(got["embeddings"], dtype=np.float32), list(got["metadatas"]), False)
+    return CaseIndex(collection, index.embedder, "in memory")
 
 
 def open_index(settings: Settings, embedder: str | None = None) -> CaseIndex:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 
 from casereview.config import Settings
 from casereview.provenance import git_commit, package_versions, utc_now
+from casereview.schemas import Neighbour
 from casereview.tools.case_index import TIMINGS, CaseIndex
 from casereview.training.data import CLASS_NAMES, load_split
 
@@ -115,6 +117,37 @@ def measure_latency(index: CaseIndex, images: np.ndarray, k: int = 10, split: st
     return {"k": k, "split": split, "n_queries": len(images), "search_ms": _percentiles(search), "end_to_end_ms": _percentiles(end_to_end)}
 
 
+@dataclass
+class SettingSearch:
+    """HNSW and exact top-k results of the test queries against one case base."""
+
+    split: str
+    hits: list[list[Neighbour]]  # HNSW, through the index
+    exact: np.ndarray  # (Q, k) positions in the case base, numpy brute force
+    base_labels: np.ndarray
+    base_ids: list[str]
+
+    @property
+    def recall(self) -> float:
+        k = self.exact.shape[1]
+        found = [len({n.case_id for n in row} & {self.base_ids[j] for j in ex}) for row, ex in zip(self.hits, self.exact)]
+        return float(np.mean(found) / k)
+
+
+def search_setting(index: CaseIndex, split: str, k: int = max(KS)) -> SettingSearch:
+    """Test queries against ``split`` (leave-one-out when ``split`` is test), by HNSW and exactly."""
+    queries, query_labels, query_ids = index.vectors("test")
+    leave_one_out = split == "test"
+    base, base_labels, base_ids = (queries, query_labels, query_ids) if leave_one_out else index.vectors(split)
+    hits = index.search_vectors(queries, k, split, query_ids if leave_one_out else None)
+    return SettingSearch(split, hits, exact_neighbours(queries, base, k, exclude_diagonal=leave_one_out), base_labels, base_ids)
+
+
+def hnsw_recall(index: CaseIndex, k: int = max(KS)) -> dict[str, float]:
+    """recall@k against exact search in both settings."""
+    return {name: search_setting(index, split, k).recall for name, split in SETTINGS.items()}
+
+
 def evaluate_retrieval(
     index: CaseIndex,
     settings: Settings,
@@ -125,27 +158,24 @@ def evaluate_retrieval(
     """All retrieval metrics of ``index`` with test queries, as a JSON-ready dict with provenance."""
     started = time.perf_counter()
     kmax = max(KS)
-    queries, query_labels, query_ids = index.vectors("test")
+    _, query_labels, query_ids = index.vectors("test")
     result: dict[str, Any] = {}
     recalls = []
     for name, split in tqdm(SETTINGS.items(), desc="evaluating", disable=not progress):
-        leave_one_out = split == "test"
-        base, base_labels, base_ids = (queries, query_labels, query_ids) if leave_one_out else index.vectors(split)
-        hits = index.search_vectors(queries, kmax, split, query_ids if leave_one_out else None)
+        found = search_setting(index, split, kmax)
+        hits = found.hits
         labels = np.array([[CLASS_NAMES.index(n.label) for n in row] for row in hits])
-        exact = exact_neighbours(queries, base, kmax, exclude_diagonal=leave_one_out)
-        recall = float(np.mean([len({n.case_id for n in row} & {base_ids[j] for j in ex}) / kmax for row, ex in zip(hits, exact)]))
-        recalls.append(recall)
-        metrics = setting_metrics(query_labels, labels, base_labels, leave_one_out)
+        recalls.append(found.recall)
+        metrics = setting_metrics(query_labels, labels, found.base_labels, leave_one_out=split == "test")
         hit5 = labels[:, :5] == query_labels[:, None]
         worst = np.argsort(hit5.mean(axis=1), kind="stable")[:n_failures]  # lowest P@5 first
         result[name] = {
             **metrics,
-            f"recall@{kmax}_vs_exact": recall,
-            "exact": precision_at_k(query_labels, base_labels[exact]),
+            f"recall@{kmax}_vs_exact": found.recall,
+            "exact": precision_at_k(query_labels, found.base_labels[found.exact]),
             "n_queries": len(query_labels),
             "case_base": split,
-            "n_case_base": len(base_labels),
+            "n_case_base": len(found.base_labels),
             # queries whose top 5 mostly disagree with them (at most 1 of 5 shares the label), by true class
             "low_p@5_queries": {
                 cls: int(((hit5.mean(axis=1) <= 0.2) & (query_labels == c)).sum()) for c, cls in enumerate(CLASS_NAMES)

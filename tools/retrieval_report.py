@@ -23,9 +23,9 @@ from casereview.errors import CaseReviewError
 from casereview.provenance import git_commit, utc_now
 from casereview.render import render
 from casereview.schemas import Neighbour
-from casereview.tools.case_index import CaseIndex, build_index, open_index
+from casereview.tools.case_index import CaseIndex, build_index, copy_with_hnsw, open_index
 from casereview.tools.embedders import MEDICAL_CLIP
-from casereview.tools.retrieval_eval import KS, evaluate_retrieval
+from casereview.tools.retrieval_eval import KS, evaluate_retrieval, hnsw_recall
 from casereview.tools.retrieval_figures import GridRow, save_retrieval_grid
 from casereview.training.data import CLASS_NAMES, SPLITS, load_split
 
@@ -34,6 +34,7 @@ METRICS_NAME = "task3_retrieval_metrics.json"
 EXAMPLES_PER_CLASS = 2
 FAILURES_SHOWN = 4
 GRID_K = 5
+CHROMA_DEFAULT_HNSW = {"m": 16, "ef_construction": 100, "ef_search": 100}  # chromadb's defaults (1.x)
 
 
 def example_queries(settings: Settings) -> list[int]:
@@ -137,7 +138,18 @@ def write_task3_report(settings: Settings, out_dir: Path, latency_queries: int =
         for setting in ("within_test", "test_vs_train")
         for k in KS
     )
-    failures = results[default]["test_vs_train"]["failures"]
+    ours = results[default]
+    hnsw_rows = [
+        {**CHROMA_DEFAULT_HNSW, "label": "Chroma's defaults", **hnsw_recall(copy_with_hnsw(indexes[default], **CHROMA_DEFAULT_HNSW))},
+        {
+            "m": ours["index"]["hnsw_m"],
+            "ef_construction": ours["index"]["hnsw_ef_construction"],
+            "ef_search": ours["index"]["hnsw_ef_search"],
+            "label": "this index",
+            **{name: ours[name]["recall@10_vs_exact"] for name in ("within_test", "test_vs_train")},
+        },
+    ]
+    failures = ours["test_vs_train"]["failures"]
     counts = {s: len(load_split(s, settings.data.root)) for s in SPLITS}
     train_labels = load_split("train", settings.data.root).labels
     path = out_dir / REPORT_NAME
@@ -160,6 +172,7 @@ def write_task3_report(settings: Settings, out_dir: Path, latency_queries: int =
             precision_chart=_precision_chart(results, out_dir / "task3_precision_at_k.png"),
             medical_clip=MEDICAL_CLIP,
             grid_k=GRID_K,
+            hnsw_rows=hnsw_rows,
             checkpoint=settings.classifier.checkpoint,
             hnsw_gap=gap,
             agreement=classifier_agreement(settings, indexes[default]) if default == "cnn" else None,
