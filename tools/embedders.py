@@ -134,9 +134,13 @@ class PixelEmbedder(Embedder):
 
     def __init__(self, train_images: np.ndarray, n_components: int, batch_size: int) -> None:
         from sklearn.decomposition import PCA
+        from threadpoolctl import threadpool_limits
 
         self.pca = PCA(n_components=n_components, svd_solver="covariance_eigh")  # exact and fast for 784 features
-        self.pca.fit(self._flat(train_images))
+        # One BLAS thread: the 784x784 eigendecomposition takes ~0.1 s on one core, but OpenBLAS
+        # threads stalled it for seconds whenever another process kept the cores busy.
+        with threadpool_limits(limits=1, user_api="blas"):
+            self.pca.fit(self._flat(train_images))
         # The projection's identity: its mean and components, rounded so that last-bit BLAS
         # differences between machines do not count (+ 0.0 turns -0.0 into 0.0).
         fitted = np.round(np.concatenate([self.pca.mean_, self.pca.components_.ravel()]), 4) + 0.0
