@@ -101,6 +101,10 @@ class ReporterConfig(Section):
     timeout_s: float = 120.0
     retries: int = 3
     seed: int = 0
+    # Which evidence the template backend's impression follows: "both" (the classifier, unless it is
+    # uncertain or the neighbours' majority disagrees), or one source alone ("neighbours" is a kNN-vote
+    # report baseline, "classifier" a CNN-only one).
+    template_follows: Literal["both", "classifier", "neighbours"] = "both"
 
 
 class GraphConfig(Section):

@@ -11,6 +11,7 @@ from casereview.config import ReporterConfig, load_settings
 from casereview.schemas import ClassifierOpinion, Neighbour
 from casereview.tools.reporter import BACKENDS, Evidence, ReporterError, generate_reports, get_backend, parse_report
 from casereview.tools.reporter.backends import TemplateBackend
+from casereview.tools.reporter.prompts import render_prompt
 from casereview.tools.reporter.gather import pick_representative
 from casereview.render import fence, md_inline
 from casereview.tools.reporter.records import CaseReport, write_case_report
@@ -56,6 +57,23 @@ def test_template_backend_rules(opinion, neighbours, impression) -> None:
     assert parsed.status == "ok" and parsed.impression == impression
     if opinion is not None:
         assert f"p(pneumonia) = {opinion.prob_pneumonia:.2f}" in text
+
+
+@pytest.mark.parametrize(
+    ("follows", "opinion", "neighbours", "impression"),
+    [
+        ("neighbours", _opinion(0.1), _neighbours("pppnn"), "pneumonia"),  # overrules the classifier
+        ("neighbours", _opinion(0.9), _neighbours("ppnn"), "indeterminate"),  # a tie is no majority
+        ("classifier", _opinion(0.9), _neighbours("nnnnn"), "pneumonia"),  # ignores the neighbours
+        ("classifier", _opinion(0.55, uncertain=True), _neighbours("ppppp"), "indeterminate"),
+        ("classifier", None, _neighbours("ppppp"), "indeterminate"),
+    ],
+)
+def test_template_backend_single_source_baselines(follows, opinion, neighbours, impression) -> None:
+    backend = TemplateBackend(ReporterConfig(template_follows=follows))
+    prompt = render_prompt("grounded" if opinion else "structured", Evidence("test:1", IMAGE, opinion, neighbours))
+    assert parse_report(backend.generate([prompt])[0].text).impression == impression
+    assert backend.describe()["template_follows"] == follows
 
 
 def test_registry_and_provenance() -> None:

@@ -55,9 +55,10 @@ class ReporterBackend(ABC):
 class TemplateBackend(ReporterBackend):
     """A deterministic report written from the evidence alone; no model looks at the image.
 
-    The impression follows the classifier unless it is uncertain or the majority of the
-    retrieved cases disagrees with it (then ``indeterminate``); with no classifier, a strict
-    majority of the retrieved cases; with neither, ``indeterminate``.
+    By default (``template_follows="both"``) the impression follows the classifier unless it is
+    uncertain or the majority of the retrieved cases disagrees with it (then ``indeterminate``);
+    with no classifier, a strict majority of the retrieved cases; with neither, ``indeterminate``.
+    ``"neighbours"`` or ``"classifier"`` make it follow one source alone (single-source baselines).
     """
 
     name = "template"
@@ -70,16 +71,20 @@ class TemplateBackend(ReporterBackend):
     def model_id(self) -> str:
         return "casereview-template-v1"
 
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {"template_follows": self.cfg.template_follows}
+
     def generate(self, prompts: Sequence[RenderedPrompt]) -> list[Generation]:
         out = []
         for prompt in prompts:
             start = time.perf_counter()
-            text = self.write(prompt.evidence)
+            text = self.write(prompt.evidence, self.cfg.template_follows)
             out.append(Generation(text=text, seconds=time.perf_counter() - start))
         return out
 
     @classmethod
-    def write(cls, evidence: Evidence) -> str:
+    def write(cls, evidence: Evidence, follows: str = "both") -> str:
+        """The report; ``follows`` says which evidence sets the impression (see ``ReporterConfig``)."""
         findings, impression = [], "indeterminate"
         op, nbs = evidence.opinion, evidence.neighbours
         majority = None
@@ -98,14 +103,14 @@ class TemplateBackend(ReporterBackend):
                 f"The classifier gives p(pneumonia) = {op.prob_pneumonia:.2f} against a decision threshold of "
                 f"{op.threshold:.2f}: {op.label}" + (", inside its uncertainty band." if op.uncertain else "."),
             )
-            if op.uncertain:
-                findings.append("The classifier is uncertain, so no impression is drawn.")
-            elif majority is not None and majority != op.label:
-                findings.append("The classifier and the majority of similar cases disagree.")
-            else:
-                impression = op.label
-        elif majority is not None:
-            impression = majority
+        if follows == "neighbours" or (op is None and follows == "both"):
+            impression = majority or "indeterminate"
+        elif op is not None and op.uncertain:
+            findings.append("The classifier is uncertain, so no impression is drawn.")
+        elif op is not None and follows == "both" and majority is not None and majority != op.label:
+            findings.append("The classifier and the majority of similar cases disagree.")
+        elif op is not None:
+            impression = op.label
         if not findings:
             findings.append("No classifier opinion or similar cases were given, so nothing is said about this image.")
         return f"{cls.DISCLAIMER}\nFINDINGS: {' '.join(findings)}\nIMPRESSION: {impression}"
