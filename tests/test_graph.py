@@ -229,3 +229,31 @@ def test_missing_index_or_checkpoint(settings, tmp_path, capsys, data_root):
     assert not list(tmp_path.rglob("*.json"))
     code = main(["review", "test:1", "--data-root", str(data_root), "--checkpoint", str(tmp_path / "no.safetensors")])
     assert code == 2 and "casereview train" in capsys.readouterr().err
+
+
+# --- the retry loop, end to end ----------------------------------------------------------------
+
+def test_contradicting_backend_triggers_one_strict_retry(tmp_path_factory, data_root):
+    """The template backend configured to follow the neighbours alone contradicts a confident
+    classifier wherever the two disagree: the graph must retry once with the strict variant,
+    then finalize with the contradiction on record and the case flagged for review."""
+    s = index_settings(tmp_path_factory.mktemp("retry"), data_root, limit=LIMIT, embedder="pixels")
+    build_index(s, progress=False)
+    s = with_overrides(s, graph={"checkpointer": "memory", "max_attempts": 2},
+                       reporter={"backend": "template", "template_follows": "neighbours"})
+    ctx = ReviewContext(s)
+    for i in range(100):  # the first test case where a confident classifier and the neighbours disagree
+        ref = f"test:{i}"
+        clf = ctx.tool("classify_case").invoke({"case_ref": ref})
+        hits = ctx.tool("search_similar_cases").invoke({"case_ref": ref, "k": s.graph.k, "case_base": "train"})
+        majority, _ = neighbour_vote(hits, s.graph.neighbour_majority)
+        if not clf["uncertain"] and majority is not None and majority != clf["label"]:
+            break
+    else:
+        pytest.fail("no test case among the first 100 where the classifier and the neighbours disagree")
+    record = build_graph().invoke({"case_ref": ref}, context=ctx)["record"]
+    assert record["attempts"] == 2 and record["retried_with_strict_variant"]
+    assert [a["variant"] for a in record["attempt_log"]] == ["grounded", "grounded_skeptical"]
+    assert all(a["verdict"] == "contradicts_classifier" for a in record["attempt_log"])
+    assert record["verification"]["verdict"] == "contradicts_classifier" and record["needs_review"]
+    assert record["report"]["variant"] == "grounded_skeptical"

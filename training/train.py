@@ -117,6 +117,7 @@ def _is_better(cfg: TrainConfig, row: dict[str, float], best: dict[str, float] |
 def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
     """Train with ``settings.train``; write ``out/classifier.safetensors`` and ``out/history.json``."""
     cfg = settings.train
+    commit = git_commit()  # the code that trains, not whatever is checked out when it ends
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -210,7 +211,7 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
         "data_file": data_file(root).name,
         "data_sha256": sha256_file(data_file(root)),
         "normalization": {"mean": PIXEL_MEAN, "std": PIXEL_STD},
-        "git_commit": git_commit(),
+        "git_commit": commit,
         "packages": package_versions(("torch", "timm", "medmnist", "scikit-learn")),
         "created": utc_now(),
         "best_epoch": best["epoch"],
