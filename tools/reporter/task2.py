@@ -94,9 +94,15 @@ def _val_sample(settings: Settings, n: int) -> list[Case]:
 
 
 def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n_eval: int = 60) -> Path:
-    """Write ``reports/task2_report_generation.md`` and its case images; returns the report's path."""
+    """Write ``reports/task2_report_generation.md`` and its case images; returns the report's path.
+
+    Builds the case index first if it is missing or stale (``casereview index build``).
+    """
+    from casereview.tools.case_index import build_index
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    build_index(settings)  # idempotent: keeps an up-to-date index, so one command regenerates the report
     sources = EvidenceSources.load(settings)
     require(sources, "classifier", "the task-2 report")
     require(sources, "index", "the task-2 report")
