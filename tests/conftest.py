@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    root = Path(os.environ.get("CASEREVIEW_DATA_ROOT", REPO.parent / "shared" / "data"))
+    root = Path(os.environ.get("CASEREVIEW_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
     if not (root / "pneumoniamnist.npz").is_file():
         pytest.fail(f"pneumoniamnist.npz not found under {root}; set CASEREVIEW_DATA_ROOT")
     return root

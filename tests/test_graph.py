@@ -129,7 +129,7 @@ def test_full_run_with_template_backend(settings, tmp_path):
 
 
 def test_full_run_with_tiny_gemma(settings, tiny_vlm_dir, tmp_path):  # noqa: F811
-    s = with_overrides(settings, reporter={"backend": "medgemma", "model_id": str(tiny_vlm_dir), "max_new_tokens": 8,
+    s = with_overrides(settings, reporter={"backend": "medgemma", "model_id": str(tiny_vlm_dir), "max_new_tokens": 6,
                                            "device": "cpu"})
     record = ReviewRun(s, "gemma", tmp_path).review("test:4")
     assert record["report"]["backend"] == "medgemma" and record["report"]["model_id"] == str(tiny_vlm_dir)
