@@ -344,8 +344,10 @@ def build_index(
         for s in SPLITS
         for i in range(counts[s])
     ]
-    _add(collection, [m["case_id"] for m in metadatas], vectors, metadatas, progress)
+    ids = [m["case_id"] for m in metadatas]
+    _add(collection, ids, vectors, metadatas, progress)
     add_s = time.perf_counter() - t0
+    _verify(collection, ids, vectors, build_command(name))
     timings = {
         "load_s": round(load_s, 3),
         "embed_s": round(embed_s, 3),
@@ -373,6 +375,18 @@ def _add(collection: Collection, ids: list[str], vectors: np.ndarray, metadatas:
             stop = start + ADD_BATCH
             collection.add(ids=ids[start:stop], embeddings=vectors[start:stop], metadatas=metadatas[start:stop])
             bar.update(len(ids[start:stop]))
+
+
+def _verify(collection: Collection, ids: list[str], vectors: np.ndarray, build: str) -> None:
+    """Read every stored vector back and compare: Chroma once answered "Error getting embedding"
+    for one item of a fresh index here (not reproduced since); a broken build fails loudly now."""
+    try:
+        got = collection.get(include=["embeddings"])
+    except Exception as exc:  # chromadb.errors.InternalError and friends
+        raise CaseIndexError(f"Chroma could not read back the index just built ({exc}); rerun `{build} --rebuild`") from exc
+    stored = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32)))
+    if set(stored) != set(ids) or max(float(np.abs(stored[i] - v).max()) for i, v in zip(ids, vectors)) > 1e-4:
+        raise CaseIndexError(f"the vectors Chroma returns differ from those added; rerun `{build} --rebuild`")
 
 
 def copy_with_hnsw(index: CaseIndex, m: int, ef_construction: int, ef_search: int) -> CaseIndex:
