@@ -84,7 +84,7 @@ class IndexConfig(Section):
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 200
     batch_size: int = 256
-    limit: int | None = None  # index only the first N images of each split (tests, smoke runs)
+    limit: int | None = None  # index a fixed random subset of N images of each split (tests, smoke runs)
     report_embedders: list[str] = ["cnn", "pixels"]  # evaluated by `casereview report task3`
 
 

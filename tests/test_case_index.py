@@ -22,9 +22,10 @@ from casereview.tools.case_index import (
     open_index,
 )
 from casereview.tools.embedders import EmbedderError
-from casereview.training.data import CLASS_NAMES, load_split
+from casereview.training.data import CLASS_NAMES, load_split, subset_indices
 
 LIMIT = 40  # images per split in these indexes
+INDEXED_TEST = subset_indices(624, LIMIT)  # the test cases a LIMIT index holds
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +41,13 @@ def pixel_index(pixel_settings):
 
 
 def oracle(index, query: np.ndarray, split: str, data_root: Path, k: int, exclude: int | None = None) -> list[str]:
-    """Brute-force cosine top k over the first LIMIT images of ``split``, from freshly computed vectors."""
-    base = index.embedder.embed_images(load_split(split, data_root).images[:LIMIT])
-    sims = base @ query
+    """Brute-force cosine top k over the LIMIT indexed images of ``split``, from freshly computed vectors."""
+    data = load_split(split, data_root)
+    picked = subset_indices(len(data), LIMIT)
+    sims = index.embedder.embed_images(data.images[picked]) @ query
     if exclude is not None:
-        sims[exclude] = -np.inf
-    return [f"{split}:{i}" for i in np.argsort(-sims, kind="stable")[:k]]
+        sims[picked == exclude] = -np.inf
+    return [f"{split}:{picked[i]}" for i in np.argsort(-sims, kind="stable")[:k]]
 
 
 def test_build_stores_every_split_with_metadata(pixel_index, data_root):
@@ -88,12 +90,14 @@ def test_search_image_matches_numpy_oracle(pixel_index, data_root):
 
 
 def test_query_case_never_retrieves_itself(pixel_index, data_root):
-    image = load_split("test", data_root).images[5]
+    i = int(INDEXED_TEST[5])
+    image = load_split("test", data_root).images[i]
     with_self = pixel_index.search_image(image, 3, split="test")
-    assert with_self[0].case_id == "test:5" and with_self[0].similarity == pytest.approx(1.0, abs=1e-4)
-    hits = pixel_index.search_image(image, 5, split="test", exclude_case_id="test:5")
+    assert with_self[0].case_id == f"test:{i}" and with_self[0].similarity == pytest.approx(1.0, abs=1e-4)
+    hits = pixel_index.search_image(image, 5, split="test", exclude_case_id=f"test:{i}")
+    assert f"test:{i}" not in [h.case_id for h in hits]
     query = pixel_index.embedder.embed_images(image[None])[0]
-    assert [h.case_id for h in hits] == oracle(pixel_index, query, "test", data_root, 5, exclude=5)
+    assert [h.case_id for h in hits] == oracle(pixel_index, query, "test", data_root, 5, exclude=i)
 
 
 def test_split_filters(pixel_index, data_root):
@@ -106,14 +110,15 @@ def test_split_filters(pixel_index, data_root):
 
 
 def test_bad_k_is_a_clear_error(pixel_index, data_root):
-    image = load_split("test", data_root).images[0]
+    first = f"test:{INDEXED_TEST[0]}"
+    image = load_split("test", data_root).images[INDEXED_TEST[0]]
     with pytest.raises(QueryError, match="positive"):
         pixel_index.search_image(image, 0)
     with pytest.raises(QueryError, match=f"train has {LIMIT} cases"):
         pixel_index.search_image(image, LIMIT + 1)
     with pytest.raises(QueryError, match="one is the query itself"):
-        pixel_index.search_image(image, LIMIT, split="test", exclude_case_id="test:0")
-    assert len(pixel_index.search_image(image, LIMIT - 1, split="test", exclude_case_id="test:0")) == LIMIT - 1
+        pixel_index.search_image(image, LIMIT, split="test", exclude_case_id=first)
+    assert len(pixel_index.search_image(image, LIMIT - 1, split="test", exclude_case_id=first)) == LIMIT - 1
 
 
 def test_missing_index_names_the_build_command(tmp_path, data_root):
@@ -144,7 +149,7 @@ def test_index_from_another_checkpoint_is_detected(tmp_path, data_root, random_c
 def test_incomplete_index_is_reported(tmp_path, data_root):
     settings = index_settings(tmp_path, data_root, limit=5, embedder="pixels")
     build_index(settings, progress=False)
-    open_index(settings).collection.delete(ids=["val:2"])
+    open_index(settings).collection.delete(ids=[f"val:{subset_indices(524, 5)[2]}"])
     with pytest.raises(IndexMissingError, match="incomplete.*casereview index build --embedder pixels"):
         open_index(settings)
     assert build_index(settings, progress=False).built  # the build repairs it
@@ -157,8 +162,9 @@ def test_text_search_with_a_tiny_clip(tmp_path, data_root, pixel_index):
     index = open_index(settings)
     hits = index.search_text("bilateral consolidation", 5, split="train")
     text = index.embedder.embed_text(["bilateral consolidation"])[0]
-    base = index.embedder.embed_images(load_split("train", data_root).images[:20])
-    assert [h.case_id for h in hits] == [f"train:{i}" for i in np.argsort(-(base @ text))[:5]]
+    picked = subset_indices(4708, 20)
+    base = index.embedder.embed_images(load_split("train", data_root).images[picked])
+    assert [h.case_id for h in hits] == [f"train:{picked[i]}" for i in np.argsort(-(base @ text))[:5]]
     np.testing.assert_allclose([h.similarity for h in hits], np.sort(base @ text)[::-1][:5], atol=1e-4)
     with pytest.raises(EmbedderError, match="empty"):
         index.search_text("  ", 5)

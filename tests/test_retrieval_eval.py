@@ -13,7 +13,7 @@ from casereview.tools.retrieval_eval import (
     mean_average_precision,
     precision_at_k,
 )
-from casereview.training.data import load_split
+from casereview.training.data import load_split, subset_indices
 
 LIMIT = 40
 
@@ -60,11 +60,12 @@ def metrics(tmp_path_factory, data_root):
 def test_evaluation_matches_brute_force_oracle(metrics, data_root):
     index, result = metrics
     test, train = load_split("test", data_root), load_split("train", data_root)
-    queries = index.embedder.embed_images(test.images[:LIMIT])
-    labels = test.labels[:LIMIT]
+    tq, tr = subset_indices(len(test), LIMIT), subset_indices(len(train), LIMIT)  # what the index holds
+    queries = index.embedder.embed_images(test.images[tq])
+    labels = test.labels[tq]
     settings = {
         "within_test": (queries, labels, True),
-        "test_vs_train": (index.embedder.embed_images(train.images[:LIMIT]), train.labels[:LIMIT], False),
+        "test_vs_train": (index.embedder.embed_images(train.images[tr]), train.labels[tr], False),
     }
     for name, (base, base_labels, loo) in settings.items():
         hits = _oracle(queries, base, labels, base_labels, 10, loo)

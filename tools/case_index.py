@@ -35,7 +35,7 @@ from casereview.errors import CaseReviewError
 from casereview.provenance import package_versions, utc_now
 from casereview.schemas import Neighbour
 from casereview.tools.embedders import Embedder, create_embedder, data_sha256
-from casereview.training.data import CLASS_NAMES, SPLITS, load_split
+from casereview.training.data import CLASS_NAMES, SPLITS, load_split, subset_indices
 
 PREFIX = "cases"
 SQL_VARIABLES = 20_000  # results fetched per Chroma query call (SQLite allows 32,766 variables)
@@ -302,7 +302,10 @@ def build_index(
     load_s = time.perf_counter() - started
     limit = settings.index.limit
     splits = {s: load_split(s, settings.data.root) for s in SPLITS}
-    counts = {s: len(d) if limit is None else min(limit, len(d)) for s, d in splits.items()}
+    # A limited (smoke) index takes a fixed random subset of each split, never a prefix: split
+    # order is not guaranteed (the shared copy's train split is grouped by class).
+    picked = {s: subset_indices(len(d), limit) for s, d in splits.items()}
+    counts = {s: len(ix) for s, ix in picked.items()}
     expected = _expected_meta(settings, emb, data_sha256(settings), counts)
     client = chroma_client(settings)
     cname = collection_name(emb)
@@ -325,7 +328,7 @@ def build_index(
             return BuildReport(cname, location, existing.count(), False, timings, other_names, pruned)
 
     t0 = time.perf_counter()
-    images = np.concatenate([splits[s].images[: counts[s]] for s in SPLITS])
+    images = np.concatenate([splits[s].images[picked[s]] for s in SPLITS])
     vectors = emb.embed_images(images, progress=progress, desc=f"embedding {len(images)} images ({name})")
     embed_s = time.perf_counter() - t0
 
@@ -340,9 +343,9 @@ def build_index(
         embedding_function=None,
     )
     metadatas = [
-        {"case_id": f"{s}:{i}", "split": s, "index": i, "label": CLASS_NAMES[int(splits[s].labels[i])]}
+        {"case_id": f"{s}:{i}", "split": s, "index": int(i), "label": CLASS_NAMES[int(splits[s].labels[i])]}
         for s in SPLITS
-        for i in range(counts[s])
+        for i in picked[s]
     ]
     ids = [m["case_id"] for m in metadatas]
     _add(collection, ids, vectors, metadatas, progress)

@@ -78,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     build.add_argument("--rebuild", action="store_true", help="rebuild even when an up-to-date index exists")
     build.add_argument("--prune", action="store_true", help="delete this embedder's indexes built from other weights")
-    build.add_argument("--limit", type=int, help="index only the first N images of each split (smoke runs; results are a subset)")
+    build.add_argument("--limit", type=int, help="index a fixed random subset of N images of each split (smoke runs; results are a subset)")
     _index_options(build)
     build.set_defaults(func=run_build)
 
