@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,12 @@ def parse_ref(ref: str) -> tuple[str, int] | None:
     return (m.group(1), int(m.group(2))) if m else None
 
 
+@lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    # Every node and tool loads the case again; the user needs to read this once per process.
+    warnings.warn(message, stacklevel=3)
+
+
 def load_image_file(path: Path | str, size: int = 28) -> np.ndarray:
     """An image file as MedMNIST-style uint8 (size, size) grayscale."""
     path = Path(path)
@@ -70,7 +77,7 @@ def load_image_file(path: Path | str, size: int = 28) -> np.ndarray:
     img = img.crop((left, top, left + side, top + side))
     if side != size:
         img = img.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # a writable copy (torch warns on read-only arrays)
 
 
 def load_case(ref: str, data_root: Path | str | None = None, download: bool = False) -> Case:
@@ -84,7 +91,7 @@ def load_case(ref: str, data_root: Path | str | None = None, download: bool = Fa
             "image file brought to 28x28 grayscale (centre crop, resize); the classifier has only "
             "seen MedMNIST-style images, so treat its output on other images with caution"
         )
-        warnings.warn(note, stacklevel=2)
+        _warn_once(note)
         return Case(case_id=str(ref), image=image, notes=(note,))
     split, index = parsed
     data = load_split(split, data_root, download)
