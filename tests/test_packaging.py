@@ -1,0 +1,30 @@
+"""The built wheel holds every package of the namespace, the prompts, the templates and the released
+checkpoint, and imports from outside the source tree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_contents_and_import(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(REPO)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("casereview-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for sub in ("training", "tools", "tools/reporter", "agents", "graphs", "cli"):
+        assert f"casereview/{sub}/__init__.py" in names
+    assert {"casereview/prompts/grounded.j2", "casereview/prompts/_macros.j2",
+            "casereview/templates/case_review.md.j2", "casereview/released/classifier.safetensors"} <= names
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    code = ("import casereview.graphs.graph as g, casereview.training.checkpoint as c;"
+            "from casereview.tools.reporter import list_variants;"
+            "assert g.__file__.startswith(%r), g.__file__;"
+            "assert c.released_checkpoint().is_file(); assert 'grounded' in list_variants()" % str(target))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""})
