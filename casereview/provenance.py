@@ -42,14 +42,15 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
-    """The commit of the source tree (with ``+dirty`` when it has uncommitted changes)."""
+    """The commit of the source tree, with ``+dirty`` when code or config differs from it (changes
+    under ``reports/``, which the report commands themselves rewrite, do not count)."""
     where = cwd or Path(__file__).resolve().parent
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports"],
             cwd=where, capture_output=True, text=True, timeout=5, check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
