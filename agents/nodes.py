@@ -128,6 +128,7 @@ def finalize(state: CaseState, runtime: Runtime[ReviewContext]) -> dict[str, Any
         "retried_with_strict_variant": state["attempts"] > 1,
         "needs_review": needs_review,
         "notes": state.get("notes", []),
+        "errors": state.get("errors", []),
         "provenance": {
             "run_id": ctx.run_id,
             "created": utc_now(),

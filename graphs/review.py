@@ -11,6 +11,8 @@ import numpy as np
 
 from casereview.cases import IMAGE_SUFFIXES, CaseError, load_image_file, parse_ref
 from casereview.config import Settings
+from casereview.errors import CaseReviewError
+from casereview.provenance import utc_now
 from casereview.graphs.context import ReviewContext
 from casereview.graphs.graph import NODE_ORDER, build_graph, make_checkpointer, thread_config
 from casereview.render import render
@@ -70,7 +72,14 @@ class ReviewRun:
             if snapshot.values.get("record"):
                 return snapshot.values["record"]
             inp = None if snapshot.next else {"case_ref": ref}
-            state = self.graph.invoke(inp, cfg, context=self.context, durability="sync")
+            try:
+                state = self.graph.invoke(inp, cfg, context=self.context, durability="sync")
+            except CaseReviewError as exc:
+                # Keep the failure in the case's thread: a rerun with the same run id resumes at the
+                # node that failed (its predecessors' results are checkpointed) and the record lists it.
+                if self.graph.get_state(cfg).next:
+                    self.graph.update_state(cfg, {"errors": [f"{utc_now()} {type(exc).__name__}: {exc}"]})
+                raise
         record = state["record"]
         record["provenance"]["graph_total_s"] = round(time.perf_counter() - start, 4)
         self.save(record, np.asarray(state["image"], dtype=np.uint8))

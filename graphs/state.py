@@ -47,5 +47,6 @@ class CaseState(TypedDict, total=False):
     attempts: int
     attempt_log: Annotated[list[dict[str, Any]], operator.add]
     # bookkeeping
+    errors: Annotated[list[str], operator.add]  # failures of earlier tries of this case (resumed since)
     timings: Annotated[dict[str, float], merge_dicts]
     record: dict[str, Any]  # finalize: the CaseReview

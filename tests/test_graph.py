@@ -257,3 +257,24 @@ def test_contradicting_backend_triggers_one_strict_retry(tmp_path_factory, data_
     assert all(a["verdict"] == "contradicts_classifier" for a in record["attempt_log"])
     assert record["verification"]["verdict"] == "contradicts_classifier" and record["needs_review"]
     assert record["report"]["variant"] == "grounded_skeptical"
+
+
+def test_failed_case_is_recorded_and_resumes_at_the_failed_node(settings, tmp_path, capsys, monkeypatch):
+    """A reporter that cannot be reached fails one case without stopping the others; a rerun with the
+    same run id resumes that case at the report node and its record lists the earlier failure."""
+    monkeypatch.setenv("CASEREVIEW_DATA_ROOT", str(settings.data.root))
+    monkeypatch.setenv("CASEREVIEW_PATHS_WORKDIR", str(tmp_path))
+    monkeypatch.setenv("CASEREVIEW_INDEX_CHROMA_PATH", str(chroma_path(settings)))
+    common = ["--checkpoint", str(settings.classifier.checkpoint), "--run-id", "flaky", "--out", str(tmp_path / "o")]
+    code = main(["review", "test:10", "test:11", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", *common])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: test:10: cannot reach" in err and "2 of 2 case(s) failed" in err
+    assert "--run-id flaky" in err and not list(tmp_path.rglob("test_1*.json"))  # nothing that looks complete
+    run = ReviewRun(with_overrides(settings, graph={"checkpointer": "sqlite"}, paths={"workdir": tmp_path},
+                                   index={"chroma_path": chroma_path(settings)}), "flaky", tmp_path / "o")
+    snap = run.graph.get_state(thread_config("flaky", "test:10"))
+    assert snap.next == ("report",) and "cannot reach" in snap.values["errors"][0]
+    assert main(["review", "test:10", "--backend", "template", *common]) == 0  # resumed, now succeeds
+    record = json.loads((tmp_path / "o" / "test_10.json").read_text())
+    assert record["report"]["backend"] == "template" and "cannot reach" in record["errors"][0]
+    assert set(record["provenance"]["timings_s"]) >= {"report", "verify"}

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 from casereview.cli.common import add_common_options, settings_from_args
+from casereview.errors import CaseReviewError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,15 +67,25 @@ def run_review(args: argparse.Namespace) -> int:
     run_id = args.run_id or uuid.uuid4().hex[:12]
     out = args.out or settings.paths.workdir / "reviews" / run_id
     run = ReviewRun(settings, run_id, out)
-    records = []
+    records, failed = [], []
     for ref in refs:
-        record = run.step_through(ref) if args.step else run.review(ref)
+        try:
+            record = run.step_through(ref) if args.step else run.review(ref)
+        except CaseReviewError as exc:  # one failing case does not stop the others
+            failed.append(ref)
+            print(f"error: {ref}: {exc}", file=sys.stderr)
+            continue
         records.append(record)
         if not args.json:
             print(run.summary(record, timings=args.timings))
-    if args.json:
-        print(json.dumps(records[0] if len(records) == 1 else records, indent=2))
+    if args.json and records:
+        print(json.dumps(records[0] if len(refs) == 1 else records, indent=2))
     if args.timings and len(records) > 1:
         print(run.timing_summary(records))
-    print(f"records in {out} (run id {run_id})", file=sys.stderr)
+    if records:
+        print(f"records in {out} (run id {run_id})", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(refs)} case(s) failed; fix the cause and rerun with --run-id {run_id} "
+              "to resume them where they stopped", file=sys.stderr)
+        return 2
     return 0
