@@ -75,6 +75,8 @@ def _evidence(state: CaseState, ctx: ReviewContext) -> Evidence:
 
 @timed
 def compose_prompt(state: CaseState, runtime: Runtime[ReviewContext]) -> dict[str, Any]:
+    # Rendered here so the prompt can be inspected before the model runs (--step, the notebook);
+    # the write_report tool renders the same deterministic template again from the same evidence.
     variant = next_variant(state, runtime.context)
     prompt = render_prompt(variant, _evidence(state, runtime.context))
     return {"variant": variant, "prompt": {"variant": variant, "template_sha256": prompt.template_sha256,
