@@ -14,7 +14,7 @@ import numpy as np
 from langgraph.runtime import Runtime
 
 from casereview.agents.verify import verify_report
-from casereview import cases
+from casereview import data as cases
 from casereview.graphs.context import ReviewContext
 from casereview.graphs.state import CaseState
 from casereview.provenance import package_versions, utc_now

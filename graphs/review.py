@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from casereview.cases import IMAGE_SUFFIXES, CaseError, load_image_file, parse_ref
+from casereview.data import IMAGE_SUFFIXES, CaseError, load_image_file, parse_ref
 from casereview.config import Settings
 from casereview.errors import CaseReviewError
 from casereview.provenance import utc_now

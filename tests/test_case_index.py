@@ -22,7 +22,7 @@ from casereview.tools.case_index import (
     open_index,
 )
 from casereview.tools.embedders import EmbedderError
-from casereview.training.data import CLASS_NAMES, load_split, subset_indices
+from casereview.data import CLASS_NAMES, load_split, subset_indices
 
 LIMIT = 40  # images per split in these indexes
 INDEXED_TEST = subset_indices(624, LIMIT)  # the test cases a LIMIT index holds

@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from casereview.cases import CaseError, load_case, load_image_file
+from casereview.data import CaseError, load_case, load_image_file
 from casereview.training.augment import augment_batch
-from casereview.training.data import DataError, load_split, make_loader, prepare_batch, subset_indices
+from casereview.data import DataError, load_split, subset_indices
+from casereview.training.data import make_loader, prepare_batch
 
 
 @pytest.mark.parametrize(("split", "n", "n_pneumonia"), [("train", 4708, 3494), ("val", 524, 389), ("test", 624, 390)])
@@ -59,7 +60,7 @@ def test_corrupt_npz_is_a_clear_error(tmp_path):
 
 
 def test_unknown_split():
-    with pytest.raises(ValueError, match="unknown split"):
+    with pytest.raises(DataError, match="unknown split"):
         load_split("holdout")
 
 

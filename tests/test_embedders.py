@@ -10,7 +10,7 @@ import pytest
 from case_index_support import index_settings, make_tiny_clip
 from casereview.provenance import sha256_file
 from casereview.tools.embedders import ClipEmbedder, EmbedderError, create_embedder
-from casereview.training.data import load_split
+from casereview.data import load_split
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from case_index_support import index_settings
 from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)
 from casereview.agents import nodes
 from casereview.agents.verify import neighbour_vote, verify_report
-from casereview.cases import CaseError
+from casereview.data import CaseError
 from casereview.cli import main
 from casereview.graphs.context import ReviewContext
 from casereview.graphs.graph import NODE_ORDER, build_graph, make_checkpointer, thread_config

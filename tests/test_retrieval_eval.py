@@ -13,7 +13,7 @@ from casereview.tools.retrieval_eval import (
     mean_average_precision,
     precision_at_k,
 )
-from casereview.training.data import load_split, subset_indices
+from casereview.data import load_split, subset_indices
 
 LIMIT = 40
 

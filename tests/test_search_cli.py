@@ -35,7 +35,7 @@ def test_search_image_json(base_args, capsys):
 
 
 def test_search_image_table_and_grid(base_args, capsys, tmp_path, data_root):
-    from casereview.training.data import load_split
+    from casereview.data import load_split
 
     png = tmp_path / "query.png"
     Image.fromarray(load_split("test", data_root).images[3]).resize((112, 112)).save(png)

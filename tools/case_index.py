@@ -35,7 +35,7 @@ from casereview.errors import CaseReviewError
 from casereview.provenance import package_versions, utc_now
 from casereview.schemas import Neighbour
 from casereview.tools.embedders import Embedder, create_embedder, data_sha256
-from casereview.training.data import CLASS_NAMES, SPLITS, load_split, subset_indices
+from casereview.data import CLASS_NAMES, SPLITS, load_split, subset_indices
 
 PREFIX = "cases"
 SQL_VARIABLES = 20_000  # results fetched per Chroma query call (SQLite allows 32,766 variables)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from langchain_core.tools import BaseTool, tool
 from pydantic import BaseModel, Field
 
-from casereview.cases import load_case
+from casereview.data import load_case
 from casereview.config import Settings
 from casereview.tools.case_index import CaseIndex, open_index
 

@@ -11,11 +11,11 @@ import numpy as np
 from langchain_core.tools import BaseTool, tool
 from pydantic import BaseModel, Field
 
-from casereview.cases import load_case
+from casereview.data import load_case
 from casereview.config import Settings
 from casereview.schemas import ClassifierOpinion
 from casereview.training.checkpoint import Classifier, load_classifier
-from casereview.training.data import load_split
+from casereview.data import load_split
 from casereview.training.metrics import conformal_qhat, prediction_set
 from casereview.training.predict import predict_proba
 

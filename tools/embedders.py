@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from casereview.config import Settings
 from casereview.errors import CaseReviewError
 from casereview.provenance import sha256_file
-from casereview.training.data import DataError, data_file, load_split
+from casereview.data import DataError, data_file, load_split
 
 MEDICAL_CLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 
@@ -179,7 +179,7 @@ class ClipEmbedder(Embedder):
                 "downloaded on first use, which needs internet access; offline, point --clip-model at "
                 "local-dir:/path holding open_clip_config.json and the weights."
             ) from exc
-        from casereview.training.checkpoint import resolve_device
+        from casereview.devices import resolve_device
 
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()

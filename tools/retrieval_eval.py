@@ -29,7 +29,7 @@ from casereview.config import Settings
 from casereview.provenance import git_commit, package_versions, utc_now
 from casereview.schemas import Neighbour
 from casereview.tools.case_index import TIMINGS, CaseIndex
-from casereview.training.data import CLASS_NAMES, load_split
+from casereview.data import CLASS_NAMES, load_split
 
 KS = (1, 5, 10)
 SETTINGS = {"within_test": "test", "test_vs_train": "train"}

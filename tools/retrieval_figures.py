@@ -10,7 +10,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from casereview.schemas import Neighbour
-from casereview.training.data import load_split
+from casereview.data import load_split
 
 AGREE, DISAGREE, NEUTRAL = "#1a7f37", "#cf222e", "black"
 

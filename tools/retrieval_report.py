@@ -27,7 +27,7 @@ from casereview.tools.case_index import CaseIndex, build_index, copy_with_hnsw, 
 from casereview.tools.embedders import MEDICAL_CLIP
 from casereview.tools.retrieval_eval import KS, evaluate_retrieval, hnsw_recall
 from casereview.tools.retrieval_figures import GridRow, save_retrieval_grid
-from casereview.training.data import CLASS_NAMES, SPLITS, load_split
+from casereview.data import CLASS_NAMES, SPLITS, load_split
 
 REPORT_NAME = "task3_retrieval_system.md"
 METRICS_NAME = "task3_retrieval_metrics.json"

@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from casereview.devices import resolve_device
 from casereview.provenance import sha256_file
 from casereview.training.models import create_classifier
 from casereview.errors import CaseReviewError
@@ -73,21 +74,6 @@ def read_meta(path: Path) -> dict[str, Any]:
     if raw is None:
         raise CheckpointError(f"{path} is a safetensors file without casereview metadata")
     return json.loads(raw)
-
-
-def update_meta(path: Path, **updates: Any) -> None:
-    """Rewrite a checkpoint's metadata (e.g. after calibration), keeping its weights."""
-    meta = read_meta(path) | updates
-    tensors = load_file(str(path))
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True, default=str)})
-    tmp.replace(path)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_classifier(path: Path | str | None = None, device: str = "auto") -> Classifier:

@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from casereview.cases import case_id
+from casereview.data import case_id
 from casereview.config import Settings
 from casereview.provenance import package_versions, utc_now
 from casereview.training import figures
 from casereview.training.checkpoint import Classifier, load_classifier
-from casereview.training.data import CLASS_NAMES, load_split, to_tensor
+from casereview.data import CLASS_NAMES, load_split
+from casereview.training.data import to_tensor
 from casereview.training.metrics import (
     binary_metrics,
     bootstrap_intervals,

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay  # noqa: E402
 
-from casereview.training.data import CLASS_NAMES  # noqa: E402
+from casereview.data import CLASS_NAMES  # noqa: E402
 
 
 def save(fig: plt.Figure, path: Path) -> Path:

@@ -14,7 +14,7 @@ from casereview.errors import CaseReviewError
 from casereview.render import render
 from casereview.training import figures
 from casereview.training.checkpoint import load_classifier
-from casereview.training.data import load_split
+from casereview.data import load_split
 from casereview.training.evaluate import evaluate
 from casereview.training.metrics import binary_metrics
 

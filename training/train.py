@@ -23,8 +23,10 @@ from tqdm.auto import tqdm
 
 from casereview.config import Settings, TrainConfig
 from casereview.provenance import git_commit, package_versions, sha256_file, utc_now
-from casereview.training.checkpoint import resolve_device, save_checkpoint
-from casereview.training.data import PIXEL_MEAN, PIXEL_STD, data_file, load_split, make_loader, prepare_batch
+from casereview.devices import resolve_device
+from casereview.training.checkpoint import save_checkpoint
+from casereview.data import data_file, load_split
+from casereview.training.data import PIXEL_MEAN, PIXEL_STD, make_loader, prepare_batch
 from casereview.training.metrics import (
     binary_metrics,
     bootstrap_youden_threshold,

@@ -135,7 +135,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from casereview.cases import load_case
+    from casereview.data import load_case
     from casereview.training.checkpoint import load_classifier
     from casereview.training.predict import predict_proba
 

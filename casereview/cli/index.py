@@ -171,7 +171,7 @@ def _print_hits(header: str, hits: list, as_json: bool) -> None:
 
 
 def run_search_image(args: argparse.Namespace) -> int:
-    from casereview.cases import load_case
+    from casereview.data import load_case
     from casereview.tools.case_index import open_index
     from casereview.tools.retrieval_figures import GridRow, save_retrieval_grid
 

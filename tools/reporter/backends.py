@@ -140,7 +140,7 @@ class MedGemmaBackend(ReporterBackend):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from casereview.training.checkpoint import resolve_device
+        from casereview.devices import resolve_device
 
         device = resolve_device(self.cfg.device)
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

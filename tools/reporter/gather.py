@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from casereview.cases import Case
+from casereview.data import Case
 from casereview.config import Settings
 from casereview.errors import CaseReviewError
 from casereview.schemas import Neighbour
 from casereview.tools.reporter.evidence import Evidence, ReporterError
-from casereview.training.data import load_split
+from casereview.data import load_split
 
 if TYPE_CHECKING:
     from casereview.tools.case_index import CaseIndex

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from casereview.cases import Case, case_id, load_case
+from casereview.data import Case, case_id, load_case
 from casereview.config import Settings
 from casereview.tools.reporter.backends import get_backend
 from casereview.tools.reporter.evidence import ReporterError
@@ -13,7 +13,7 @@ from casereview.tools.reporter.gather import EvidenceSources, pick_representativ
 from casereview.tools.reporter.prompts import PromptError
 from casereview.tools.reporter.records import CaseReport, write_case_report
 from casereview.tools.reporter.reporting import generate_reports
-from casereview.training.data import load_split
+from casereview.data import load_split
 from casereview.training.predict import predict_proba
 
 

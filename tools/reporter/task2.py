@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from casereview.cases import Case, case_id
+from casereview.data import Case, case_id
 from casereview.config import Settings
 from casereview.provenance import git_commit, utc_now
 from casereview.tools.reporter.backends import get_backend
@@ -28,7 +28,7 @@ from casereview.tools.reporter.prompts import list_variants, render_prompt, temp
 from casereview.render import render
 from casereview.tools.reporter.records import file_stem, save_view_image
 from casereview.tools.reporter.reporting import ReportResult, generate_reports
-from casereview.training.data import load_split
+from casereview.data import load_split
 
 REPORT_NAME = "task2_report_generation.md"
 GPU_COMMAND = (

@@ -1,0 +1,236 @@
+"""The data layer, below everything else: PneumoniaMNIST splits, cases and image files.
+
+- Splits come from ``medmnist`` (``pneumoniamnist.npz`` under the data root); when the file is
+  missing and the download is allowed, ``medmnist`` downloads it. Every command reaches the
+  data through :func:`load_split`, so they all download (or fail) the same way.
+- A case is ``split:index`` (``test:42``) or an image file. Image files are decoded by one
+  function, :func:`load_image_file`, into what the classifier sees: uint8 28x28 grayscale,
+  brought there the way MedMNIST made its images (centre square crop, resize).
+
+Labels: 0 = normal, 1 = pneumonia.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from casereview.errors import CaseReviewError
+
+SPLITS = ("train", "val", "test")
+CLASS_NAMES = ("normal", "pneumonia")
+DATA_FILE = "pneumoniamnist.npz"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SIZE = 28
+MAX_PIXELS = 64_000_000  # larger files are refused: no chest film needs more, a decompression bomb does
+_REF = re.compile(r"^(train|val|test):(-?\d+)$")
+DATA_HINT = (
+    "set the data root to a folder holding {file} (--data-root or CASEREVIEW_DATA_ROOT), "
+    "or allow the download (CASEREVIEW_DATA_DOWNLOAD=true, the default)"
+)
+
+
+class DataError(CaseReviewError):
+    """The dataset cannot be found or read; the message says what to do."""
+
+
+class CaseError(CaseReviewError, ValueError):
+    """A case reference or image that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str
+    images: np.ndarray  # (N, 28, 28) uint8
+    labels: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def data_file(root: Path | str | None) -> Path:
+    """Where the dataset file is (or would be downloaded to): ``root`` or medmnist's default folder."""
+    import medmnist.info
+
+    return (Path(root) if root else Path(medmnist.info.DEFAULT_ROOT)) / DATA_FILE
+
+
+@lru_cache(maxsize=8)
+def _load_split(split: str, root: str | None, download: bool) -> Split:
+    import medmnist
+
+    path = data_file(root)
+    if not path.is_file():
+        if not download:
+            raise DataError(f"{path} not found: " + DATA_HINT.format(file=DATA_FILE))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            medmnist.PneumoniaMNIST(split=split, root=str(path.parent), download=True, size=SIZE)
+        except Exception as exc:  # medmnist raises bare RuntimeErrors on network failure
+            raise DataError(
+                f"could not download PneumoniaMNIST into {path.parent} ({type(exc).__name__}; offline?). "
+                f"Copy {DATA_FILE} there or set --data-root / CASEREVIEW_DATA_ROOT to the folder holding it."
+            ) from exc
+    try:
+        # download=False skips medmnist's MD5 check, which a re-ordered copy would fail.
+        ds = medmnist.PneumoniaMNIST(split=split, root=str(path.parent), download=False, size=SIZE)
+    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as exc:
+        raise DataError(f"{path} is not a readable PneumoniaMNIST .npz file ({exc!s}).") from exc
+    images = np.asarray(ds.imgs)
+    labels = np.asarray(ds.labels).reshape(-1).astype(np.int64)
+    if images.ndim != 3 or images.shape[1:] != (SIZE, SIZE) or images.dtype != np.uint8:
+        raise DataError(f"{path}: {split}_images should be uint8 (N, 28, 28), got {images.dtype} {images.shape}")
+    if len(images) != len(labels):
+        raise DataError(f"{path}: {len(images)} {split} images but {len(labels)} labels")
+    images.flags.writeable = False  # shared by every caller of the cache
+    return Split(split, images, labels)
+
+
+def load_split(split: str, root: Path | str | None = None, download: bool = False) -> Split:
+    """One official split as read-only numpy arrays (cached per process)."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    return _load_split(split, str(root) if root else None, download)
+
+
+def subset_indices(n: int, limit: int | None) -> np.ndarray:
+    """All indices, or a fixed random subset of ``limit`` of them (sorted).
+
+    Random rather than the first N: the train split's order is not guaranteed (the shared
+    copy is grouped by class), and a prefix could hold one class only.
+    """
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).permutation(n)[:limit])
+
+
+@dataclass(frozen=True)
+class Case:
+    """One case to review, decoded once: the 28x28 image and, for dataset cases, the truth."""
+
+    case_id: str  # "test:42" or the image path as given
+    image: np.ndarray  # uint8 (28, 28)
+    label: int | None = None  # ground truth when known (0 normal, 1 pneumonia)
+    split: str | None = None
+    index: int | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. how a file was brought to 28x28
+
+    @property
+    def label_name(self) -> str | None:
+        return None if self.label is None else CLASS_NAMES[self.label]
+
+
+def case_id(split: str, index: int) -> str:
+    return f"{split}:{index}"
+
+
+def parse_ref(ref: str) -> tuple[str, int] | None:
+    """``"test:42"`` -> ``("test", 42)``; anything else (a path) -> ``None``."""
+    m = _REF.match(ref.strip())
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def _to_gray8(img: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit grayscale that keeps the signal.
+
+    16-bit and 32-bit images are rescaled by their value range (``convert("L")`` would clip
+    them to white); transparency is composited on black (film background); palette, CMYK
+    and colour images go through RGB.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        scaled = np.zeros_like(a) if hi <= lo else (a - lo) * (255.0 / (hi - lo))
+        return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return img.convert("L")
+
+
+def decode_image(path: Path, size: int = SIZE) -> tuple[np.ndarray, list[str]]:
+    """Read an image file as uint8 (size, size) grayscale; also says what was done to it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            with Image.open(path) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise Image.DecompressionBombError("too many pixels")
+                im.load()
+                original = f"{im.width}x{im.height} {im.mode}"
+                img = ImageOps.exif_transpose(im)
+                img = _to_gray8(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise CaseError(f"{path}: image too large to be read safely (limit {MAX_PIXELS:,} pixels; {exc})") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise CaseError(f"{path}: unreadable image ({exc})") from exc
+    w, h = img.size
+    if min(w, h) < 8:
+        raise CaseError(f"{path}: image of {w}x{h} px is too small to be a chest X-ray")
+    notes = []
+    if (w, h) != (size, size) or not original.endswith(" L"):
+        notes.append(
+            f"image file ({original}) brought to {size}x{size} 8-bit grayscale (centre crop, resize); the "
+            "classifier has only seen MedMNIST-style images, so treat its output on other images with caution"
+        )
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    if side != size:
+        img = img.resize((size, size), Image.Resampling.BICUBIC)
+    return np.array(img, dtype=np.uint8), notes  # a writable copy (torch warns on read-only arrays)
+
+
+def load_image_file(path: Path | str, size: int = SIZE) -> np.ndarray:
+    """An image file as MedMNIST-style uint8 (size, size) grayscale."""
+    return decode_image(check_image_path(path), size)[0]
+
+
+def check_image_path(path: Path | str) -> Path:
+    """The path of an existing PNG/JPEG file, or a :class:`CaseError` saying what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        raise CaseError(f"{path} is a folder; pass the image files in it (or a command that takes folders)")
+    if not path.is_file():
+        raise CaseError(f"image not found: {path}")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise CaseError(f"{path}: not a PNG or JPEG file (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    return path
+
+
+def check_ref(ref: str, root: Path | str | None = None, download: bool = False) -> None:
+    """Raise a :class:`CaseError` for a reference that cannot be loaded, without decoding images."""
+    parsed = parse_ref(ref)
+    if parsed is None:
+        if re.match(r"^\w+:\S*$", ref) and not Path(ref).exists():
+            raise CaseError(f"bad case reference {ref!r}: use <split>:<index> with split in {SPLITS}, or an image path")
+        check_image_path(ref)
+        return
+    split, index = parsed
+    n = len(load_split(split, root, download))
+    if not 0 <= index < n:
+        raise CaseError(f"case {ref} out of range: the {split} split has indices 0..{n - 1}")
+
+
+def load_case(ref: str, root: Path | str | None = None, download: bool = False) -> Case:
+    """Resolve ``split:index`` against the dataset, or read an image file."""
+    check_ref(ref, root, download)
+    parsed = parse_ref(ref)
+    if parsed is None:
+        image, notes = decode_image(Path(ref))
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
+        return Case(case_id=str(ref), image=image, notes=tuple(notes))
+    split, index = parsed
+    data = load_split(split, root, download)
+    return Case(case_id(split, index), np.array(data.images[index]), int(data.labels[index]), split, index)
