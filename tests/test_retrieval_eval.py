@@ -7,7 +7,7 @@ import pytest
 
 from case_index_support import index_settings
 from casereview.tools.case_index import build_index, open_index
-from casereview.tools.retrieval_eval import (
+from casereview.evaluation.retrieval_eval import (
     evaluate_retrieval,
     knn_accuracy,
     mean_average_precision,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from case_index_support import index_settings
-from casereview.tools.retrieval_report import METRICS_NAME, write_task3_report
+from casereview.evaluation.retrieval_report import METRICS_NAME, write_task3_report
 
 
 def test_task3_report_renders_from_its_metrics(tmp_path, data_root, random_checkpoint):

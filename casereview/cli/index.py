@@ -173,7 +173,7 @@ def _print_hits(header: str, hits: list, as_json: bool) -> None:
 def run_search_image(args: argparse.Namespace) -> int:
     from casereview.data import load_case
     from casereview.tools.case_index import open_index
-    from casereview.tools.retrieval_figures import GridRow, save_retrieval_grid
+    from casereview.evaluation.retrieval_figures import GridRow, save_retrieval_grid
 
     settings = _settings(args, k=args.k)
     k = settings.index.k
@@ -192,7 +192,7 @@ def run_search_image(args: argparse.Namespace) -> int:
 
 def run_search_text(args: argparse.Namespace) -> int:
     from casereview.tools.case_index import open_index
-    from casereview.tools.retrieval_figures import GridRow, save_retrieval_grid
+    from casereview.evaluation.retrieval_figures import GridRow, save_retrieval_grid
 
     settings = _settings(args, k=args.k)
     k = settings.index.k
@@ -208,7 +208,7 @@ def run_search_text(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from casereview.tools.case_index import open_index
-    from casereview.tools.retrieval_eval import KS, evaluate_retrieval
+    from casereview.evaluation.retrieval_eval import KS, evaluate_retrieval
 
     settings = _settings(args)
     index = open_index(settings)

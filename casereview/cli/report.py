@@ -12,7 +12,7 @@ from casereview.cli.common import add_common_options, settings_from_args
 REPORTS = {
     "task1": "casereview.training.report:write_task1_report",
     "task2": "casereview.tools.reporter.task2:write_task2_report",
-    "task3": "casereview.tools.retrieval_report:write_task3_report",
+    "task3": "casereview.evaluation.retrieval_report:write_task3_report",
 }
 
 
