@@ -1,6 +1,7 @@
-"""Graph nodes: each takes the state (and the run context) and returns a partial update.
+"""Graph nodes: each takes the state and the run context and returns a partial update.
 
-Capabilities are called through the context's langchain-core tools; the decisions in
+Nodes work on the image already in the state (decoded once by ``load_case``) and call the
+capabilities through the context's resources, each built once per process. The decisions in
 between (which variant, how many neighbours, what the verdict is) are plain functions.
 """
 
@@ -14,23 +15,26 @@ import numpy as np
 from langgraph.runtime import Runtime
 
 from casereview.agents.verify import verify_report
-from casereview import data as cases
-from casereview.graphs.context import ReviewContext
-from casereview.graphs.state import CaseState
+from casereview.data import load_case as read_case
+from casereview.data import parse_ref
 from casereview.provenance import package_versions, utc_now
-from casereview.schemas import ClassifierOpinion, Neighbour
+from casereview.schemas import (
+    CaseReview, CaseState, ClassifierOpinion, Neighbour, PromptRecord, Provenance, ReportRecord,
+)
+from casereview.tools.agent_tools import neighbour_images
+from casereview.tools.context import RunContext, fingerprint
 from casereview.tools.reporter.evidence import Evidence
-from casereview.tools.reporter.gather import neighbour_images
-from casereview.tools.reporter.prompts import render_prompt
+from casereview.tools.reporter.prompts import RenderedPrompt, render_prompt
+from casereview.tools.reporter.reporting import generate
 
-Node = Callable[[CaseState, Runtime[ReviewContext]], dict[str, Any]]
+Node = Callable[[CaseState, Runtime[RunContext]], dict[str, Any]]
 
 
 def timed(fn: Node) -> Node:
     """Record the node's wall time under ``timings[<node name>]`` (the last run on a retry)."""
 
     @wraps(fn)
-    def wrapper(state: CaseState, runtime: Runtime[ReviewContext]) -> dict[str, Any]:
+    def wrapper(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         start = time.perf_counter()
         update = fn(state, runtime)
         return update | {"timings": {fn.__name__: round(time.perf_counter() - start, 4)}}
@@ -38,112 +42,100 @@ def timed(fn: Node) -> Node:
     return wrapper
 
 
-@timed
-def load_case(state: CaseState, runtime: Runtime[ReviewContext]) -> dict[str, Any]:
-    data = runtime.context.settings.data
-    case = cases.load_case(state["case_ref"], data.root, data.download)
-    return {"case_id": case.case_id, "image": case.image.tolist(), "ground_truth": case.label_name,
-            "notes": list(case.notes), "attempts": 0}
+def _image(state: CaseState) -> np.ndarray:
+    return np.asarray(state["image"], dtype=np.uint8)
 
 
 @timed
-def classify(state: CaseState, runtime: Runtime[ReviewContext]) -> dict[str, Any]:
-    result = runtime.context.tool("classify_case").invoke({"case_ref": state["case_ref"]})
-    return {"classifier": result, "needs_review": bool(result["uncertain"])}
+def load_case(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    fields = ctx.fingerprint_fields()
+    case = read_case(state["case_ref"], ctx.settings.data.root, ctx.settings.data.download)
+    return {"settings": fields, "fingerprint": fingerprint(fields), "case_id": case.case_id,
+            "image": case.image.tolist(), "ground_truth": case.label_name, "notes": list(case.notes), "attempts": 0}
 
 
 @timed
-def retrieve(state: CaseState, runtime: Runtime[ReviewContext]) -> dict[str, Any]:
+def classify(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    opinion = runtime.context.classifier.opinion(_image(state))
+    return {"classifier": opinion.model_dump(), "needs_review": opinion.uncertain}
+
+
+@timed
+def retrieve(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     g = runtime.context.settings.graph
     k = g.k_uncertain if state["classifier"]["uncertain"] else g.k
-    hits = runtime.context.tool("search_similar_cases").invoke(
-        {"case_ref": state["case_ref"], "k": k, "case_base": g.case_base})
-    return {"neighbours": hits}
+    own = state["case_id"] if parse_ref(state["case_id"]) else None  # a dataset case never retrieves itself
+    hits = runtime.context.index.search_image(_image(state), k, g.case_base, exclude_case_id=own)
+    return {"neighbours": [h.model_dump() for h in hits]}
 
 
-def next_variant(state: CaseState, ctx: ReviewContext) -> str:
+def next_variant(state: CaseState, ctx: RunContext) -> str:
     """The configured variant first; the stricter one after a contradiction."""
     return ctx.settings.graph.strict_variant if state.get("attempts", 0) > 0 else ctx.settings.reporter.variant
 
 
-def _evidence(state: CaseState, ctx: ReviewContext) -> Evidence:
+def evidence(state: CaseState, ctx: RunContext) -> Evidence:
+    """What the reporter sees: the case image, the opinion, the neighbours and their images."""
     neighbours = tuple(Neighbour(**n) for n in state["neighbours"])
     opinion = ClassifierOpinion(**{k: v for k, v in state["classifier"].items() if k in ClassifierOpinion.model_fields})
-    return Evidence(state["case_id"], np.asarray(state["image"], dtype=np.uint8), opinion, neighbours,
-                    neighbour_images(neighbours, ctx.settings.data.root))
+    return Evidence(state["case_id"], _image(state), opinion, neighbours, neighbour_images(list(neighbours), ctx.settings))
 
 
 @timed
-def compose_prompt(state: CaseState, runtime: Runtime[ReviewContext]) -> dict[str, Any]:
-    # Rendered here so the prompt can be inspected before the model runs (--step, the notebook);
-    # the write_report tool renders the same deterministic template again from the same evidence.
+def compose_prompt(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    # Rendered once per attempt and stored, so it can be inspected before the model runs
+    # (--step, the notebook), and the report node sends exactly this prompt.
     variant = next_variant(state, runtime.context)
-    prompt = render_prompt(variant, _evidence(state, runtime.context))
-    return {"variant": variant, "prompt": {"variant": variant, "template_sha256": prompt.template_sha256,
-                                           "system": prompt.system, "text": prompt.text}}
+    prompt = render_prompt(variant, evidence(state, runtime.context))
+    return {"variant": variant, "prompt": prompt.to_record().model_dump()}
 
 
 @timed
-def report(state: CaseState, runtime: Runtime[ReviewContext]) -> dict[str, Any]:
-    result = runtime.context.tool("write_report").invoke({
-        "case_ref": state["case_ref"], "variant": state["variant"],
-        "opinion": {k: v for k, v in state["classifier"].items() if k in ClassifierOpinion.model_fields},
-        "neighbours": state["neighbours"],
-    })
-    return {"report": result, "attempts": state.get("attempts", 0) + 1}
+def report(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    ctx = runtime.context
+    prompt = RenderedPrompt.from_record(PromptRecord(**state["prompt"]), evidence(state, ctx))
+    result = generate(ctx.backend, [prompt])[0]
+    p = result.parsed
+    record = ReportRecord(raw=result.raw, impression=p.impression, status=p.status, findings=p.findings,
+                          hedging=p.hedging, parse_notes=p.notes, variant=result.variant, backend=result.backend,
+                          model_id=result.model_id)
+    return {"report": record.model_dump(), "reporter": result.provenance, "attempts": state.get("attempts", 0) + 1}
 
 
 @timed
-def verify(state: CaseState, runtime: Runtime[ReviewContext]) -> dict[str, Any]:
+def verify(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     g = runtime.context.settings.graph
-    parsed = state["report"]["parsed"]
-    verdict = verify_report(parsed["impression"], state["classifier"], state["neighbours"], g.neighbour_majority)
-    entry = {"attempt": state["attempts"], "variant": state["variant"], "impression": parsed["impression"],
-             "verdict": verdict["verdict"], "reasons": verdict["reasons"]}
-    return {"verification": verdict, "attempt_log": [entry]}
+    impression = state["report"]["impression"]
+    v = verify_report(impression, state["classifier"], state["neighbours"], g.neighbour_majority)
+    entry = {"attempt": state["attempts"], "variant": state["variant"], "impression": impression,
+             "verdict": v.verdict, "reasons": v.reasons}
+    return {"verification": v.model_dump(), "attempt_log": [entry]}
 
 
-def route_after_verify(state: CaseState, runtime: Runtime[ReviewContext]) -> str:
+def route_after_verify(state: CaseState, runtime: Runtime[RunContext]) -> str:
     """Back to compose_prompt (stricter variant) after a contradiction while attempts are left."""
     contradiction = state["verification"]["verdict"].startswith("contradicts")
     return "compose_prompt" if contradiction and state["attempts"] < runtime.context.settings.graph.max_attempts else "finalize"
 
 
 @timed
-def finalize(state: CaseState, runtime: Runtime[ReviewContext]) -> dict[str, Any]:
+def finalize(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     ctx = runtime.context
-    verdict = state["verification"]
-    needs_review = bool(state.get("needs_review")) or verdict["verdict"] != "agree" \
-        or verdict["report_impression"] == "indeterminate"
-    rep = state["report"]
-    record = {
-        "case_id": state["case_id"],
-        "ground_truth": state["ground_truth"],
-        "classifier": state["classifier"],
-        "neighbours": state["neighbours"],
-        "report": {"raw": rep["raw"], "impression": rep["parsed"]["impression"], "status": rep["parsed"]["status"],
-                   "findings": rep["parsed"]["findings"], "hedging": rep["parsed"]["hedging"],
-                   "variant": rep["variant"], "backend": rep["backend"], "model_id": rep["model_id"]},
-        "verification": verdict,
-        "attempts": state["attempts"],
-        "attempt_log": state["attempt_log"],
-        "retried_with_strict_variant": state["attempts"] > 1,
-        "needs_review": needs_review,
-        "notes": state.get("notes", []),
-        "errors": state.get("errors", []),
-        "provenance": {
-            "run_id": ctx.run_id,
-            "created": utc_now(),
-            "classifier_checkpoint_sha256": state["classifier"]["checkpoint_sha256"],
-            "classifier_arch": state["classifier"]["arch"],
-            "embedder": ctx.settings.index.embedder,
-            "case_base": ctx.settings.graph.case_base,
-            "prompt_variant": rep["variant"],
-            "template_sha256": rep["provenance"].get("template_sha256"),
-            "reporter": rep["provenance"],
-            "seed": ctx.settings.reporter.seed,
-            "packages": package_versions(),
-            "timings_s": state.get("timings", {}),
-        },
-    }
-    return {"record": record, "needs_review": needs_review}
+    v, rep = state["verification"], state["report"]
+    needs_review = bool(state.get("needs_review")) or v["verdict"] != "agree" or v["report_impression"] == "indeterminate"
+    provenance = Provenance(
+        run_id=ctx.run_id, created=utc_now(), settings_fingerprint=state["fingerprint"], settings=state["settings"],
+        classifier_checkpoint_sha256=state["classifier"]["checkpoint_sha256"],
+        classifier_arch=state["classifier"]["arch"], index=ctx.index.embedder_id,
+        prompt_variant=rep["variant"], template_sha256=state["prompt"]["template_sha256"],
+        reporter=state["reporter"], packages=package_versions(), timings_s=state.get("timings", {}),
+    )
+    record = CaseReview(
+        case_id=state["case_id"], ground_truth=state["ground_truth"], classifier=state["classifier"],
+        neighbours=state["neighbours"], prompt=state["prompt"], report=rep, verification=v,
+        attempts=state["attempts"], attempt_log=state["attempt_log"],
+        retried_with_strict_variant=state["attempts"] > 1, needs_review=needs_review,
+        notes=state.get("notes", []), errors=state.get("errors", []), provenance=provenance,
+    )
+    return {"record": record.model_dump(), "needs_review": needs_review}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from casereview.graphs.state import Verification
+from casereview.schemas import Verification
 
 
 def neighbour_vote(neighbours: list[dict[str, Any]], majority: float) -> tuple[str | None, float]:
@@ -32,9 +32,9 @@ def verify_report(
     base = {"report_impression": impression, "classifier_label": classifier["label"],
             "neighbour_label": n_label, "neighbour_share": round(share, 3)}
     if impression is None:
-        return {"verdict": "unparseable", "reasons": ["the report has no IMPRESSION line that could be read"], **base}
+        return Verification(verdict="unparseable", reasons=["the report has no IMPRESSION line that could be read"], **base)
     if impression == "indeterminate":
-        return {"verdict": "agree", "reasons": ["the report is indeterminate; it contradicts no evidence"], **base}
+        return Verification(verdict="agree", reasons=["the report is indeterminate; it contradicts no evidence"], **base)
     against_classifier = not classifier["uncertain"] and impression != classifier["label"]
     against_neighbours = n_label is not None and impression != n_label
     reasons = []
@@ -49,4 +49,4 @@ def verify_report(
         verdict = "contradicts_neighbours"
     else:
         verdict, reasons = "agree", ["report agrees with the classifier and the similar cases"]
-    return {"verdict": verdict, "reasons": reasons, **base}
+    return Verification(verdict=verdict, reasons=reasons, **base)

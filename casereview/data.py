@@ -205,6 +205,14 @@ def check_image_path(path: Path | str) -> Path:
         raise CaseError(f"image not found: {path}")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise CaseError(f"{path}: not a PNG or JPEG file (expected one of {', '.join(IMAGE_SUFFIXES)})")
+    try:
+        with Image.open(path) as im:  # reads the header only: the image is decoded once, when the case is loaded
+            if im.width * im.height > MAX_PIXELS:
+                raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels")
+    except Image.DecompressionBombError as exc:
+        raise CaseError(f"{path}: image too large to be read safely (limit {MAX_PIXELS:,} pixels; {exc})") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise CaseError(f"{path}: unreadable image ({exc})") from exc
     return path
 
 
@@ -234,3 +242,18 @@ def load_case(ref: str, root: Path | str | None = None, download: bool = False) 
     split, index = parsed
     data = load_split(split, root, download)
     return Case(case_id(split, index), np.array(data.images[index]), int(data.labels[index]), split, index)
+
+
+def case_from_input(
+    case_ref: str | None, image: list[list[int]] | np.ndarray | None, root: Path | str | None = None,
+    download: bool = False,
+) -> Case:
+    """A case from a reference or from a 28x28 uint8 image given directly (what the tools take)."""
+    if (case_ref is None) == (image is None):
+        raise CaseError("give either a case reference (test:42 or an image path) or a 28x28 image, not both")
+    if case_ref is not None:
+        return load_case(case_ref, root, download)
+    array = np.asarray(image)
+    if array.shape != (SIZE, SIZE) or array.min() < 0 or array.max() > 255:
+        raise CaseError(f"expected a {SIZE}x{SIZE} image of 0-255 values, got shape {array.shape}")
+    return Case(case_id="image", image=array.astype(np.uint8))

@@ -1,8 +1,10 @@
-"""Records passed between the capabilities (classifier -> index -> reporter -> graph) and saved as JSON."""
+"""Records passed between the capabilities (classifier -> index -> reporter -> graph), the graph's state,
+and the saved case record. Everything above the data layer imports its record types from here."""
 
 from __future__ import annotations
 
-from typing import Literal
+import operator
+from typing import Annotated, Any, Literal, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,3 +34,138 @@ class Neighbour(Record):
     index: int
     label: Label
     similarity: float = Field(description="cosine similarity, 1 - Chroma's cosine distance")
+
+
+class ClassifierResult(ClassifierOpinion):
+    """The opinion as the review records it: with the conformal set it was flagged by."""
+
+    prediction_set: list[Label]
+    conformal_alpha: float
+    arch: str
+
+
+Verdict = Literal["agree", "contradicts_classifier", "contradicts_neighbours", "unparseable"]
+
+
+class Verification(Record):
+    """The report checked against the classifier and the neighbours' vote (see ``agents.verify``)."""
+
+    verdict: Verdict
+    reasons: list[str]
+    report_impression: str | None
+    classifier_label: Label
+    neighbour_label: Label | None = Field(description="majority label when its share reaches the configured majority")
+    neighbour_share: float = Field(description="share of neighbours with the majority label")
+
+
+class PromptRecord(Record):
+    """A rendered prompt as stored in the state and sent to the backend, images by reference."""
+
+    variant: str
+    template_sha256: str
+    system: str
+    parts: list[str | dict[str, str]] = Field(description='text items, and {"image": "case" | neighbour case id}')
+
+    @property
+    def text(self) -> str:
+        """The user message with ``<image: REF>`` where each image goes."""
+        return "\n".join(p if isinstance(p, str) else f"<image: {p['image']}>" for p in self.parts)
+
+
+class ReportRecord(Record):
+    """What the reporter wrote (raw text is untrusted) and how it parsed."""
+
+    raw: str
+    impression: str | None
+    status: str
+    findings: str
+    hedging: list[str]
+    parse_notes: list[str] = Field(default_factory=list, description="format drift seen, or why nothing was read")
+    variant: str
+    backend: str
+    model_id: str
+
+
+class Attempt(Record):
+    attempt: int
+    variant: str
+    impression: str | None
+    verdict: Verdict
+    reasons: list[str]
+
+
+class Provenance(Record):
+    """What produced a record; ``settings`` are those the case's thread was started with."""
+
+    run_id: str
+    created: str
+    settings_fingerprint: str
+    settings: dict[str, Any]
+    classifier_checkpoint_sha256: str
+    classifier_arch: str
+    index: str
+    prompt_variant: str
+    template_sha256: str
+    reporter: dict[str, Any]
+    packages: dict[str, str | None]
+    timings_s: dict[str, float]
+    graph_total_s: float | None = None
+
+
+class CaseReview(Record):
+    """The saved record of one case review (``<case>.json``); ``casereview schema`` prints its JSON schema."""
+
+    case_id: str
+    ground_truth: Label | None
+    classifier: ClassifierResult
+    neighbours: list[Neighbour]
+    prompt: PromptRecord
+    report: ReportRecord
+    verification: Verification
+    attempts: int
+    attempt_log: list[Attempt]
+    retried_with_strict_variant: bool
+    needs_review: bool
+    notes: list[str] = []
+    errors: list[str] = []
+    provenance: Provenance
+
+
+def merge_dicts(left: dict[str, float] | None, right: dict[str, float] | None) -> dict[str, float]:
+    return {**(left or {}), **(right or {})}
+
+
+class CaseState(TypedDict, total=False):
+    """The state of one case review as it moves through the graph.
+
+    Values are plain JSON-able data (records as ``model_dump()`` dicts) so that any
+    checkpointer can save and restore them. Nodes return partial updates; ``timings`` and
+    ``attempt_log`` are merged/appended by their reducers, every other key is overwritten.
+    """
+
+    # input
+    case_ref: str  # "test:42" or an image path
+    # load_case
+    settings: dict[str, Any]  # what shapes the result (see RunContext.fingerprint_fields), fixed per thread
+    fingerprint: str  # hash of ``settings``: a resume with other settings is refused
+    case_id: str
+    image: list[list[int]]  # 28x28 uint8 as nested lists, decoded once
+    ground_truth: Label | None
+    notes: list[str]
+    # classify
+    classifier: dict[str, Any]  # ClassifierResult
+    needs_review: bool
+    # retrieve
+    neighbours: list[dict[str, Any]]  # Neighbour records
+    # compose_prompt / report / verify (repeated on a retry)
+    variant: str
+    prompt: dict[str, Any]  # PromptRecord: exactly what the report node sends
+    report: dict[str, Any]  # ReportRecord
+    reporter: dict[str, Any]  # the backend's provenance for that report
+    verification: dict[str, Any]  # Verification
+    attempts: int
+    attempt_log: Annotated[list[dict[str, Any]], operator.add]
+    # bookkeeping
+    errors: Annotated[list[str], operator.add]  # failures of earlier tries of this case (resumed since)
+    timings: Annotated[dict[str, float], merge_dicts]
+    record: dict[str, Any]  # finalize: the CaseReview

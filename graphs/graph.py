@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
@@ -13,32 +13,23 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from casereview.agents import nodes
-from casereview.graphs.context import ReviewContext
-from casereview.graphs.state import CaseState
+from casereview.schemas import CaseState
+from casereview.tools.context import RunContext
 
 NODE_ORDER = ("load_case", "classify", "retrieve", "compose_prompt", "report", "verify", "finalize")
 
 
-def build_graph(
-    checkpointer: BaseCheckpointSaver | None = None, interrupt_before: Sequence[str] | None = None
-) -> CompiledStateGraph:
-    g = StateGraph(CaseState, context_schema=ReviewContext)
-    g.add_node("load_case", nodes.load_case)
-    g.add_node("classify", nodes.classify)
-    g.add_node("retrieve", nodes.retrieve)
-    g.add_node("compose_prompt", nodes.compose_prompt)
-    g.add_node("report", nodes.report)
-    g.add_node("verify", nodes.verify)
-    g.add_node("finalize", nodes.finalize)
+def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStateGraph:
+    """The graph; pause it per call with ``invoke(..., interrupt_before=[...])`` (needs a checkpointer)."""
+    g = StateGraph(CaseState, context_schema=RunContext)
+    for name in NODE_ORDER:
+        g.add_node(name, getattr(nodes, name))
+    for a, b in zip(NODE_ORDER[:5], NODE_ORDER[1:6]):
+        g.add_edge(a, b)
     g.add_edge(START, "load_case")
-    g.add_edge("load_case", "classify")
-    g.add_edge("classify", "retrieve")
-    g.add_edge("retrieve", "compose_prompt")
-    g.add_edge("compose_prompt", "report")
-    g.add_edge("report", "verify")
     g.add_conditional_edges("verify", nodes.route_after_verify, ["compose_prompt", "finalize"])
     g.add_edge("finalize", END)
-    return g.compile(checkpointer=checkpointer, interrupt_before=list(interrupt_before or []))
+    return g.compile(checkpointer=checkpointer)
 
 
 def sqlite_checkpointer(path: Path) -> BaseCheckpointSaver:

@@ -9,26 +9,29 @@ from typing import Any, Callable
 
 import numpy as np
 
-from casereview.data import IMAGE_SUFFIXES, CaseError, load_image_file, parse_ref
 from casereview.config import Settings
+from casereview.data import IMAGE_SUFFIXES, CaseError, check_ref, parse_ref
 from casereview.errors import CaseReviewError
-from casereview.provenance import utc_now
-from casereview.graphs.context import ReviewContext
 from casereview.graphs.graph import NODE_ORDER, build_graph, make_checkpointer, thread_config
-from casereview.render import render
-from casereview.tools.reporter.records import file_stem, save_view_image
+from casereview.provenance import utc_now
+from casereview.records import record_stem, save_case_record
+from casereview.tools.context import RunContext, fingerprint
+
+STEP_SHOW_CHARS = 600  # per state value shown while stepping
 
 
-def expand_case_refs(items: list[str]) -> list[str]:
+class SettingsChangedError(CaseReviewError):
+    """A case of this run was started with other settings; resuming it would mix two configurations."""
+
+
+def expand_case_refs(items: list[str], settings: Settings) -> list[str]:
     """Case references from CLI arguments; folders expand to their images. Everything is checked
-    before any case runs, so a bad input never leaves a half-finished run behind."""
+    (existence, range, readable header) before any model loads, so a bad input never leaves a
+    half-finished run behind."""
     refs: list[str] = []
     for item in items:
-        if parse_ref(item):
-            refs.append(item)
-            continue
         path = Path(item)
-        if path.is_dir():
+        if parse_ref(item) is None and path.is_dir():
             files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
             others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
             if others:
@@ -40,38 +43,49 @@ def expand_case_refs(items: list[str]) -> list[str]:
         else:
             refs.append(item)
     for ref in refs:
-        if not parse_ref(ref):
-            load_image_file(ref)  # raises a clear CaseError for missing or unreadable files
-    return refs
+        check_ref(ref, settings.data.root, settings.data.download)
+    return list(dict.fromkeys(refs))  # a case named twice is reviewed once
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
 class ReviewRun:
     """One run (run id) of the review graph over any number of cases, checkpointed per case."""
 
-    def __init__(self, settings: Settings, run_id: str, out: Path):
+    def __init__(self, settings: Settings, run_id: str, out: Path, context: RunContext | None = None):
         self.settings, self.run_id, self.out = settings, run_id, out
-        self.checkpointer = make_checkpointer(settings.graph.checkpointer, settings.paths.workdir / "checkpoints.sqlite")
+        kind = settings.graph.checkpointer
+        self.checkpointer = make_checkpointer(kind, settings.paths.workdir / "checkpoints.sqlite")
         self.graph = build_graph(self.checkpointer)
-        self.context = ReviewContext(settings, run_id)
+        self.context = context or RunContext(settings, run_id)
+
+    def _check_settings(self, values: dict[str, Any], ref: str) -> None:
+        if "settings" not in values:
+            return
+        now = self.context.fingerprint_fields()
+        if values.get("fingerprint") != fingerprint(now):
+            fields = changed_fields(values["settings"], now)
+            raise SettingsChangedError(
+                f"{ref} was started in run {self.run_id} with other settings ({', '.join(fields)} differ); "
+                "rerun with the run's original settings, or start a new run (omit --run-id)"
+            )
 
     def review(self, ref: str) -> dict[str, Any]:
-        """Review one case; a case already finished in this run is returned as saved, one
-        interrupted mid-way resumes from its last checkpoint."""
-        cfg = thread_config(self.run_id, ref)
+        """Review one case. A case already finished in this run is returned as saved (and its files
+        written if they are missing); one interrupted mid-way resumes from its last checkpoint."""
         start = time.perf_counter()
         if self.checkpointer is None:
             state = self.graph.invoke({"case_ref": ref}, context=self.context)
         else:
-            snapshot = self.graph.get_state(cfg)
-            if snapshot.values.get("record"):
-                return snapshot.values["record"]
-            inp = None if snapshot.next else {"case_ref": ref}
+            cfg = thread_config(self.run_id, ref)
+            values = self.graph.get_state(cfg).values
+            self._check_settings(values, ref)
+            if values.get("record"):
+                self.ensure_saved(values["record"], values["image"])
+                return values["record"]
+            inp = None if values else {"case_ref": ref}
             try:
                 state = self.graph.invoke(inp, cfg, context=self.context, durability="sync")
             except CaseReviewError as exc:
@@ -82,38 +96,42 @@ class ReviewRun:
                 raise
         record = state["record"]
         record["provenance"]["graph_total_s"] = round(time.perf_counter() - start, 4)
-        self.save(record, np.asarray(state["image"], dtype=np.uint8))
+        self.save(record, state["image"])
         return record
 
-    def step_through(self, ref: str, pause: Callable[[str], str] | None = None) -> dict[str, Any]:
-        """Run one case pausing before every node; ``pause`` (default: ``input``) gets a prompt
-        between nodes and stops the run when it returns ``q``."""
-        pause = pause or input
-        graph = build_graph(self.checkpointer or make_checkpointer("memory", Path()), interrupt_before=NODE_ORDER)
-        cfg = thread_config(self.run_id + "-step", ref)
-        inp: dict[str, Any] | None = {"case_ref": ref}
+    def step_through(self, ref: str, pause: Callable[[str], str], show: Callable[[str], None] = print) -> dict[str, Any] | None:
+        """Run one case pausing before every node; ``show`` gets what each node added, ``pause`` a
+        prompt between nodes. ``q`` stops (returns None); the case stays resumable by run id."""
+        if self.checkpointer is None:
+            self.checkpointer = make_checkpointer("memory", Path())
+            self.graph = build_graph(self.checkpointer)
+        cfg = thread_config(self.run_id, ref)
+        values = self.graph.get_state(cfg).values
+        self._check_settings(values, ref)
+        inp: dict[str, Any] | None = None if values else {"case_ref": ref}
         while True:
-            graph.invoke(inp, cfg, context=self.context)
+            for chunk in self.graph.stream(inp, cfg, context=self.context, stream_mode="updates",
+                                           interrupt_before=list(NODE_ORDER), durability="sync"):
+                for node, update in chunk.items():
+                    if node != "__interrupt__" and update:
+                        show(describe_update(node, update))
             inp = None
-            snap = graph.get_state(cfg)
+            snap = self.graph.get_state(cfg)
             if not snap.next:
                 break
-            shown = {k: v for k, v in snap.values.items() if k != "image"}
-            print(f"\n--- state before {snap.next[0]} ---\n{json.dumps(shown, indent=1, default=str)[:3000]}")
             if pause(f"[Enter] run {snap.next[0]}, q to stop: ").strip().lower() == "q":
-                raise CaseError(f"stopped before {snap.next[0]}; resume with the same --run-id")
+                return None
         record = snap.values["record"]
-        self.save(record, np.asarray(snap.values["image"], dtype=np.uint8))
+        self.save(record, snap.values["image"])
         return record
 
-    def save(self, record: dict[str, Any], image: np.ndarray) -> Path:
-        """``<case>.json``, ``<case>.md`` and ``<case>.png``; each written whole or not at all."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        stem = file_stem(record["case_id"])
-        save_view_image(image, self.out / f"{stem}.png")
-        _write_atomic(self.out / f"{stem}.md", render("case_review.md.j2", r=record, image_file=f"{stem}.png"))
-        _write_atomic(self.out / f"{stem}.json", json.dumps(record, indent=2) + "\n")
-        return self.out / f"{stem}.json"
+    def save(self, record: dict[str, Any], image: Any) -> Path:
+        return save_case_record(record, np.asarray(image, dtype=np.uint8), self.out)
+
+    def ensure_saved(self, record: dict[str, Any], image: Any) -> None:
+        """Write a finished case's files if they are not on disk (its graph ended, its save did not)."""
+        if not (self.out / f"{record_stem(record['case_id'])}.json").is_file():
+            self.save(record, image)
 
     @staticmethod
     def summary(record: dict[str, Any], timings: bool = False) -> str:
@@ -132,14 +150,31 @@ class ReviewRun:
         ]
         if timings:
             t = record["provenance"]["timings_s"]
+            total = record["provenance"].get("graph_total_s")
             lines.append("  timings (s)  " + ", ".join(f"{k}={t[k]:.4f}" for k in NODE_ORDER if k in t)
-                         + f", graph total={record['provenance'].get('graph_total_s', float('nan')):.4f}")
+                         + (f", graph total={total:.4f}" if total is not None else " (finished in an earlier run)"))
         return "\n".join(lines)
 
     @staticmethod
     def timing_summary(records: list[dict[str, Any]]) -> str:
-        total = np.array([r["provenance"]["graph_total_s"] for r in records if "graph_total_s" in r["provenance"]])
+        total = np.array([r["provenance"]["graph_total_s"] for r in records if r["provenance"].get("graph_total_s")])
         if not len(total):
             return "no timings (all cases came from earlier runs)"
         return (f"graph time per case over {len(total)} cases: p50 {1000 * np.median(total):.1f} ms, "
                 f"p95 {1000 * np.quantile(total, 0.95):.1f} ms (first case includes model loading)")
+
+
+def describe_update(node: str, update: dict[str, Any]) -> str:
+    """What a node added to the state, compactly (the image as its shape; long values cut, marked)."""
+    lines = [f"--- {node} added ---"]
+    for key, value in update.items():
+        if key == "image":
+            text = f"{np.asarray(value).shape} uint8 image"
+        elif key == "timings":
+            text = ", ".join(f"{k}={v:.4f}s" for k, v in value.items())
+        else:
+            text = json.dumps(value, default=str)
+            if len(text) > STEP_SHOW_CHARS:
+                text = text[:STEP_SHOW_CHARS] + f" ... [cut: {len(text) - STEP_SHOW_CHARS} more characters]"
+        lines.append(f"  {key}: {text}")
+    return "\n".join(lines)

@@ -1,77 +1,81 @@
-"""The CNN classifier as a capability: calibrated opinion plus a split-conformal uncertainty flag,
-and its langchain-core tool wrapper."""
+"""The CNN classifier as a capability: calibrated opinion plus a split-conformal uncertainty flag.
+
+The conformal quantile comes from the checkpoint's metadata (``calibration.conformal``, fitted
+on validation when the checkpoint was made). For a checkpoint without it, it is computed once
+on the validation split, centred on the checkpoint's threshold, and kept in a small cache file
+under the workdir so that later processes start without predicting the validation split again.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
+from pathlib import Path
 
 import numpy as np
-from langchain_core.tools import BaseTool, tool
-from pydantic import BaseModel, Field
 
-from casereview.data import load_case
 from casereview.config import Settings
-from casereview.schemas import ClassifierOpinion
-from casereview.training.checkpoint import Classifier, load_classifier
 from casereview.data import load_split
+from casereview.schemas import ClassifierResult
+from casereview.training.checkpoint import Classifier, load_classifier
 from casereview.training.metrics import conformal_qhat, prediction_set
 from casereview.training.predict import predict_proba
 
 
 @dataclass(frozen=True)
 class CaseClassifier:
-    """A loaded checkpoint with its split-conformal quantile, calibrated on validation."""
+    """A loaded checkpoint with its split-conformal quantile (centred on the decision threshold)."""
 
     clf: Classifier
     qhat: float
     alpha: float
+    centre: float
 
-    def opinion(self, image: np.ndarray) -> tuple[ClassifierOpinion, list[str]]:
-        """The calibrated opinion on one image and its conformal prediction set.
+    def opinion(self, image: np.ndarray) -> ClassifierResult:
+        """The calibrated opinion on one uint8 (28, 28) image, with its conformal prediction set.
 
         ``uncertain`` is set when the conformal set is not exactly the thresholded label:
         two labels (the model cannot rule either out at level alpha), none, or the other label.
         """
-        p = float(predict_proba(self.clf, image)[0])
-        label = "pneumonia" if p >= self.clf.threshold else "normal"
-        pset = prediction_set(p, self.qhat)
-        return ClassifierOpinion(
-            prob_pneumonia=p, label=label, threshold=self.clf.threshold, temperature=self.clf.temperature,
-            uncertain=pset != [label], checkpoint_sha256=self.clf.sha256,
-        ), pset
+        return self.opinions(np.asarray(image)[None])[0]
+
+    def opinions(self, images: np.ndarray) -> list[ClassifierResult]:
+        """Opinions on a batch of uint8 (N, 28, 28) images (one forward pass)."""
+        out = []
+        for p in predict_proba(self.clf, images):
+            p = float(p)
+            label = "pneumonia" if p >= self.clf.threshold else "normal"
+            pset = prediction_set(p, self.qhat, self.centre)
+            out.append(ClassifierResult(
+                prob_pneumonia=p, label=label, threshold=self.clf.threshold, temperature=self.clf.temperature,
+                uncertain=pset != [label], checkpoint_sha256=self.clf.sha256, prediction_set=pset,
+                conformal_alpha=self.alpha, arch=self.clf.arch,
+            ))
+        return out
 
 
-@lru_cache(maxsize=4)
-def _load(checkpoint: str | None, device: str, data_root: str | None, download: bool, alpha: float) -> CaseClassifier:
-    clf = load_classifier(checkpoint, device)
-    val = load_split("val", data_root, download)
-    return CaseClassifier(clf, conformal_qhat(val.labels, predict_proba(clf, val.images), alpha), alpha)
+def _conformal(clf: Classifier, settings: Settings) -> tuple[float, float]:
+    """(qhat, centre) for ``settings.graph.conformal_alpha``: from the checkpoint, the cache, or validation."""
+    alpha = settings.graph.conformal_alpha
+    shipped = clf.meta.get("calibration", {}).get("conformal")
+    if shipped and abs(float(shipped["alpha"]) - alpha) < 1e-12:
+        return float(shipped["qhat"]), float(shipped["centre"])
+    cache = Path(settings.paths.workdir) / "cache" / f"conformal-{clf.sha256[:16]}-a{alpha:g}.json"
+    if cache.is_file():
+        got = json.loads(cache.read_text())
+        return float(got["qhat"]), float(got["centre"])
+    val = load_split("val", settings.data.root, settings.data.download)
+    qhat = conformal_qhat(val.labels, predict_proba(clf, val.images), alpha, clf.threshold)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp")
+    tmp.write_text(json.dumps({"qhat": qhat, "centre": clf.threshold, "alpha": alpha, "fitted_on": "val"}))
+    tmp.replace(cache)
+    return qhat, clf.threshold
 
 
-def case_classifier(settings: Settings) -> CaseClassifier:
-    """The configured classifier, loaded and conformal-calibrated once per process."""
+def load_case_classifier(settings: Settings) -> CaseClassifier:
+    """The configured checkpoint, loaded once, with its conformal calibration."""
     c = settings.classifier
-    return _load(str(c.checkpoint) if c.checkpoint else None, c.device,
-                 str(settings.data.root) if settings.data.root else None, settings.data.download,
-                 settings.graph.conformal_alpha)
-
-
-class ClassifyCaseArgs(BaseModel):
-    case_ref: str = Field(description="the case: split:index (e.g. test:42) or an image file path")
-
-
-def make_classifier_tool(settings: Settings, classifier: CaseClassifier | None = None) -> BaseTool:
-    """A ``classify_case`` tool over the configured checkpoint."""
-    classifier = classifier or case_classifier(settings)
-
-    @tool("classify_case", args_schema=ClassifyCaseArgs)
-    def classify_case(case_ref: str) -> dict[str, Any]:
-        """Classify one paediatric chest X-ray: calibrated p(pneumonia), the label at the validation
-        threshold, and whether the case is uncertain (split-conformal prediction set on validation)."""
-        opinion, pset = classifier.opinion(load_case(case_ref, settings.data.root, settings.data.download).image)
-        return opinion.model_dump() | {"prediction_set": pset, "conformal_alpha": classifier.alpha,
-                                       "arch": classifier.clf.arch}
-
-    return classify_case
+    clf = load_classifier(c.checkpoint, c.device)
+    qhat, centre = _conformal(clf, settings)
+    return CaseClassifier(clf, qhat, settings.graph.conformal_alpha, centre)

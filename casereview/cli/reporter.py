@@ -1,8 +1,10 @@
-"""``casereview report-gen``: write reports for some cases with one prompt variant and one backend."""
+"""``casereview report-gen``: reports for chosen or representative cases with one prompt variant and one
+backend, through the review graph (the same pipeline and records as ``casereview review``)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from casereview.cli.common import add_common_options, settings_from_args
@@ -15,11 +17,11 @@ backends:
   openai    an OpenAI-compatible server (vLLM, `transformers serve`, Ollama) at --base-url;
             the API key is read from the variable named by reporter.api_key_env
 
-The grounded variants need the classifier (released, or --checkpoint) and the case index
-(`casereview index build`); minimal and structured need neither.
+Every case goes through the review graph (classify, retrieve, compose prompt, report, verify),
+so the case index must exist (`casereview index build`).
 
 examples:
-  casereview report-gen --cases test:0,test:5 --data-root ../shared/data
+  casereview report-gen --cases test:0 test:5
   casereview report-gen --pick 12 --variant grounded_skeptical --backend medgemma --out runs/reports
   casereview report-gen --cases xray.png --variant minimal --backend openai \\
       --base-url http://127.0.0.1:8000/v1 --api-model google/medgemma-4b-it
@@ -41,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--cases", help="comma-separated case refs: test:42 (split:index) or image files")
+    which.add_argument("--cases", nargs="+", metavar="CASE", help="case refs: test:42 (split:index) or image files")
     which.add_argument(
         "--pick",
         type=int,
@@ -57,14 +59,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, help="longest report in tokens (default 300)")
     p.add_argument("--batch-size", type=int, help="prompts per generate call / concurrent requests (default 4)")
     p.add_argument("--checkpoint", type=Path, help="classifier checkpoint (default: the released one)")
-    p.add_argument("--k", type=int, help="similar cases retrieved per case (default: index.k)")
-    p.add_argument("--out", type=Path, default=Path("runs/reports"), help="output folder (default runs/reports)")
+    p.add_argument("-k", type=int, help="similar cases retrieved per case (default: graph.k)")
+    p.add_argument("--run-id", help="resume or extend this run (default: a new id)")
+    p.add_argument("--out", type=Path, help="output folder (default: <workdir>/reports/<run id>)")
     add_common_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from casereview.tools.reporter.generate import report_cases
+    import uuid
+
+    from casereview.errors import CaseReviewError
+    from casereview.evaluation.picking import pick_cases
+    from casereview.graphs.review import ReviewRun, expand_case_refs
 
     settings = settings_from_args(
         args,
@@ -78,15 +85,23 @@ def run(args: argparse.Namespace) -> int:
             "batch_size": args.batch_size,
         },
         classifier={"checkpoint": args.checkpoint},
-        index={"k": args.k},
+        graph={"k": args.k},
     )
-    refs = [r.strip() for r in args.cases.split(",") if r.strip()] if args.cases else None
-    records = report_cases(settings, args.out, refs=refs, pick=args.pick, split=args.split)
-    for rec in records:
-        rep = rec.report
-        print(
-            f"{rec.case_id}: impression {rep.parsed.impression or '-'} ({rep.parsed.status}), "
-            f"truth {rec.ground_truth or '?'}, classifier {rec.classifier.label if rec.classifier else '-'}"
-        )
-    print(f"wrote {len(records)} report(s) to {args.out}")
-    return 0
+    refs = expand_case_refs(args.cases, settings) if args.cases else None
+    run_id = args.run_id or uuid.uuid4().hex[:12]
+    out = args.out or settings.paths.workdir / "reports" / run_id
+    run = ReviewRun(settings, run_id, out)
+    picked = pick_cases(run.context, args.split, args.pick) if refs is None else [(r, None) for r in refs]
+    failed = 0
+    for ref, why in picked:
+        try:
+            rec = run.review(ref)
+        except CaseReviewError as exc:
+            failed += 1
+            print(f"error: {ref}: {exc}", file=sys.stderr)
+            continue
+        rep = rec["report"]
+        print(f"{rec['case_id']}: impression {rep['impression'] or '-'} ({rep['status']}), truth "
+              f"{rec['ground_truth'] or '?'}, classifier {rec['classifier']['label']}" + (f"  [{why}]" if why else ""))
+    print(f"wrote {len(picked) - failed} report(s) to {out} (run id {run_id})")
+    return 2 if failed else 0

@@ -44,6 +44,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mermaid", action="store_true", help="Mermaid source (default: ASCII)")
     p.set_defaults(func=run_graph)
 
+    p = sub.add_parser("schema", help="print the JSON schema of a case record",
+                       description="Print the JSON schema of the case record (<case>.json) that `review` writes.")
+    p.set_defaults(func=run_schema)
+
+
+def run_schema(args: argparse.Namespace) -> int:
+    from casereview.schemas import CaseReview
+
+    print(json.dumps(CaseReview.model_json_schema(), indent=2))
+    return 0
+
 
 def run_graph(args: argparse.Namespace) -> int:
     from casereview.graphs.graph import build_graph
@@ -63,18 +74,26 @@ def run_review(args: argparse.Namespace) -> int:
         index={"embedder": args.embedder},
         classifier={"checkpoint": args.checkpoint},
     )
-    refs = expand_case_refs(args.cases)  # every input checked before anything runs
+    if args.step and not sys.stdin.isatty():
+        raise CaseReviewError("--step pauses for Enter between nodes and needs a terminal; run without --step, "
+                              "or step through the graph in the notebook")
+    refs = expand_case_refs(args.cases, settings)  # every input checked before any model loads
     run_id = args.run_id or uuid.uuid4().hex[:12]
     out = args.out or settings.paths.workdir / "reviews" / run_id
+    if out.exists() and not out.is_dir():
+        raise CaseReviewError(f"--out {out} is a file; give a folder for the records")
     run = ReviewRun(settings, run_id, out)
     records, failed = [], []
     for ref in refs:
         try:
-            record = run.step_through(ref) if args.step else run.review(ref)
+            record = run.step_through(ref, input) if args.step else run.review(ref)
         except CaseReviewError as exc:  # one failing case does not stop the others
             failed.append(ref)
             print(f"error: {ref}: {exc}", file=sys.stderr)
             continue
+        if record is None:  # q while stepping: end the run, keep what finished
+            print(f"stopped; {ref} can be resumed with --run-id {run_id}", file=sys.stderr)
+            break
         records.append(record)
         if not args.json:
             print(run.summary(record, timings=args.timings))
@@ -82,8 +101,10 @@ def run_review(args: argparse.Namespace) -> int:
         print(json.dumps(records[0] if len(refs) == 1 else records, indent=2))
     if args.timings and len(records) > 1:
         print(run.timing_summary(records))
+    flagged = sum(r["needs_review"] for r in records)
     if records:
-        print(f"records in {out} (run id {run_id})", file=sys.stderr)
+        print(f"{len(records)} of {len(refs)} case(s) reviewed, {flagged} flagged for review; "
+              f"records in {out} (run id {run_id})", file=sys.stderr)
     if failed:
         print(f"{len(failed)} of {len(refs)} case(s) failed; fix the cause and rerun with --run-id {run_id} "
               "to resume them where they stopped", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The VLM reporter: prompt variants, backends, output parser (issue 4, task 2).
+"""The VLM reporter: prompt variants, backends, output parser.
 
 The interface the graph uses::
 
@@ -8,14 +8,15 @@ The interface the graph uses::
     text = backend.generate([prompt])[0].text               # raw, untrusted
     parsed = parse_report(text)                             # ParsedReport: impression | None, status, ...
 
-or in one step, with provenance: ``generate_reports(backend, [evidence, ...], variant)``.
+or with provenance: ``generate(backend, [prompt, ...])`` for rendered prompts (what the graph's
+report node does), ``generate_reports(backend, [evidence, ...], variant)`` to render and generate.
 """
 
 from casereview.tools.reporter.backends import BACKENDS, Generation, ReporterBackend, get_backend
 from casereview.tools.reporter.evidence import Evidence, ReporterError
 from casereview.tools.reporter.parser import ParsedReport, parse_report
 from casereview.tools.reporter.prompts import PromptError, RenderedPrompt, list_variants, render_prompt, template_sha256
-from casereview.tools.reporter.reporting import ReportResult, generate_reports
+from casereview.tools.reporter.reporting import ReportResult, generate, generate_reports
 
 __all__ = [
     "BACKENDS",
@@ -27,6 +28,7 @@ __all__ = [
     "ReportResult",
     "ReporterBackend",
     "ReporterError",
+    "generate",
     "generate_reports",
     "get_backend",
     "list_variants",

@@ -19,6 +19,7 @@ import jinja2
 import numpy as np
 
 from casereview.provenance import sha256_text
+from casereview.schemas import PromptRecord
 from casereview.tools.reporter.evidence import Evidence, ReporterError, png_data_url, to_pil
 
 MACROS = "_macros.j2"
@@ -76,6 +77,22 @@ class RenderedPrompt:
 
     def pil_images(self) -> list:
         return [to_pil(im) for im in self.images]
+
+    def to_record(self) -> PromptRecord:
+        """The prompt as stored in the graph's state (images by reference)."""
+        parts = [p if isinstance(p, str) else {"image": p.ref} for p in self.parts]
+        return PromptRecord(variant=self.variant, template_sha256=self.template_sha256, system=self.system, parts=parts)
+
+    @classmethod
+    def from_record(cls, record: PromptRecord, evidence: Evidence) -> RenderedPrompt:
+        """The stored prompt again, its image references resolved from ``evidence`` (nothing re-rendered)."""
+        images = {"case": evidence.image}
+        images |= {n.case_id: im for n, im in zip(evidence.neighbours or (), evidence.neighbour_images or ())}
+        try:
+            parts = tuple(p if isinstance(p, str) else ImagePart(p["image"], images[p["image"]]) for p in record.parts)
+        except KeyError as exc:
+            raise PromptError(f"stored prompt shows image {exc} that the evidence does not hold") from exc
+        return cls(record.variant, record.template_sha256, record.system, parts, evidence)
 
 
 def _source_dir() -> str:

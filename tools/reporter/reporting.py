@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -14,7 +13,7 @@ from casereview.provenance import PACKAGES, package_versions, utc_now
 from casereview.tools.reporter.backends import ReporterBackend
 from casereview.tools.reporter.evidence import Evidence
 from casereview.tools.reporter.parser import ParsedReport, parse_report
-from casereview.tools.reporter.prompts import render_prompt
+from casereview.tools.reporter.prompts import RenderedPrompt, render_prompt
 
 
 class ReportResult(BaseModel):
@@ -47,15 +46,23 @@ def generate_reports(
 ) -> list[ReportResult]:
     """Reports for several cases with one prompt variant, in order.
 
-    All prompts are rendered first, so missing evidence fails before any model runs. Prompts
-    go to the backend ``batch_size`` at a time (default: the backend's configured batch size).
+    All prompts are rendered first, so missing evidence fails before any model runs.
     """
-    start = time.perf_counter()
-    prompts = [render_prompt(variant, ev) for ev in evidence]
-    render_s = (time.perf_counter() - start) / max(1, len(prompts))
+    return generate(backend, [render_prompt(variant, ev) for ev in evidence], batch_size=batch_size, progress=progress)
+
+
+def generate(
+    backend: ReporterBackend,
+    prompts: Sequence[RenderedPrompt],
+    *,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> list[ReportResult]:
+    """Reports for rendered prompts, exactly as given, in order; ``batch_size`` prompts go to the
+    backend at a time (default: the backend's configured batch size)."""
     step = max(1, batch_size or backend.cfg.batch_size)
     results: list[ReportResult] = []
-    bar = tqdm(total=len(prompts), desc=f"{backend.name}/{variant}", unit="case", disable=not progress)
+    bar = tqdm(total=len(prompts), desc=f"{backend.name}", unit="case", disable=not progress)
     for i in range(0, len(prompts), step):
         batch = prompts[i : i + step]
         generations = backend.generate(batch)
@@ -64,7 +71,7 @@ def generate_reports(
             results.append(
                 ReportResult(
                     case_id=prompt.evidence.case_id,
-                    variant=variant,
+                    variant=prompt.variant,
                     backend=backend.name,
                     model_id=backend.model_id,
                     system_prompt=prompt.system,
@@ -74,10 +81,9 @@ def generate_reports(
                     parsed=parse_report(gen.text),
                     provenance=info
                     | {
-                        "variant": variant,
+                        "variant": prompt.variant,
                         "template_sha256": prompt.template_sha256,
                         "seed": backend.cfg.seed,
-                        "render_s": round(render_s, 4),
                         "generate_s": round(gen.seconds, 4),
                         "generate_batch_size": gen.batch_size,
                         "created": utc_now(),
