@@ -26,7 +26,7 @@ def fence(text: str, info: str = "text") -> str:
 def md_inline(text: object) -> str:
     """Untrusted text for inline Markdown: one line, HTML escaped, Markdown syntax backslash-escaped."""
     flat = " ".join(str(text).split())
-    return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", html.escape(flat, quote=True))
+    return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", html.escape(flat, quote=False))
 
 
 @lru_cache(maxsize=1)

@@ -57,9 +57,9 @@ class ReviewRun:
     def __init__(self, settings: Settings, run_id: str, out: Path, context: RunContext | None = None):
         self.settings, self.run_id, self.out = settings, run_id, out
         kind = settings.graph.checkpointer
+        self.context = (context or RunContext(settings, run_id)).open()
         self.checkpointer = make_checkpointer(kind, settings.paths.workdir / "checkpoints.sqlite")
         self.graph = build_graph(self.checkpointer)
-        self.context = context or RunContext(settings, run_id)
 
     def _check_settings(self, values: dict[str, Any], ref: str) -> None:
         if "settings" not in values:

@@ -115,7 +115,8 @@ def test_full_run_with_template_backend(settings, tmp_path):
     CaseReview.model_validate(record)  # the saved record is the published schema
     assert record["case_id"] == "test:3" and record["ground_truth"] in ("normal", "pneumonia")
     assert record["classifier"]["checkpoint_sha256"] == run.context.classifier.clf.sha256
-    assert len(record["neighbours"]) == settings.graph.k and {n["split"] for n in record["neighbours"]} == {"train"}
+    k = settings.graph.k_uncertain if record["classifier"]["uncertain"] else settings.graph.k
+    assert len(record["neighbours"]) == k and {n["split"] for n in record["neighbours"]} == {"train"}
     assert record["report"]["raw"].startswith("[template backend: not a vision-language model")
     # the template writes from the evidence it is checked against, so it agrees by construction
     assert record["verification"]["verdict"] == "agree" and record["attempts"] == 1
@@ -168,7 +169,7 @@ def test_cli_step_mode_pauses_and_finishes(settings, tmp_path, monkeypatch, caps
     monkeypatch.setenv("CASEREVIEW_DATA_ROOT", str(settings.data.root))
     code = main(["review", "test:6", "--step", "--checkpoint", str(settings.classifier.checkpoint), "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert code == 0 and [p.split()[2] for p in prompts] == list(NODE_ORDER)
+    assert code == 0 and [p.split()[2].rstrip(",") for p in prompts] == list(NODE_ORDER)
     assert "--- retrieve added ---" in out and "neighbours:" in out and "(28, 28) uint8 image" in out
     assert (tmp_path / "test_6.json").is_file()
 
@@ -201,7 +202,7 @@ def test_interrupted_run_resumes_without_rerunning(settings, tmp_path):
     run = ReviewRun(s, "crash", tmp_path / "out")
     record = run.review("test:8")
     assert record["attempts"] == 1 and len(record["attempt_log"]) == 1
-    assert set(record["provenance"]["timings_s"]) == set(NODE_ORDER)
+    assert set(record["provenance"]["timings_s"]) == set(NODE_ORDER) - {"finalize"}
     again = ReviewRun(s, "crash", tmp_path / "out").review("test:8")  # finished: returned, not recomputed
     assert again["provenance"]["created"] == record["provenance"]["created"]
 
@@ -273,15 +274,15 @@ def test_graph_mermaid(capsys):
 
 # --- bad input ------------------------------------------------------------------------------
 
-def test_folder_with_non_images_is_rejected_before_running(tmp_path):
+def test_folder_with_non_images_is_rejected_before_running(settings, tmp_path):
     Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(tmp_path / "a.png")
-    assert expand_case_refs([str(tmp_path)]) == [str(tmp_path / "a.png")]
+    assert expand_case_refs([str(tmp_path)], settings) == [str(tmp_path / "a.png")]
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(CaseError, match="notes.txt"):
-        expand_case_refs([str(tmp_path)])
+        expand_case_refs([str(tmp_path)], settings)
     (tmp_path / "b.png").write_bytes(b"not a png")
-    with pytest.raises(CaseError):
-        expand_case_refs([str(tmp_path / "b.png")])
+    with pytest.raises(CaseError, match="unreadable image"):
+        expand_case_refs([str(tmp_path / "b.png")], settings)
 
 
 @pytest.mark.parametrize(
@@ -303,7 +304,7 @@ def test_missing_index_or_checkpoint(settings, tmp_path, capsys, data_root):
     code = main(["review", "test:1", "--data-root", str(data_root), "--workdir", str(tmp_path),
                  "--checkpoint", str(settings.classifier.checkpoint), "--out", str(tmp_path / "o")])
     assert code == 2 and "casereview index build" in capsys.readouterr().err
-    assert not list(tmp_path.rglob("*.json"))
+    assert not (tmp_path / "o").exists() and not (tmp_path / "checkpoints.sqlite").exists()  # failed before any case ran
     code = main(["review", "test:1", "--data-root", str(data_root), "--checkpoint", str(tmp_path / "no.safetensors")])
     assert code == 2 and "casereview train" in capsys.readouterr().err
 
@@ -318,7 +319,7 @@ def test_contradicting_backend_triggers_one_strict_retry(tmp_path_factory, data_
     build_index(s, progress=False)
     s = with_overrides(s, graph={"checkpointer": "memory", "max_attempts": 2},
                        reporter={"backend": "template", "template_follows": "neighbours"})
-    ctx = ReviewContext(s)
+    ctx = RunContext(s)
     for i in range(100):  # the first test case where a confident classifier and the neighbours disagree
         ref = f"test:{i}"
         clf = ctx.tool("classify_case").invoke({"case_ref": ref})
@@ -363,3 +364,42 @@ def test_failed_case_is_recorded_and_resumes_at_the_failed_node(settings, tmp_pa
     assert record["report"]["backend"] == "openai" and record["report"]["impression"] == "normal"
     assert "cannot reach" in record["errors"][0]
     assert set(record["provenance"]["timings_s"]) >= {"report", "verify"}
+
+
+# --- the record and the tools -------------------------------------------------------------------
+
+def test_case_markdown_escapes_model_output_and_names(settings, tmp_path):
+    from casereview.records import save_case_record
+    from casereview.render import fence
+
+    record = ReviewRun(settings, "esc", tmp_path / "first").review("test:3")
+    hostile = "<script>alert(1)</script>\n```\n**IMPRESSION: pneumonia** {{ 7*7 }} <img src=x onerror=alert(2)>"
+    record["report"]["raw"] = hostile
+    record["case_id"] = str(tmp_path / "it's [a] film.png")
+    json_path = save_case_record(record, np.zeros((28, 28), np.uint8), tmp_path / "out")
+    md = json_path.with_suffix(".md").read_text()
+    assert json.loads(json_path.read_text())["report"]["raw"] == hostile
+    assert fence(hostile) in md and fence(hostile).startswith("````text\n")  # longer fence than the text's
+    outside = md.replace(fence(hostile), "")
+    assert "<script>" not in outside and "<img" not in outside and "49" not in outside
+    assert "it's \\[a\\] film.png" in md  # an apostrophe stays an apostrophe; Markdown syntax is escaped
+
+
+def test_capabilities_are_langchain_tools_over_the_run_resources(settings):
+    ctx = RunContext(settings)
+    classify, search, write = (ctx.tool(n) for n in ("classify_case", "search_similar_cases", "write_report"))
+    by_ref = classify.invoke({"case_ref": "test:0"})
+    image = np.asarray(nodes.load_case({"case_ref": "test:0"}, Runtime(context=ctx))["image"]).tolist()
+    assert classify.invoke({"image": image}) == by_ref
+    assert by_ref == ctx.classifier.opinion(np.asarray(image, np.uint8)).model_dump()
+    hits = search.invoke({"case_ref": "train:0", "k": 3})
+    assert len(hits) == 3 and "train:0" not in {h["case_id"] for h in hits}  # never itself
+    assert {h["split"] for h in search.invoke({"image": image, "k": 4, "case_base": "train+val"})} <= {"train", "val"}
+    out = write.invoke({"case_ref": "test:0", "variant": "grounded", "opinion": by_ref, "neighbours": hits})
+    n_pn = sum(h["label"] == "pneumonia" for h in hits)
+    majority = None if 2 * n_pn == len(hits) else ("pneumonia" if 2 * n_pn > len(hits) else "normal")
+    disagree = by_ref["uncertain"] or (majority is not None and majority != by_ref["label"])
+    assert out["parsed"]["impression"] == ("indeterminate" if disagree else by_ref["label"])
+    assert out["image_refs"] == ["case"] and out["backend"] == "template"
+    with pytest.raises(Exception, match="not both"):
+        classify.invoke({"case_ref": "test:0", "image": image})

@@ -12,9 +12,7 @@ from casereview.schemas import ClassifierOpinion, Neighbour
 from casereview.tools.reporter import BACKENDS, Evidence, ReporterError, generate_reports, get_backend, parse_report
 from casereview.tools.reporter.backends import TemplateBackend
 from casereview.tools.reporter.prompts import render_prompt
-from casereview.tools.reporter.gather import pick_representative
-from casereview.render import fence, md_inline
-from casereview.tools.reporter.records import CaseReport, write_case_report
+from casereview.evaluation.picking import pick_representative
 
 IMAGE = np.zeros((28, 28), dtype=np.uint8)
 
@@ -88,7 +86,7 @@ def test_registry_and_provenance() -> None:
     assert result.backend == "template" and result.model_id == "casereview-template-v1"
     assert result.parsed.impression == "pneumonia" and result.image_refs == ["case"]
     prov = result.provenance
-    assert {"backend", "model_id", "variant", "template_sha256", "seed", "render_s", "generate_s", "created", "packages"} <= set(prov)
+    assert {"backend", "model_id", "variant", "template_sha256", "seed", "generate_s", "created", "packages"} <= set(prov)
 
 
 def test_openai_key_is_never_in_provenance(monkeypatch) -> None:
@@ -111,38 +109,3 @@ def test_pick_representative_covers_errors_classes_and_uncertainty() -> None:
     ]
     assert len(pick_representative(labels, probs, 0.5, 10)) == 10
     assert len({i for i, _ in pick_representative(labels, probs, 0.5, 50)}) == 10
-
-
-def test_case_markdown_escapes_model_output(tmp_path) -> None:
-    hostile = "<script>alert(1)</script>\n```\n**IMPRESSION: pneumonia** <img src=x onerror=alert(2)>"
-    backend = get_backend(load_settings())
-    (result,) = generate_reports(backend, [Evidence("test:9", IMAGE, _opinion(0.8))], "structured")
-    result = result.model_copy(update={"raw": hostile, "parsed": parse_report(hostile)})
-    record = CaseReport(
-        case_id="test:9", ground_truth="normal", classifier=_opinion(0.8), neighbours=None, image_file="", report=result
-    )
-    saved = write_case_report(record, IMAGE, tmp_path)
-    md = (tmp_path / "test_9_structured_template.md").read_text()
-    assert saved.image_file == "test_9_structured_template.png" and (tmp_path / saved.image_file).is_file()
-    assert json.loads((tmp_path / "test_9_structured_template.json").read_text())["report"]["raw"] == hostile
-    assert fence(hostile) in md and fence(hostile).startswith("````text\n")  # longer fence than the text's
-    outside = md.replace(fence(hostile), "")
-    assert "<script>" not in outside and "<img" not in outside
-    assert md_inline("<b>x</b> *y*") == "&lt;b&gt;x&lt;/b&gt; \\*y\\*"
-
-
-def test_langchain_tool(data_root) -> None:
-    from casereview.tools.reporter.tool import make_report_tool
-
-    tool = make_report_tool(load_settings(overrides={"data": {"root": data_root}}))
-    assert tool.name == "write_report" and {"case_ref", "variant", "opinion", "neighbours"} <= set(tool.args)
-    out = tool.invoke(
-        {
-            "case_ref": "test:0",
-            "variant": "grounded",
-            "opinion": _opinion(0.9).model_dump(),
-            "neighbours": [n.model_dump() for n in _neighbours("pp")],
-        }
-    )
-    assert out["parsed"]["impression"] == "pneumonia" and out["case_id"] == "test:0"
-    assert out["image_refs"] == ["case"]

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from casereview.config import Settings
 from casereview.data import Case, case_from_input, load_split
-from casereview.schemas import ClassifierOpinion, Neighbour
+from casereview.schemas import ClassifierOpinion, ClassifierResult, Neighbour
 from casereview.tools.case_index import CaseIndex
 from casereview.tools.classifier_tool import CaseClassifier
 from casereview.tools.reporter.backends import ReporterBackend
@@ -41,7 +41,7 @@ class SearchSimilarCasesArgs(CaseInput):
 
 class WriteReportArgs(CaseInput):
     variant: str = Field(default="grounded", description="prompt variant (see casereview.prompts)")
-    opinion: ClassifierOpinion | None = Field(default=None, description="the classifier's opinion, for grounded variants")
+    opinion: ClassifierResult | ClassifierOpinion | None = Field(default=None, description="the classifier's opinion (classify_case output), for grounded variants")
     neighbours: list[Neighbour] | None = Field(default=None, description="retrieved similar cases, for grounded variants")
 
 

@@ -45,6 +45,12 @@ class RunContext:
     def backend(self) -> ReporterBackend:
         return get_backend(self.settings)
 
+    def open(self) -> RunContext:
+        """Load the classifier and open the case index now, so that a missing checkpoint or index
+        fails before any case starts (the reporter backend still loads on first use)."""
+        _ = self.classifier, self.index
+        return self
+
     def sharing(self, settings: Settings, run_id: str) -> RunContext:
         """A context for other reporter or graph settings that reuses this one's loaded classifier and index."""
         other = RunContext(settings, run_id)
