@@ -16,7 +16,7 @@ from case_index_support import index_settings
 from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)
 from casereview.agents import nodes
 from casereview.agents.verify import neighbour_vote, verify_report
-from casereview.data import CaseError
+from casereview.data import CLASS_NAMES, CaseError, load_split
 from casereview.cli import main
 from casereview.graphs.graph import NODE_ORDER, build_graph, make_checkpointer, thread_config
 from casereview.graphs.review import ReviewRun, SettingsChangedError, expand_case_refs
@@ -104,7 +104,9 @@ def test_uncertain_cases_get_more_neighbours(settings):
 def test_load_case_node_on_real_data(settings):
     update = nodes.load_case({"case_ref": "test:7"}, runtime(settings))
     assert update["case_id"] == "test:7" and np.asarray(update["image"]).shape == (28, 28)
-    assert update["ground_truth"] in ("normal", "pneumonia") and update["attempts"] == 0
+    truth = load_split("test", settings.data.root).labels[7]
+    assert update["ground_truth"] == CLASS_NAMES[truth] and update["attempts"] == 0
+    assert update["image"] == load_split("test", settings.data.root).images[7].tolist()
 
 
 # --- whole graph ------------------------------------------------------------------------------
