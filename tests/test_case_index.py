@@ -1,4 +1,4 @@
-"""The Chroma case index on disk and behind a real `chroma run` server: build, open, search, errors."""
+"""The Chroma case index on disk and behind a real `chroma run` server: build, open, search, rebuild, errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from case_index_support import index_settings, make_tiny_clip
+from casereview.tools import case_index
 from casereview.tools.case_index import (
+    SQL_VARIABLES,
     CaseIndexError,
     IndexMissingError,
     QueryError,
@@ -40,30 +42,38 @@ def pixel_index(pixel_settings):
     return open_index(pixel_settings)
 
 
-def oracle(index, query: np.ndarray, split: str, data_root: Path, k: int, exclude: int | None = None) -> list[str]:
-    """Brute-force cosine top k over the LIMIT indexed images of ``split``, from freshly computed vectors."""
-    data = load_split(split, data_root)
-    picked = subset_indices(len(data), LIMIT)
-    sims = index.embedder.embed_images(data.images[picked]) @ query
-    if exclude is not None:
-        sims[picked == exclude] = -np.inf
-    return [f"{split}:{picked[i]}" for i in np.argsort(-sims, kind="stable")[:k]]
+def oracle(index, query: np.ndarray, split: str, data_root: Path, k: int, exclude: str | None = None) -> list[str]:
+    """Brute-force cosine top k over the LIMIT indexed images of ``split`` (``train+val``: their union,
+    in that order), from freshly computed vectors."""
+    ids, vectors = [], []
+    for s in split.split("+"):
+        data = load_split(s, data_root)
+        picked = subset_indices(len(data), LIMIT)
+        ids += [f"{s}:{i}" for i in picked]
+        vectors.append(index.embedder.embed_images(data.images[picked]))
+    sims = np.concatenate(vectors) @ query
+    sims[[i == exclude for i in ids]] = -np.inf
+    return [ids[i] for i in np.argsort(-sims, kind="stable")[:k]]
 
 
-def test_build_stores_every_split_with_metadata(pixel_index, data_root):
-    assert pixel_index.collection.count() == 3 * LIMIT
-    got = pixel_index.collection.get(ids=["train:7", "test:3"], include=["metadatas"])
-    for case_id, meta in zip(got["ids"], got["metadatas"]):
-        split, index = case_id.split(":")
-        assert meta == {
-            "case_id": case_id,
-            "split": split,
-            "index": int(index),
-            "label": CLASS_NAMES[load_split(split, data_root).labels[int(index)]],
-        }
-    config = pixel_index.collection.configuration["hnsw"]
-    assert config["space"] == "cosine" and config["ef_search"] >= 100
+def test_build_stores_each_split_in_its_own_collection(pixel_index, data_root):
+    for split, collection in pixel_index.collections.items():
+        picked = subset_indices(len(load_split(split, data_root)), LIMIT)
+        got = collection.get(include=["metadatas"])
+        assert sorted(got["ids"]) == sorted(f"{split}:{i}" for i in picked)
+        for case_id, meta in zip(got["ids"], got["metadatas"]):
+            index = int(case_id.split(":")[1])
+            assert meta == {
+                "case_id": case_id,
+                "split": split,
+                "index": index,
+                "label": CLASS_NAMES[load_split(split, data_root).labels[index]],
+            }
+        config = collection.configuration["hnsw"]
+        assert config["space"] == "cosine" and config["ef_search"] == 200 and config["max_neighbors"] == 32
+        assert collection.name.startswith(pixel_index.name) and collection.name.endswith(f"-{split}")
     assert pixel_index.provenance["embedder"] == "pixels" and pixel_index.provenance["limit"] == LIMIT
+    assert pixel_index.provenance["n_items"] == 3 * LIMIT
 
 
 def test_rebuild_is_idempotent(tmp_path, data_root):
@@ -75,7 +85,83 @@ def test_rebuild_is_idempotent(tmp_path, data_root):
     forced = build_index(settings, rebuild=True, progress=False)
     assert forced.built and forced.count == 30
     assert set(forced.timings) == {"load_s", "embed_s", "add_s", "build_s"}
-    assert open_index(settings).collection.count() == 30
+    assert sum(c.count() for c in open_index(settings).collections.values()) == 30
+    # the replaced build's collections are gone: one manifest and three split collections remain
+    assert len(chroma_client(settings).list_collections()) == 4
+
+
+def _collection_names(settings) -> set[str]:
+    return {c.name for c in chroma_client(settings).list_collections()}
+
+
+def test_interrupted_rebuild_leaves_the_working_index(tmp_path, data_root, monkeypatch):
+    settings = index_settings(tmp_path, data_root, limit=10, embedder="pixels")
+    build_index(settings, progress=False)
+    image = load_split("test", data_root).images[5]
+    working = open_index(settings)
+    before = [h.case_id for h in working.search_image(image, 5)]
+    real_add = case_index._add
+    added = []
+
+    def add_then_fail(collection, ids, vectors, metadatas, progress):
+        added.append(collection.name)
+        if len(added) == 2:  # the val collection half built
+            real_add(collection, ids[:4], vectors[:4], metadatas[:4], progress)
+            raise RuntimeError("injected failure")
+        real_add(collection, ids, vectors, metadatas, progress)
+
+    monkeypatch.setattr(case_index, "_add", add_then_fail)
+    with pytest.raises(RuntimeError, match="injected"):
+        build_index(settings, rebuild=True, progress=False)
+    assert added[0] not in {c.name for c in working.collections.values()}  # it built beside the working index
+    index = open_index(settings)
+    assert [h.case_id for h in index.search_image(image, 5)] == before
+    assert index.provenance == working.provenance
+    assert _collection_names(settings) == {index.name, *(c.name for c in index.collections.values())}  # cleaned up
+
+    # A build killed before it could clean up leaves its collections: ignored, then removed by the next build.
+    added.clear()
+    monkeypatch.setattr(case_index, "_drop", lambda client, names: None)
+    with pytest.raises(RuntimeError, match="injected"):
+        build_index(settings, rebuild=True, progress=False)
+    assert set(added) <= _collection_names(settings)
+    assert [h.case_id for h in open_index(settings).search_image(image, 5)] == before
+    monkeypatch.undo()
+    assert not build_index(settings, progress=False).built  # the working index is up to date
+    assert len(_collection_names(settings)) == 4 and not set(added) & _collection_names(settings)
+
+
+def test_index_of_the_single_collection_layout_is_rebuilt(tmp_path, data_root):
+    settings = index_settings(tmp_path, data_root, limit=5, embedder="pixels")
+    name = build_index(settings, progress=False).name
+    client = chroma_client(settings)
+    meta = {k: v for k, v in client.get_collection(name).metadata.items() if k != "build"}
+    for collection in client.list_collections():
+        client.delete_collection(collection.name)
+    earlier = client.create_collection(name, metadata=meta, embedding_function=None)  # every split in one collection
+    earlier.add(ids=["train:0"], embeddings=np.ones((1, meta["dim"]), np.float32), metadatas=[{"split": "train"}])
+    with pytest.raises(IndexMissingError, match="earlier casereview.*casereview index build --embedder pixels"):
+        open_index(settings)
+    assert build_index(settings, progress=False).built
+    index = open_index(settings)
+    assert [c.count() for c in index.collections.values()] == [5, 5, 5]
+    assert chroma_client(settings).get_collection(name).count() == 0  # the manifest holds no items
+
+
+def test_open_index_reuses_a_loaded_classifier(tmp_path, data_root, random_checkpoint, monkeypatch):
+    from casereview.training import checkpoint
+
+    settings = index_settings(tmp_path, data_root, random_checkpoint, limit=8)
+    build_index(settings, "cnn", progress=False)
+    clf = checkpoint.load_classifier(random_checkpoint, "cpu")
+    loads = []
+    real_load = checkpoint.load_classifier
+    monkeypatch.setattr(checkpoint, "load_classifier", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
+    index = open_index(settings, "cnn", classifier=clf)
+    assert index.embedder.classifier is clf and loads == []
+    image = load_split("test", data_root).images[2]
+    assert [h.case_id for h in index.search_image(image, 3)] == [h.case_id for h in open_index(settings, "cnn").search_image(image, 3)]
+    assert len(loads) == 1  # only the open_index without a classifier loaded the checkpoint
 
 
 def test_search_image_matches_numpy_oracle(pixel_index, data_root):
@@ -97,7 +183,7 @@ def test_query_case_never_retrieves_itself(pixel_index, data_root):
     hits = pixel_index.search_image(image, 5, split="test", exclude_case_id=f"test:{i}")
     assert f"test:{i}" not in [h.case_id for h in hits]
     query = pixel_index.embedder.embed_images(image[None])[0]
-    assert [h.case_id for h in hits] == oracle(pixel_index, query, "test", data_root, 5, exclude=i)
+    assert [h.case_id for h in hits] == oracle(pixel_index, query, "test", data_root, 5, exclude=f"test:{i}")
 
 
 def test_split_filters(pixel_index, data_root):
@@ -107,6 +193,69 @@ def test_split_filters(pixel_index, data_root):
     assert len(pixel_index.search_image(image, 3 * LIMIT, split=None)) == 3 * LIMIT
     with pytest.raises(QueryError, match="unknown split"):
         pixel_index.search_image(image, 3, split="holdout")
+
+
+def test_train_val_merge_matches_numpy_over_the_union(pixel_index, data_root):
+    test = load_split("test", data_root)
+    for i in (1, 17, 300):
+        hits = pixel_index.search_image(test.images[i], 2 * LIMIT - 5, split="train+val")
+        query = pixel_index.embedder.embed_images(test.images[i][None])[0]
+        assert [h.case_id for h in hits] == oracle(pixel_index, query, "train+val", data_root, 2 * LIMIT - 5)
+        assert {h.split for h in hits} == {"train", "val"}
+    # a val case excludes itself; the val collection gives one spare result
+    j = int(subset_indices(524, LIMIT)[3])
+    image = load_split("val", data_root).images[j]
+    hits = pixel_index.search_image(image, 2 * LIMIT - 1, split="train+val", exclude_case_id=f"val:{j}")
+    query = pixel_index.embedder.embed_images(image[None])[0]
+    assert [h.case_id for h in hits] == oracle(pixel_index, query, "train+val", data_root, 2 * LIMIT - 1, exclude=f"val:{j}")
+
+
+class _Untouchable:
+    """Stands in for a collection that a search must not use."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the test collection was used ({name})")
+
+
+def test_case_base_search_never_reaches_the_test_split(tmp_path, data_root):
+    settings = index_settings(tmp_path, data_root, limit=3, embedder="pixels")
+    build_index(settings, progress=False)
+    index = open_index(settings)
+    index.collections["test"] = _Untouchable()  # by construction: a case-base search never queries it
+    test = load_split("test", data_root)
+    queries = index.embedder.embed_images(test.images)  # every test image, most of them not in this tiny index
+    ids = [f"test:{i}" for i in range(len(test))]
+    train = index.search_vectors(queries, 3, "train", ids)
+    both = index.search_vectors(queries, 6, "train+val", ids)
+    assert all(len(row) == 3 and {h.split for h in row} == {"train"} for row in train)
+    assert all(len(row) == 6 and {h.split for h in row} == {"train", "val"} for row in both)
+    assert index.search_image(test.images[0], 3)[0].split == "train"
+    with pytest.raises(QueryError, match="train has 3 cases"):
+        index.search_vectors(queries[:1], 4, "train")
+
+
+def test_many_queries_in_one_call_stay_below_sqlites_variable_limit(pixel_index, data_root):
+    train = load_split("train", data_root)
+    queries = pixel_index.embedder.embed_images(train.images[:1000])
+    k = 35
+    assert len(queries) * k > 32_766 > SQL_VARIABLES  # one Chroma call fails beyond this ("too many SQL variables")
+    rows = pixel_index.search_vectors(queries, k, "train")
+    picked = subset_indices(len(train), LIMIT)
+    exact = np.argsort(-(queries @ pixel_index.embedder.embed_images(train.images[picked]).T), axis=1, kind="stable")[:, :k]
+    assert len(rows) == len(queries)
+    for row, top in zip(rows, exact):  # each row answers its own query, across chunks
+        assert {h.case_id for h in row} == {f"train:{picked[j]}" for j in top}
+
+
+def test_stored_vectors_pair_with_their_images(pixel_index, data_root):
+    from casereview.tools.case_index import case_indices
+
+    vectors, labels, ids = pixel_index.vectors("test")
+    test = load_split("test", data_root)
+    picked = case_indices(ids)
+    assert list(picked) == list(subset_indices(len(test), LIMIT))  # a random subset, not the first LIMIT
+    np.testing.assert_allclose(pixel_index.embedder.embed_images(test.images[picked]), vectors, atol=1e-5)
+    assert list(labels) == list(test.labels[picked])
 
 
 def test_bad_k_is_a_clear_error(pixel_index, data_root):
@@ -142,18 +291,19 @@ def test_index_from_another_checkpoint_is_detected(tmp_path, data_root, random_c
     with pytest.raises(StaleIndexError, match="other weights.*casereview index build --embedder cnn"):
         open_index(index_settings(tmp_path, data_root, other, limit=8), "cnn")
     rebuilt = build_index(index_settings(tmp_path, data_root, other, limit=8), "cnn", prune=True, progress=False)
-    assert rebuilt.pruned == [built.collection] and rebuilt.collection != built.collection
-    assert open_index(index_settings(tmp_path, data_root, other, limit=8), "cnn").embedder_id == rebuilt.collection
+    assert rebuilt.pruned == [built.name] and rebuilt.name != built.name
+    assert open_index(index_settings(tmp_path, data_root, other, limit=8), "cnn").embedder_id == rebuilt.name
+    assert not [c.name for c in chroma_client(index_settings(tmp_path, data_root)).list_collections() if c.name.startswith(built.name)]
 
 
 def test_incomplete_index_is_reported(tmp_path, data_root):
     settings = index_settings(tmp_path, data_root, limit=5, embedder="pixels")
     build_index(settings, progress=False)
-    open_index(settings).collection.delete(ids=[f"val:{subset_indices(524, 5)[2]}"])
-    with pytest.raises(IndexMissingError, match="incomplete.*casereview index build --embedder pixels"):
+    open_index(settings).collections["val"].delete(ids=[f"val:{subset_indices(524, 5)[2]}"])
+    with pytest.raises(IndexMissingError, match="incomplete.*4 of 5 val items.*casereview index build --embedder pixels"):
         open_index(settings)
     assert build_index(settings, progress=False).built  # the build repairs it
-    assert open_index(settings).collection.count() == 15
+    assert sum(c.count() for c in open_index(settings).collections.values()) == 15
 
 
 def test_text_search_with_a_tiny_clip(tmp_path, data_root, pixel_index):
@@ -175,7 +325,7 @@ def test_text_search_with_a_tiny_clip(tmp_path, data_root, pixel_index):
 def test_case_search_tool_uses_the_train_case_base(pixel_settings, pixel_index):
     from pydantic import ValidationError
 
-    from casereview.tools.case_search_tool import make_case_search_tool
+    from casereview.tools.agent_tools import make_case_search_tool
 
     tool = make_case_search_tool(pixel_settings, pixel_index)
     hits = tool.invoke({"case_ref": "test:4", "k": 3})

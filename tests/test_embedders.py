@@ -47,6 +47,21 @@ def test_cnn_embedder_is_the_classifier_penultimate_layer(settings, images, rand
     assert not emb.has_text_tower
 
 
+def test_cnn_embedder_reuses_a_loaded_classifier(settings, images, monkeypatch, random_checkpoint):
+    from casereview.training import checkpoint
+
+    clf = checkpoint.load_classifier(random_checkpoint, "cpu")
+    loads = []
+    real_load = checkpoint.load_classifier
+    monkeypatch.setattr(checkpoint, "load_classifier", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
+    shared = create_embedder("cnn", settings, classifier=clf)
+    assert shared.classifier is clf and loads == []  # no second load of the checkpoint
+    own = create_embedder("cnn", settings)
+    assert len(loads) == 1 and own.classifier is not clf
+    assert shared.weights_sha256 == own.weights_sha256
+    np.testing.assert_allclose(shared.embed_images(images), own.embed_images(images), atol=1e-5)
+
+
 def test_pixel_embedder_is_a_pca_fitted_on_train(settings, images, data_root):
     emb = create_embedder("pixels", settings)
     train = load_split("train", data_root).images

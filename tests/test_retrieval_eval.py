@@ -8,12 +8,14 @@ import pytest
 from case_index_support import index_settings
 from casereview.tools.case_index import build_index, open_index
 from casereview.evaluation.retrieval_eval import (
+    SettingSearch,
     evaluate_retrieval,
     knn_accuracy,
     mean_average_precision,
     precision_at_k,
 )
 from casereview.data import load_split, subset_indices
+from casereview.schemas import Neighbour
 
 LIMIT = 40
 
@@ -39,6 +41,15 @@ def test_knn_accuracy_majority_and_ties():
     got = knn_accuracy(query, neighbours, ks=(1, 3, 4))
     # k=1: [1, 0, 1] vs [1, 0, 0]; k=3 majority: [0, 1, 1]; k=4 ties go to the nearest: [1, 0, 1]
     assert got == pytest.approx({"knn@1": 2 / 3, "knn@3": 0.0, "knn@4": 2 / 3})
+
+
+def test_recall_counts_the_exact_top_k_found():
+    def row(*ids):
+        return [Neighbour(case_id=f"train:{i}", split="train", index=i, label="normal", similarity=0.5) for i in ids]
+
+    # exact top 2 by position in the case base [train:7, train:8, train:9]: query 0 -> 7, 8; query 1 -> 9, 7
+    found = SettingSearch("train", [row(7, 8), row(9, 8)], np.array([[0, 1], [2, 0]]), np.zeros(3), ["train:7", "train:8", "train:9"])
+    assert found.recall == pytest.approx(0.75)
 
 
 def _oracle(queries, base, query_labels, base_labels, k, leave_one_out):
@@ -84,6 +95,7 @@ def test_metrics_file_contents(metrics):
     _, result = metrics
     for name in ("within_test", "test_vs_train"):
         assert {"p@1", "p@5", "p@10", "map@10", "knn_accuracy", "chance_p@k"} <= set(result[name])
+    assert result["hnsw_recall@10"] == pytest.approx({"train": 1.0, "val": 1.0, "test": 1.0})  # exact at this size
     assert result["recall_at_10_vs_exact"] == pytest.approx(1.0)
     assert result["subset"] is True  # built with a limit: must be labelled as a subset
     assert result["embedder"]["embedder"] == "pixels" and result["index"]["limit"] == LIMIT

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+
 from case_index_support import index_settings
+from casereview.data import load_split
 from casereview.evaluation.retrieval_report import METRICS_NAME, write_task3_report
 
 
@@ -31,4 +35,32 @@ def test_task3_report_renders_from_its_metrics(tmp_path, data_root, random_check
     assert "Subset warning" in text and "Checkpoint warning" in text  # a subset and a random checkpoint are labelled
     assert "not available here" in text and "holds no CLIP weights" in text
     assert (tmp_path / "reports" / "task3_precision_at_k.png").is_file()
-    assert "| Chroma's defaults | 16 | 100 | 100 |" in text
+    assert "| Chroma's defaults | 16 | 100 | 100 |" in text and "| shipped (this index) | 32 | 200 | 200 |" in text
+    assert set(metrics["cnn"]["hnsw_recall@10_chroma_defaults"]) == {"train", "val", "test"}
+    assert "../shared" not in text
+
+
+def test_classifier_agreement_pairs_each_indexed_image_with_its_vector(tmp_path, data_root, random_checkpoint):
+    from casereview.data import subset_indices
+    from casereview.evaluation.retrieval_report import classifier_agreement
+    from casereview.tools.case_index import build_index, open_index
+    from casereview.training.predict import predict_proba
+
+    settings = index_settings(tmp_path, data_root, random_checkpoint, limit=30)
+    build_index(settings, "cnn", progress=False)
+    index = open_index(settings, "cnn")
+    test = load_split("test", data_root)
+    picked = subset_indices(len(test), 30)  # the indexed test cases: a random subset, not test[:30]
+    clf = index.embedder.classifier
+    proba = predict_proba(clf, test.images[picked])
+    # a threshold at the median makes the random network's predictions depend on the image
+    clf.meta["calibration"] = {**clf.meta["calibration"], "threshold": float(np.median(proba))}
+    got = classifier_agreement(settings, index)
+    correct = (proba >= clf.threshold) == test.labels[picked]
+    assert got["n_correct"] == int(correct.sum()) and got["n_wrong"] == int((~correct).sum())
+    vectors, labels, _ = index.vectors("test")
+    train_vectors, train_labels, _ = index.vectors("train")
+    top = np.argsort(-(vectors @ train_vectors.T), axis=1, kind="stable")[:, :5]
+    precision = (train_labels[top] == labels[:, None]).mean(axis=1)  # P@5 of each query, exactly
+    assert got["p_correct"] == pytest.approx(precision[correct].mean())
+    assert got["p_wrong"] == pytest.approx(precision[~correct].mean())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -103,4 +105,34 @@ def test_evaluate_retrieval_writes_metrics(base_args, capsys, tmp_path):
 def test_help(capsys, argv):
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--help"])
-    assert exc.value.code == 0 and "--embedder" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert exc.value.code == 0 and "--embedder" in out
+    assert "../shared" not in out and "shared/data" not in out  # examples work for a user: no private folder layout
+
+
+@pytest.mark.parametrize("embedder", ["cnn", "pixels"])  # cnn reads the data first in the build, pixels in its PCA
+def test_index_build_downloads_missing_data(embedder, tmp_path, data_root, monkeypatch, capsys):
+    import torchvision.datasets.utils
+
+    fetched = []
+
+    def download_url(url, root, filename=None, md5=None, **kwargs):  # medmnist's download, served from the local copy
+        fetched.append(url)
+        shutil.copy(data_root / "pneumoniamnist.npz", Path(root) / filename)
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", download_url)
+    monkeypatch.delenv("CASEREVIEW_DATA_DOWNLOAD", raising=False)  # the default: download when missing
+    root = tmp_path / "data"
+    argv = ["index", "build", "--embedder", embedder, "--limit", "5", "--data-root", str(root), "--workdir", str(tmp_path)]
+    assert main(argv) == 0
+    assert len(fetched) == 1 and "pneumoniamnist" in fetched[0].lower()
+    assert (root / "pneumoniamnist.npz").is_file() and "15 cases" in capsys.readouterr().out
+
+
+def test_index_build_without_data_and_download_off(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CASEREVIEW_DATA_DOWNLOAD", "false")
+    argv = ["index", "build", "--embedder", "pixels", "--data-root", str(tmp_path / "empty"), "--workdir", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "pneumoniamnist.npz not found" in err
+    assert all(switch in err for switch in ("--data-root", "CASEREVIEW_DATA_ROOT", "CASEREVIEW_DATA_DOWNLOAD"))

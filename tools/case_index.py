@@ -1,26 +1,33 @@
-"""The case index: every PneumoniaMNIST image's embedding in a Chroma collection, searchable by image or text.
+"""The case index: every PneumoniaMNIST image's embedding in Chroma, one collection per split, searchable by image or text.
 
-One collection per embedder and weights (``cases-<embedder>-<sha256[:16]>``), cosine space,
-HNSW parameters from ``settings.index``, one item per image with metadata ``case_id``,
-``split``, ``index`` and ``label``. Vectors are computed here (never by Chroma's default
-embedding function, which downloads a model). The collection's metadata records its
-provenance: embedder, model id, weights and data hashes, build timings.
+An index is named after its embedder and weights, ``cases-<embedder>-<sha256[:16]>``. Its
+images live in one collection per split, ``<name>-<build>-<split>`` (cosine space, HNSW
+parameters from ``settings.index``, one item per image with metadata ``case_id``, ``split``,
+``index`` and ``label``). The collection called ``<name>`` itself holds no items: its metadata
+is the index's manifest (embedder, model id, weights and data hashes, items per split, HNSW
+settings, build timings) and names the build whose split collections are current. Vectors are
+computed here (never by Chroma's default embedding function, which downloads a model).
+
+A build writes a new set of split collections beside the working ones and points the manifest
+at them only once every one is complete and read back: that single metadata write is the
+switch, so a build interrupted at any point leaves the previous index as it was.
 
 Chroma runs in process on disk (``PersistentClient``, ``<workdir>/chroma``) unless
 ``index.chroma_url`` names a server started with ``chroma run``.
 
-The case base that grounds a report is ``split="train"`` (or ``"train+val"``): a test case
-then never retrieves test cases. Searching ``split="test"`` is for the within-test
-evaluation, with the query itself excluded.
+The case base that grounds a report is ``split="train"`` (or ``"train+val"``): only those
+collections are searched, so a search cannot return a test case by construction. Searching
+``split="test"`` is for the within-test evaluation, with the query itself excluded.
 """
 
 from __future__ import annotations
 
-import math
+import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import chromadb
@@ -28,18 +35,24 @@ import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings as ChromaSettings
+from chromadb.errors import NotFoundError
 from tqdm.auto import tqdm
 
 from casereview.config import Settings
+from casereview.data import CLASS_NAMES, SPLITS, load_split, parse_ref, subset_indices
 from casereview.errors import CaseReviewError
 from casereview.provenance import package_versions, utc_now
 from casereview.schemas import Neighbour
 from casereview.tools.embedders import Embedder, create_embedder, data_sha256
-from casereview.data import CLASS_NAMES, SPLITS, load_split, subset_indices
+
+if TYPE_CHECKING:
+    from casereview.training.checkpoint import Classifier
 
 PREFIX = "cases"
-SQL_VARIABLES = 20_000  # results fetched per Chroma query call (SQLite allows 32,766 variables)
-TIMINGS = ("load_s", "embed_s", "add_s", "build_s")  # build timings kept in the collection's metadata
+# Chroma fetches the metadata of all results of one query call in one SQL statement, which fails
+# ("too many SQL variables") beyond SQLite's 32,766 variables: e.g. 3,000 queries x 11 results.
+SQL_VARIABLES = 20_000
+TIMINGS = ("load_s", "embed_s", "add_s", "build_s")  # build timings kept in the manifest
 ADD_BATCH = 1000  # items per Chroma `add` (below client.get_max_batch_size(), and a finer progress bar)
 
 
@@ -63,8 +76,13 @@ def build_command(embedder: str) -> str:
     return f"casereview index build --embedder {embedder}"
 
 
-def collection_name(embedder: Embedder) -> str:
+def index_name(embedder: Embedder) -> str:
+    """``cases-<embedder>-<sha256[:16]>``: the manifest's name and the prefix of its split collections."""
     return f"{PREFIX}-{embedder.name}-{embedder.weights_sha256[:16]}"
+
+
+def split_collection_name(name: str, build: str, split: str) -> str:
+    return f"{name}-{build}-{split}"
 
 
 def chroma_location(settings: Settings) -> str:
@@ -107,19 +125,15 @@ def _existing_client(settings: Settings, embedder: str) -> ClientAPI:
     return chroma_client(settings)
 
 
-def parse_splits(split: str | None) -> tuple[str, ...] | None:
-    """``"train"`` -> ("train",); ``"train+val"`` -> ("train", "val"); ``None`` or ``"all"`` -> None (every split)."""
+def parse_splits(split: str | None) -> tuple[str, ...]:
+    """``"train"`` -> ("train",); ``"train+val"`` -> ("train", "val"); ``None`` or ``"all"`` -> every split."""
     if split is None or split == "all":
-        return None
+        return SPLITS
     parts = tuple(p.strip() for p in split.split("+"))
     unknown = [p for p in parts if p not in SPLITS]
-    if unknown:
+    if unknown or len(set(parts)) != len(parts):
         raise QueryError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}, a sum like train+val, or all")
     return parts
-
-
-def _where(splits: tuple[str, ...]) -> dict[str, Any]:
-    return {"split": splits[0]} if len(splits) == 1 else {"split": {"$in": list(splits)}}
 
 
 def _neighbour(meta: dict[str, Any], distance: float) -> Neighbour:
@@ -134,29 +148,27 @@ def _neighbour(meta: dict[str, Any], distance: float) -> Neighbour:
 
 @dataclass
 class CaseIndex:
-    """An opened, complete index together with the embedder that built it."""
+    """An opened, complete index: one Chroma collection per split, its manifest and the embedder that built it."""
 
-    collection: Collection
+    name: str  # cases-<embedder>-<sha256[:16]>
+    collections: dict[str, Collection]  # split -> the current build's collection
+    meta: dict[str, Any]  # the manifest
     embedder: Embedder
     location: str
 
     @property
     def embedder_id(self) -> str:
-        """The collection's name: embedder and the first 16 hex digits of its weights' sha256."""
-        return self.collection.name
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        return dict(self.collection.metadata or {})
+        """The index's name: embedder and the first 16 hex digits of its weights' sha256."""
+        return self.name
 
     @property
     def provenance(self) -> dict[str, Any]:
-        """Embedder, model id, weights/checkpoint/data hashes, HNSW settings and build timings."""
-        return {"collection": self.embedder_id, "location": self.location, **self.meta}
+        """Embedder, model id, weights/checkpoint/data hashes, HNSW settings, build timings and collections."""
+        names = {s: c.name for s, c in self.collections.items()}
+        return {"name": self.name, "location": self.location, "collections": names, **self.meta}
 
-    def count(self, splits: tuple[str, ...] | None = None) -> int:
-        meta = self.meta
-        return int(meta["n_items"]) if splits is None else sum(int(meta[f"n_{s}"]) for s in splits)
+    def count(self, split: str) -> int:
+        return int(self.meta[f"n_{split}"])
 
     def search_vectors(
         self,
@@ -167,63 +179,44 @@ class CaseIndex:
     ) -> list[list[Neighbour]]:
         """The k nearest cases of ``split`` for each unit vector, most similar first.
 
-        ``exclude_case_ids[i]`` (e.g. the query's own id) never appears in row i.
+        Only the collections of ``split`` are queried (``train+val``: both, merged by
+        similarity). ``exclude_case_ids[i]`` (e.g. the query's own id) never appears in row i;
+        the collection that holds it is asked for one result more.
         """
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         exclude = list(exclude_case_ids) if exclude_case_ids is not None else [None] * len(vectors)
         if len(exclude) != len(vectors):
             raise QueryError(f"{len(exclude)} excluded ids for {len(vectors)} queries")
         splits = parse_splits(split)
-        # one spare result when a query's own case may be among the results
-        spare = int(any(e is not None and (splits is None or e.split(":")[0] in splits) for e in exclude))
-        available = self.count(splits)
         if not isinstance(k, int) or k <= 0:
             raise QueryError(f"k must be a positive integer, got {k!r}")
-        if k + spare > available:
+        own = {e.split(":")[0] for e in exclude if e is not None} & set(splits)  # splits holding a query's own case
+        available = sum(self.count(s) for s in splits)
+        if k + bool(own) > available:
             raise QueryError(
                 f"k={k} is larger than the case base: {split or 'all'} has {available} cases"
-                + (" (one is the query itself)" if spare else "")
+                + (" (one is the query itself)" if own else "")
             )
-        total = self.count()
-        # Filtering on metadata makes Chroma scan its metadata store on every query (10-20 ms for
-        # the train split here); an unfiltered HNSW query for enough results, filtered below, is a
-        # few ms. The rare query left short falls back to Chroma's own filter.
-        fetch = k + spare if splits is None else min(total, math.ceil((k + spare) * total / available * 2) + 10)
+        rows: list[list[Neighbour]] = [[] for _ in vectors]
+        for s in splits:
+            for row, hits in zip(rows, self._query(s, vectors, min(k + (s in own), self.count(s)))):
+                row += hits
+        # sorted() is stable: equal similarities keep split order, then Chroma's rank
+        return [
+            sorted((h for h in row if h.case_id != excluded), key=lambda h: -h.similarity)[:k]
+            for row, excluded in zip(rows, exclude)
+        ]
 
-        def keep(metas: list[dict[str, Any]], dists: list[float], excluded: str | None) -> list[Neighbour]:
-            hits = [
-                _neighbour(m, d)
-                for m, d in zip(metas, dists)
-                if (splits is None or m["split"] in splits) and m["case_id"] != excluded
-            ]
-            return hits[:k]
-
-        out = [keep(m, d, e) for m, d, e in zip(*self._query(vectors, fetch, None), exclude)]
-        short = [i for i, hits in enumerate(out) if len(hits) < k]
-        if short:
-            metas, dists = self._query(vectors[short], k + spare, _where(splits) if splits else None)
-            for i, m, d in zip(short, metas, dists):
-                out[i] = keep(m, d, exclude[i])
-        return out
-
-    def _query(
-        self, vectors: np.ndarray, n: int, where: dict[str, Any] | None
-    ) -> tuple[list[list[dict[str, Any]]], list[list[float]]]:
-        """Chroma queries in chunks: Chroma fetches all results' metadata in one SQL statement,
-        which fails beyond SQLite's limit on variables (32,766) for many queries times many results."""
-        metas: list[list[dict[str, Any]]] = []
-        dists: list[list[float]] = []
+    def _query(self, split: str, vectors: np.ndarray, n: int) -> list[list[Neighbour]]:
+        """The n nearest items of one split collection per query, in chunks that stay below SQLite's variable limit."""
+        out: list[list[Neighbour]] = []
         step = max(1, SQL_VARIABLES // n)
         for start in range(0, len(vectors), step):
-            res = self.collection.query(
-                query_embeddings=vectors[start : start + step],
-                n_results=n,
-                where=where,
-                include=["metadatas", "distances"],
+            res = self.collections[split].query(
+                query_embeddings=vectors[start : start + step], n_results=n, include=["metadatas", "distances"]
             )
-            metas += res["metadatas"]
-            dists += res["distances"]
-        return metas, dists
+            out += [[_neighbour(m, d) for m, d in zip(ms, ds)] for ms, ds in zip(res["metadatas"], res["distances"])]
+        return out
 
     def search_image(
         self,
@@ -242,7 +235,9 @@ class CaseIndex:
 
     def vectors(self, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """Stored vectors of one split in index order: (vectors (N, D), labels (N,) 0/1, case ids)."""
-        got = self.collection.get(where={"split": split}, include=["embeddings", "metadatas"])
+        if split not in SPLITS:
+            raise QueryError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        got = self.collections[split].get(include=["embeddings", "metadatas"])
         order = np.argsort([m["index"] for m in got["metadatas"]])
         metas = [got["metadatas"][i] for i in order]
         vectors = np.asarray(got["embeddings"], dtype=np.float32)[order]
@@ -250,9 +245,14 @@ class CaseIndex:
         return vectors, labels, [m["case_id"] for m in metas]
 
 
+def case_indices(case_ids: list[str]) -> np.ndarray:
+    """Dataset indices of ``split:index`` case ids (to pair stored vectors with their images)."""
+    return np.array([parse_ref(c)[1] for c in case_ids], dtype=np.int64)
+
+
 @dataclass
 class BuildReport:
-    collection: str
+    name: str
     location: str
     count: int
     built: bool  # False: an up-to-date index was already there
@@ -263,7 +263,7 @@ class BuildReport:
 
 def _expected_meta(settings: Settings, embedder: Embedder, data_sha: str, counts: dict[str, int]) -> dict[str, Any]:
     cfg = settings.index
-    meta: dict[str, Any] = {
+    return {
         **{k: v for k, v in embedder.provenance().items() if v is not None},
         "data_sha256": data_sha,
         "n_items": sum(counts.values()),
@@ -273,15 +273,68 @@ def _expected_meta(settings: Settings, embedder: Embedder, data_sha: str, counts
         "hnsw_ef_search": cfg.hnsw_ef_search,
         "limit": cfg.limit or 0,  # 0: every image of each split
     }
-    return meta
 
 
 def _same_build(existing: dict[str, Any], expected: dict[str, Any]) -> bool:
     return all(existing.get(key) == value for key, value in expected.items())
 
 
-def _collections(client: ClientAPI, embedder_name: str) -> list[Collection]:
-    return [c for c in client.list_collections() if c.name.startswith(f"{PREFIX}-{embedder_name}-")]
+def _get(client: ClientAPI, name: str) -> Collection | None:
+    try:
+        return client.get_collection(name, embedding_function=None)
+    except NotFoundError:
+        return None
+
+
+def _names(client: ClientAPI) -> list[str]:
+    return [c.name for c in client.list_collections()]
+
+
+def _index_names(client: ClientAPI, embedder_name: str = r"[a-z]+") -> list[str]:
+    """Names of the indexes (manifests) of one embedder, any weights."""
+    pattern = re.compile(rf"{PREFIX}-{embedder_name}-[0-9a-f]{{16}}")
+    return [n for n in _names(client) if pattern.fullmatch(n)]
+
+
+def _split_collections(client: ClientAPI, name: str, meta: dict[str, Any], location: str, command: str) -> dict[str, Collection]:
+    """The manifest's split collections, each checked against its item count in the manifest."""
+    if "build" not in meta:
+        raise IndexMissingError(
+            f"the index {name} at {location} was built by an earlier casereview (one collection for every "
+            f"split); rebuild it with `{command}`"
+        )
+    out = {}
+    for s in SPLITS:
+        collection = _get(client, split_collection_name(name, meta["build"], s))
+        found = 0 if collection is None else collection.count()
+        if found != meta[f"n_{s}"]:
+            raise IndexMissingError(
+                f"the index {name} at {location} is incomplete ({found} of {meta[f'n_{s}']} {s} items); "
+                f"rebuild it with `{command}`"
+            )
+        out[s] = collection
+    return out
+
+
+def _drop(client: ClientAPI, names: list[str]) -> None:
+    for n in names:
+        try:
+            client.delete_collection(n)
+        except NotFoundError:
+            pass
+
+
+def _other_builds(client: ClientAPI, name: str, keep: str | None) -> list[str]:
+    """Split collections of ``name`` that belong to no current build (replaced or interrupted builds)."""
+    return [n for n in _names(client) if n.startswith(f"{name}-") and not (keep and n.startswith(f"{name}-{keep}-"))]
+
+
+def _prune(client: ClientAPI, embedder_name: str, keep: str) -> list[str]:
+    """Delete the indexes of this embedder built from other weights (manifests and split collections)."""
+    pruned = [n for n in _index_names(client, embedder_name) if n != keep]
+    names = _names(client)
+    _drop(client, [c for n in pruned for c in names if c == n or c.startswith(f"{n}-")])
+    return pruned
 
 
 def build_index(
@@ -291,81 +344,108 @@ def build_index(
     prune: bool = False,
     progress: bool = True,
 ) -> BuildReport:
-    """Embed train, val and test and store them; idempotent (an up-to-date index is kept).
+    """Embed train, val and test and store them, one collection per split; idempotent (an up-to-date index is kept).
 
     ``rebuild`` rebuilds even an up-to-date index; ``prune`` deletes this embedder's indexes
-    built from other weights.
+    built from other weights. A (re)build writes new collections beside the working ones and
+    switches to them only when they are complete; until then the working index stays usable.
     """
     started = time.perf_counter()
     name = embedder or settings.index.embedder
     emb = create_embedder(name, settings)
     load_s = time.perf_counter() - started
-    limit = settings.index.limit
-    splits = {s: load_split(s, settings.data.root) for s in SPLITS}
+    data = {s: load_split(s, settings.data.root, settings.data.download) for s in SPLITS}
     # A limited (smoke) index takes a fixed random subset of each split, never a prefix: split
     # order is not guaranteed (the shared copy's train split is grouped by class).
-    picked = {s: subset_indices(len(d), limit) for s, d in splits.items()}
-    counts = {s: len(ix) for s, ix in picked.items()}
-    expected = _expected_meta(settings, emb, data_sha256(settings), counts)
+    picked = {s: subset_indices(len(d), settings.index.limit) for s, d in data.items()}
+    expected = _expected_meta(settings, emb, data_sha256(settings), {s: len(ix) for s, ix in picked.items()})
     client = chroma_client(settings)
-    cname = collection_name(emb)
+    iname = index_name(emb)
     location = chroma_location(settings)
+    command = build_command(name)
 
-    others = [c for c in _collections(client, name) if c.name != cname]
-    pruned = []
-    if prune:
-        for other in others:
-            client.delete_collection(other.name)
-            pruned.append(other.name)
-        others = []
-    other_names = [c.name for c in others]
-
-    existing = next((c for c in _collections(client, name) if c.name == cname), None)
-    if existing is not None and not rebuild and _same_build(existing.metadata or {}, expected):
-        if existing.count() == expected["n_items"]:
-            meta = existing.metadata or {}
-            timings = {k: float(meta[k]) for k in TIMINGS if k in meta}
-            return BuildReport(cname, location, existing.count(), False, timings, other_names, pruned)
+    pruned = _prune(client, name, iname) if prune else []
+    others = [n for n in _index_names(client, name) if n != iname]
+    manifest = _get(client, iname)
+    current = dict(manifest.metadata or {}) if manifest is not None else {}
+    _drop(client, _other_builds(client, iname, current.get("build")))  # left by an interrupted build
+    if manifest is not None and not rebuild and _same_build(current, expected):
+        try:
+            _split_collections(client, iname, current, location, command)
+            timings = {k: float(current[k]) for k in TIMINGS if k in current}
+            return BuildReport(iname, location, int(current["n_items"]), False, timings, others, pruned)
+        except IndexMissingError:
+            pass  # incomplete: build it again
 
     t0 = time.perf_counter()
-    images = np.concatenate([splits[s].images[picked[s]] for s in SPLITS])
+    images = np.concatenate([data[s].images[picked[s]] for s in SPLITS])
     vectors = emb.embed_images(images, progress=progress, desc=f"embedding {len(images)} images ({name})")
     embed_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    if existing is not None:
-        client.delete_collection(cname)
+    build = uuid.uuid4().hex[:8]
+    staged = [split_collection_name(iname, build, s) for s in SPLITS]
+    try:
+        start = 0
+        for s, cname in zip(SPLITS, staged):
+            stop = start + len(picked[s])
+            _write_split(client, cname, settings, s, picked[s], data[s].labels, vectors[start:stop], progress, command)
+            start = stop
+    except BaseException:
+        _drop(client, staged)  # the working index was never touched
+        raise
+    timings = {
+        "load_s": round(load_s, 3),
+        "embed_s": round(embed_s, 3),
+        "add_s": round(time.perf_counter() - t0, 3),
+        "build_s": round(time.perf_counter() - started, 3),
+    }
+    meta = {
+        **expected,
+        "dim": int(vectors.shape[1]),
+        "build": build,
+        **timings,
+        "built_at": utc_now(),
+        "chromadb": package_versions()["chromadb"] or "",
+    }
+    _switch(client, manifest, iname, meta)
+    _drop(client, _other_builds(client, iname, build))  # the replaced build
+    return BuildReport(iname, location, meta["n_items"], True, timings, others, pruned)
+
+
+def _write_split(
+    client: ClientAPI,
+    cname: str,
+    settings: Settings,
+    split: str,
+    indices: np.ndarray,
+    labels: np.ndarray,
+    vectors: np.ndarray,
+    progress: bool,
+    command: str,
+) -> None:
+    """Create one split's collection, add its items and read them back."""
     cfg = settings.index
     collection = client.create_collection(
         cname,
         configuration=_hnsw(cfg.hnsw_m, cfg.hnsw_ef_construction, cfg.hnsw_ef_search),
-        metadata={**expected, "dim": int(vectors.shape[1])},
+        metadata={"split": split},
         embedding_function=None,
     )
-    metadatas = [
-        {"case_id": f"{s}:{i}", "split": s, "index": int(i), "label": CLASS_NAMES[int(splits[s].labels[i])]}
-        for s in SPLITS
-        for i in picked[s]
-    ]
+    metadatas = [{"case_id": f"{split}:{i}", "split": split, "index": int(i), "label": CLASS_NAMES[int(labels[i])]} for i in indices]
     ids = [m["case_id"] for m in metadatas]
     _add(collection, ids, vectors, metadatas, progress)
-    add_s = time.perf_counter() - t0
-    _verify(collection, ids, vectors, build_command(name))
-    timings = {
-        "load_s": round(load_s, 3),
-        "embed_s": round(embed_s, 3),
-        "add_s": round(add_s, 3),
-        "build_s": round(time.perf_counter() - started, 3),
-    }
-    collection.modify(
-        metadata={
-            **(collection.metadata or {}),
-            **timings,
-            "built_at": utc_now(),
-            "chromadb": package_versions()["chromadb"] or "",
-        }
-    )
-    return BuildReport(cname, location, collection.count(), True, timings, other_names, pruned)
+    _verify(collection, ids, vectors, command)
+
+
+def _switch(client: ClientAPI, manifest: Collection | None, name: str, meta: dict[str, Any]) -> None:
+    """Make the build named in ``meta`` the current one: a single write of the manifest's metadata."""
+    if manifest is not None and manifest.count() == 0:
+        manifest.modify(metadata=meta)
+        return
+    if manifest is not None:  # an index of the earlier layout: every split in this one collection
+        client.delete_collection(name)
+    client.create_collection(name, metadata=meta, embedding_function=None)
 
 
 def _hnsw(m: int, ef_construction: int, ef_search: int) -> dict[str, Any]:
@@ -373,82 +453,84 @@ def _hnsw(m: int, ef_construction: int, ef_search: int) -> dict[str, Any]:
 
 
 def _add(collection: Collection, ids: list[str], vectors: np.ndarray, metadatas: list[dict[str, Any]], progress: bool) -> None:
-    with tqdm(total=len(ids), desc="adding to Chroma", unit="item", disable=not progress) as bar:
+    desc = f"adding to Chroma ({(collection.metadata or {}).get('split')})"
+    with tqdm(total=len(ids), desc=desc, unit="item", disable=not progress) as bar:
         for start in range(0, len(ids), ADD_BATCH):
             stop = start + ADD_BATCH
             collection.add(ids=ids[start:stop], embeddings=vectors[start:stop], metadatas=metadatas[start:stop])
             bar.update(len(ids[start:stop]))
 
 
-def _verify(collection: Collection, ids: list[str], vectors: np.ndarray, build: str) -> None:
+def _verify(collection: Collection, ids: list[str], vectors: np.ndarray, command: str) -> None:
     """Read every stored vector back and compare: Chroma once answered "Error getting embedding"
     for one item of a fresh index here (not reproduced since); a broken build fails loudly now."""
     try:
         got = collection.get(include=["embeddings"])
     except Exception as exc:  # chromadb.errors.InternalError and friends
-        raise CaseIndexError(f"Chroma could not read back the index just built ({exc}); rerun `{build} --rebuild`") from exc
+        raise CaseIndexError(f"Chroma could not read back the index just built ({exc}); rerun `{command} --rebuild`") from exc
     stored = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32)))
     if set(stored) != set(ids) or max(float(np.abs(stored[i] - v).max()) for i, v in zip(ids, vectors)) > 1e-4:
-        raise CaseIndexError(f"the vectors Chroma returns differ from those added; rerun `{build} --rebuild`")
+        raise CaseIndexError(f"the vectors Chroma returns differ from those added; rerun `{command} --rebuild`")
 
 
 def copy_with_hnsw(index: CaseIndex, m: int, ef_construction: int, ef_search: int) -> CaseIndex:
-    """The same vectors and metadata in an in-memory collection with other HNSW settings (to compare settings)."""
-    got = index.collection.get(include=["embeddings", "metadatas"])
+    """The same vectors and metadata in in-memory split collections with other HNSW settings (to compare settings)."""
     client = chromadb.EphemeralClient(settings=ChromaSettings(anonymized_telemetry=False))
-    name = f"{index.embedder_id}-m{m}-efc{ef_construction}-efs{ef_search}"
-    if name in {c.name for c in client.list_collections()}:
-        client.delete_collection(name)
+    collections = {}
+    for split, source in index.collections.items():
+        got = source.get(include=["embeddings", "metadatas"])
+        cname = f"{index.name}-m{m}-efc{ef_construction}-efs{ef_search}-{split}"
+        _drop(client, [cname])  # the in-memory client is shared by the process
+        collections[split] = client.create_collection(
+            cname, configuration=_hnsw(m, ef_construction, ef_search), metadata={"split": split}, embedding_function=None
+        )
+        _add(collections[split], list(got["ids"]), np.asarray(got["embeddings"], dtype=np.float32), list(got["metadatas"]), False)
     meta = {**index.meta, "hnsw_m": m, "hnsw_ef_construction": ef_construction, "hnsw_ef_search": ef_search}
-    collection = client.create_collection(
-        name, configuration=_hnsw(m, ef_construction, ef_search), metadata=meta, embedding_function=None
-    )
-    _add(collection, list(got["ids"]), np.asarray(got["embeddings"], dtype=np.float32), list(got["metadatas"]), False)
-    return CaseIndex(collection, index.embedder, "in memory")
+    return CaseIndex(index.name, collections, meta, index.embedder, "in memory")
 
 
-def open_index(settings: Settings, embedder: str | None = None) -> CaseIndex:
+def open_index(settings: Settings, embedder: str | None = None, *, classifier: Classifier | None = None) -> CaseIndex:
     """The complete index for ``embedder`` (default ``settings.index.embedder``) and its current weights.
 
-    Raises :class:`IndexMissingError` (naming the build command) when there is none, and
-    :class:`StaleIndexError` when the index was built from other weights or another data file.
+    ``classifier``: an already-loaded classifier for the cnn embedder to use, so that a process
+    loads the checkpoint once. Raises :class:`IndexMissingError` (naming the build command) when
+    there is no complete index, and :class:`StaleIndexError` when the index was built from other
+    weights or another data file.
     """
     name = embedder or settings.index.embedder
-    emb = create_embedder(name, settings)
-    build = build_command(name)
+    emb = create_embedder(name, settings, classifier)
+    command = build_command(name)
     location = chroma_location(settings)
     client = _existing_client(settings, name)
-    cname = collection_name(emb)
-    found = {c.name: c for c in _collections(client, name)}
-    if cname not in found:
-        if found:
-            other = next(iter(found.values())).metadata or {}
+    iname = index_name(emb)
+    manifest = _get(client, iname)
+    if manifest is None:
+        others = _index_names(client, name)
+        if others:
+            other = _get(client, others[0])
+            meta = (other.metadata if other is not None else None) or {}
             raise StaleIndexError(
-                f"the {name} index at {location} was built from other weights ({other.get('model_id')}, "
-                f"sha256 {str(other.get('weights_sha256', '?'))[:12]}), not the current {emb.model_id} "
-                f"(sha256 {emb.weights_sha256[:12]}); rebuild it with `{build}`"
+                f"the {name} index at {location} was built from other weights ({meta.get('model_id')}, "
+                f"sha256 {str(meta.get('weights_sha256', '?'))[:12]}), not the current {emb.model_id} "
+                f"(sha256 {emb.weights_sha256[:12]}); rebuild it with `{command}`"
             )
-        raise IndexMissingError(f"no {name} case index at {location}; build it with `{build}`")
-    collection = client.get_collection(cname, embedding_function=None)
-    meta = collection.metadata or {}
+        raise IndexMissingError(f"no {name} case index at {location}; build it with `{command}`")
+    meta = dict(manifest.metadata or {})
     if meta.get("data_sha256") != data_sha256(settings):
         raise StaleIndexError(
             f"the {name} index at {location} was built from another data file (case ids would point at "
-            f"other images); rebuild it with `{build}`"
+            f"other images); rebuild it with `{command}`"
         )
-    if collection.count() != meta.get("n_items"):
-        raise IndexMissingError(
-            f"the {name} index at {location} is incomplete ({collection.count()} of {meta.get('n_items')} items; "
-            f"an interrupted build?); rebuild it with `{build}`"
-        )
-    return CaseIndex(collection, emb, location)
+    return CaseIndex(iname, _split_collections(client, iname, meta, location, command), meta, emb, location)
 
 
 def list_indexes(settings: Settings) -> list[dict[str, Any]]:
-    """Every case index at the configured location with its metadata and item count."""
+    """Every case index at the configured location with its manifest and the items its collections hold."""
     client = _existing_client(settings, settings.index.embedder)
-    return [
-        {"collection": c.name, "count": c.count(), **(c.metadata or {})}
-        for c in client.list_collections()
-        if c.name.startswith(f"{PREFIX}-")
-    ]
+    rows = []
+    for name in _index_names(client):
+        manifest = _get(client, name)
+        meta = dict(manifest.metadata or {}) if manifest is not None else {}
+        found = [_get(client, split_collection_name(name, str(meta.get("build")), s)) for s in SPLITS]
+        rows.append({"name": name, "count": sum(c.count() for c in found if c is not None), **meta})
+    return rows

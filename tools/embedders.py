@@ -20,7 +20,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,7 +29,10 @@ from tqdm.auto import tqdm
 from casereview.config import Settings
 from casereview.errors import CaseReviewError
 from casereview.provenance import sha256_file
-from casereview.data import DataError, data_file, load_split
+from casereview.data import data_file, load_split
+
+if TYPE_CHECKING:
+    from casereview.training.checkpoint import Classifier
 
 MEDICAL_CLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 
@@ -106,16 +109,18 @@ class CnnEmbedder(Embedder):
 
     name = "cnn"
 
-    def __init__(self, classifier: Any, batch_size: int) -> None:
+    def __init__(self, classifier: Classifier, batch_size: int) -> None:
         super().__init__(f"{classifier.arch}@{classifier.path.name}", classifier.sha256, batch_size)
         self.classifier = classifier
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> CnnEmbedder:
-        from casereview.training.checkpoint import load_classifier
+    def from_settings(cls, settings: Settings, classifier: Classifier | None = None) -> CnnEmbedder:
+        """The classifier's features; ``classifier`` (already loaded) saves loading the checkpoint again."""
+        if classifier is None:
+            from casereview.training.checkpoint import load_classifier
 
-        clf = load_classifier(settings.classifier.checkpoint, settings.classifier.device)
-        return cls(clf, settings.index.batch_size)
+            classifier = load_classifier(settings.classifier.checkpoint, settings.classifier.device)
+        return cls(classifier, settings.index.batch_size)
 
     def _embed_batch(self, images: np.ndarray) -> np.ndarray:
         from casereview.training.predict import embed_images
@@ -148,7 +153,7 @@ class PixelEmbedder(Embedder):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PixelEmbedder:
-        train = load_split("train", settings.data.root)
+        train = load_split("train", settings.data.root, settings.data.download)
         return cls(train.images, settings.index.pixels_pca_components, settings.index.batch_size)
 
     @staticmethod
@@ -230,10 +235,14 @@ def _state_dict_sha256(model: torch.nn.Module) -> str:
 
 
 def data_sha256(settings: Settings) -> str:
-    """sha256 of the PneumoniaMNIST file that case ids (``train:12``) refer to."""
+    """sha256 of the PneumoniaMNIST file that case ids (``train:12``) refer to.
+
+    A missing file is downloaded when ``data.download`` allows it, through the data layer
+    (which otherwise raises its one-line error naming the switches).
+    """
     path = data_file(settings.data.root)
     if not path.is_file():
-        raise DataError(f"{path} not found. Point the data root at the folder holding it (--data-root or CASEREVIEW_DATA_ROOT).")
+        load_split("train", settings.data.root, settings.data.download)
     return sha256_file(path)
 
 
@@ -244,8 +253,14 @@ EMBEDDERS: dict[str, Callable[[Settings], Embedder]] = {
 }
 
 
-def create_embedder(name: str, settings: Settings) -> Embedder:
-    """The embedder registered under ``name``, configured from ``settings``."""
+def create_embedder(name: str, settings: Settings, classifier: Classifier | None = None) -> Embedder:
+    """The embedder registered under ``name``, configured from ``settings``.
+
+    ``classifier``: an already-loaded classifier that the cnn embedder uses instead of loading
+    ``settings.classifier.checkpoint`` again (the other embedders do not use one).
+    """
     if name not in EMBEDDERS:
         raise EmbedderError(f"unknown embedder {name!r}; choose one of {', '.join(sorted(EMBEDDERS))}")
+    if classifier is not None and name == CnnEmbedder.name:
+        return CnnEmbedder.from_settings(settings, classifier)
     return EMBEDDERS[name](settings)

@@ -23,6 +23,8 @@ embedders:
 
 The index lives in <workdir>/chroma (--chroma-path), or in a server started with
 `chroma run --path DIR --host 127.0.0.1 --port 8000` (--chroma-url http://127.0.0.1:8000).
+PneumoniaMNIST is read from --data-root (default: $CASEREVIEW_DATA_ROOT, else ~/.medmnist) and
+downloaded there when missing, unless CASEREVIEW_DATA_DOWNLOAD=false.
 """
 
 
@@ -71,12 +73,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "build",
         "embed every image (train, val, test) and store it in Chroma",
         "Embed all PneumoniaMNIST images with one embedder and store them, with case id, split, index and "
-        "label, in a Chroma collection named after the embedder and its weights (cosine space, HNSW). "
-        "Idempotent: an up-to-date index is kept; an index from other weights is reported (or --prune'd).",
-        "  casereview index build --embedder cnn --data-root ../shared/data\n"
+        "label, in one Chroma collection per split (cosine space, HNSW), in an index named after the embedder "
+        "and its weights. Idempotent: an up-to-date index is kept; an index from other weights is reported "
+        "(or --prune'd). A (re)build writes new collections beside the working ones and switches to them "
+        "only when they are complete, so an interrupted build leaves the working index usable.",
+        "  casereview index build\n"
+        "  casereview index build --embedder pixels --limit 200 --workdir /tmp/casereview\n"
         "  casereview index build --embedder pixels --chroma-url http://127.0.0.1:8000",
     )
-    build.add_argument("--rebuild", action="store_true", help="rebuild even when an up-to-date index exists")
+    build.add_argument(
+        "--rebuild", action="store_true", help="rebuild even when an up-to-date index exists (beside it, then switch)"
+    )
     build.add_argument("--prune", action="store_true", help="delete this embedder's indexes built from other weights")
     build.add_argument("--limit", type=int, help="index a fixed random subset of N images of each split (smoke runs; results are a subset)")
     _index_options(build)
@@ -123,7 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Precision@k, mAP@10, kNN accuracy, HNSW recall and latency of a case index",
         "Evaluate the index with the test images as queries, (a) within the test set, leave-one-out, and "
         "(b) against the train case base: P@1/5/10, mAP@10, per-class P@k, kNN accuracy, recall@10 of the "
-        "HNSW search against exact numpy search, and per-query latency (k=10). Writes "
+        "HNSW search of each split collection against exact numpy search, and per-query latency (k=10). Writes "
         "DIR/retrieval_metrics.json with provenance.",
         "  casereview evaluate-retrieval --embedder cnn --out runs/retrieval/cnn",
     )
@@ -139,7 +146,7 @@ def run_build(args: argparse.Namespace) -> int:
     settings = _settings(args, limit=args.limit)
     report = build_index(settings, rebuild=args.rebuild, prune=args.prune)
     state = "built" if report.built else "up to date, kept (use --rebuild to rebuild)"
-    print(f"{report.collection}: {report.count} cases at {report.location}, {state}")
+    print(f"{report.name}: {report.count} cases at {report.location}, {state}")
     print("timings: " + ", ".join(f"{k} {v:.2f}" for k, v in report.timings.items()))
     for name in report.pruned:
         print(f"deleted {name} (other weights)")
@@ -156,7 +163,7 @@ def run_list(args: argparse.Namespace) -> int:
         print("no case index here; build one with `casereview index build`")
     for row in rows:
         sha = str(row.get("weights_sha256", "?"))[:12]
-        print(f"{row['collection']}: {row['count']} cases, {row.get('model_id')} (sha256 {sha}), built {row.get('built_at', '?')}")
+        print(f"{row['name']}: {row['count']} cases, {row.get('model_id')} (sha256 {sha}), built {row.get('built_at', '?')}")
     return 0
 
 
@@ -178,7 +185,7 @@ def run_search_image(args: argparse.Namespace) -> int:
     settings = _settings(args, k=args.k)
     k = settings.index.k
     index = open_index(settings)
-    case = load_case(args.ref, settings.data.root)
+    case = load_case(args.ref, settings.data.root, settings.data.download)
     hits = index.search_image(case.image, k, args.split, exclude_case_id=case.case_id)
     query = f"{case.case_id} ({case.label_name or 'label unknown'})"
     _print_hits(f"query {query}; case base {args.split}; {index.embedder_id}", hits, args.json)
@@ -219,10 +226,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     path.write_text(json.dumps(metrics, indent=2) + "\n")
     subset = " (SUBSET: index built with --limit)" if metrics["subset"] else ""
     print(f"{index.embedder_id} ({index.embedder.model_id}){subset}")
-    print(f"{'setting':<14} " + " ".join(f"{f'p@{k}':>7}" for k in KS) + f" {'map@10':>7} {'recall@10':>9}")
+    print(f"{'setting':<14} " + " ".join(f"{f'p@{k}':>7}" for k in KS) + f" {'map@10':>7}")
     for name in ("within_test", "test_vs_train"):
         m = metrics[name]
-        print(f"{name:<14} " + " ".join(f"{m[f'p@{k}']:>7.4f}" for k in KS) + f" {m['map@10']:>7.4f} {m['recall@10_vs_exact']:>9.4f}")
+        print(f"{name:<14} " + " ".join(f"{m[f'p@{k}']:>7.4f}" for k in KS) + f" {m['map@10']:>7.4f}")
+    recall = metrics["hnsw_recall@10"]
+    print("HNSW recall@10 vs exact (raw, per split collection): " + ", ".join(f"{s} {r:.4f}" for s, r in recall.items()))
     lat = metrics["latency_ms"]
     print(
         f"latency k={lat['k']} over {lat['n_queries']} queries: search p50 {lat['search_ms']['p50']:.2f} ms, "

@@ -23,7 +23,7 @@ from casereview.errors import CaseReviewError
 from casereview.provenance import git_commit, utc_now
 from casereview.render import render
 from casereview.schemas import Neighbour
-from casereview.tools.case_index import CaseIndex, build_index, copy_with_hnsw, open_index
+from casereview.tools.case_index import CaseIndex, build_index, case_indices, copy_with_hnsw, open_index
 from casereview.tools.embedders import MEDICAL_CLIP
 from casereview.evaluation.retrieval_eval import KS, evaluate_retrieval, hnsw_recall
 from casereview.evaluation.retrieval_figures import GridRow, save_retrieval_grid
@@ -96,8 +96,8 @@ def classifier_agreement(settings: Settings, index: CaseIndex, k: int = GRID_K) 
     from casereview.training.predict import predict_proba
 
     clf = index.embedder.classifier
-    vectors, labels, _ = index.vectors("test")  # the indexed test images: test[:n_test]
-    images = load_split("test", settings.data.root).images[: len(labels)]
+    vectors, labels, case_ids = index.vectors("test")  # the indexed test images (a random subset under index.limit)
+    images = load_split("test", settings.data.root).images[case_indices(case_ids)]
     correct = (predict_proba(clf, images) >= clf.threshold).astype(np.int64) == labels
     hits = index.search_vectors(vectors, k, "train")
     precision = np.array([np.mean([n.label == CLASS_NAMES[y] for n in row]) for row, y in zip(hits, labels)])
@@ -127,26 +127,30 @@ def write_task3_report(settings: Settings, out_dir: Path, latency_queries: int =
             if name == settings.index.embedder:
                 raise
             unavailable[name] = str(exc)
+    default = settings.index.embedder
+    ours = results[default]
+    # the same vectors in collections with Chroma's default HNSW settings: what the shipped settings buy
+    ours["hnsw_recall@10_chroma_defaults"] = hnsw_recall(copy_with_hnsw(indexes[default], **CHROMA_DEFAULT_HNSW))
+    if default == "cnn":
+        ours["classifier_agreement"] = classifier_agreement(settings, indexes[default])
     (out_dir / METRICS_NAME).write_text(json.dumps(results, indent=2) + "\n")
 
     queries = example_queries(settings)
     grids = {name: _grid(settings, index, queries, out_dir / f"task3_grid_{name}.png") for name, index in indexes.items()}
-    default = settings.index.embedder
     gap = max(
         abs(m[setting][f"p@{k}"] - m[setting]["exact"][f"p@{k}"])
         for m in results.values()
         for setting in ("within_test", "test_vs_train")
         for k in KS
     )
-    ours = results[default]
     hnsw_rows = [
-        {**CHROMA_DEFAULT_HNSW, "label": "Chroma's defaults", **hnsw_recall(copy_with_hnsw(indexes[default], **CHROMA_DEFAULT_HNSW))},
+        {**CHROMA_DEFAULT_HNSW, "label": "Chroma's defaults", "recall": ours["hnsw_recall@10_chroma_defaults"]},
         {
             "m": ours["index"]["hnsw_m"],
             "ef_construction": ours["index"]["hnsw_ef_construction"],
             "ef_search": ours["index"]["hnsw_ef_search"],
-            "label": "this index",
-            **{name: ours[name]["recall@10_vs_exact"] for name in ("within_test", "test_vs_train")},
+            "label": "shipped (this index)",
+            "recall": ours["hnsw_recall@10"],
         },
     ]
     failures = ours["test_vs_train"]["failures"]
@@ -175,7 +179,7 @@ def write_task3_report(settings: Settings, out_dir: Path, latency_queries: int =
             hnsw_rows=hnsw_rows,
             checkpoint=settings.classifier.checkpoint,
             hnsw_gap=gap,
-            agreement=classifier_agreement(settings, indexes[default]) if default == "cnn" else None,
+            agreement=ours.get("classifier_agreement"),
             metrics_file=METRICS_NAME,
         )
     )
