@@ -11,7 +11,7 @@ from casereview.cli.common import add_common_options, settings_from_args
 # task -> "module:function"; each function takes (settings, out_dir) and returns the report's path.
 REPORTS = {
     "task1": "casereview.training.report:write_task1_report",
-    "task2": "casereview.tools.reporter.task2:write_task2_report",
+    "task2": "casereview.evaluation.task2:write_task2_report",
     "task3": "casereview.evaluation.retrieval_report:write_task3_report",
 }
 
