@@ -1,5 +1,6 @@
-"""Shared fixtures: the data root (../shared/data unless CASEREVIEW_DATA_ROOT says otherwise)
-and a small randomly initialised classifier checkpoint built offline."""
+"""Shared fixtures: the data root (``CASEREVIEW_DATA_ROOT`` when set, else medmnist's own folder,
+downloading the dataset there on first use like every command does) and a small randomly
+initialised classifier checkpoint built offline."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    root = Path(os.environ.get("CASEREVIEW_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
-    if not (root / "pneumoniamnist.npz").is_file():
-        pytest.fail(f"pneumoniamnist.npz not found under {root}; set CASEREVIEW_DATA_ROOT")
-    return root
+    """The folder holding pneumoniamnist.npz, as an absolute path (notebook kernels run elsewhere)."""
+    from casereview.data import DATA_FILE, data_file, load_split
+
+    if os.environ.get("CASEREVIEW_DATA_ROOT"):  # offline machines and CI point here
+        root = Path(os.environ["CASEREVIEW_DATA_ROOT"]).resolve()
+        if not (root / DATA_FILE).is_file():
+            pytest.fail(f"CASEREVIEW_DATA_ROOT={root} holds no {DATA_FILE}; unset it to let medmnist download the file")
+        return root
+    load_split("test", None, download=True)  # medmnist downloads into its default folder (~/.medmnist) when missing
+    return data_file(None).parent.resolve()
 
 
 @pytest.fixture(scope="session")
