@@ -8,11 +8,11 @@ import pytest
 from case_index_support import index_settings
 from casereview.tools.case_index import build_index, open_index
 from casereview.evaluation.retrieval_eval import (
-    SettingSearch,
     evaluate_retrieval,
     knn_accuracy,
     mean_average_precision,
     precision_at_k,
+    recall_at_k,
 )
 from casereview.data import load_split, subset_indices
 from casereview.schemas import Neighbour
@@ -43,13 +43,15 @@ def test_knn_accuracy_majority_and_ties():
     assert got == pytest.approx({"knn@1": 2 / 3, "knn@3": 0.0, "knn@4": 2 / 3})
 
 
-def test_recall_counts_the_exact_top_k_found():
+def test_recall_counts_the_exact_top_k_found_and_ties_at_rank_k():
     def row(*ids):
         return [Neighbour(case_id=f"train:{i}", split="train", index=i, label="normal", similarity=0.5) for i in ids]
 
-    # exact top 2 by position in the case base [train:7, train:8, train:9]: query 0 -> 7, 8; query 1 -> 9, 7
-    found = SettingSearch("train", [row(7, 8), row(9, 8)], np.array([[0, 1], [2, 0]]), np.zeros(3), ["train:7", "train:8", "train:9"])
-    assert found.recall == pytest.approx(0.75)
+    base_ids = ["train:7", "train:8", "train:9", "train:10"]
+    sims = np.array([[0.9, 0.8, 0.1, 0.0], [0.5, 0.2, 0.9, 0.5]])  # exact top 2: (7, 8) and (9, then 7 or 10: a tie)
+    assert recall_at_k([row(7, 8), row(9, 7)], sims, base_ids, 2) == pytest.approx(1.0)
+    assert recall_at_k([row(7, 9), row(9, 10)], sims, base_ids, 2) == pytest.approx(0.75)  # 10 ties 7 at rank 2
+    assert recall_at_k([row(9, 10), row(8, 9)], sims, base_ids, 2) == pytest.approx(0.25)
 
 
 def _oracle(queries, base, query_labels, base_labels, k, leave_one_out):

@@ -291,7 +291,7 @@ def _names(client: ClientAPI) -> list[str]:
 
 
 def _index_names(client: ClientAPI, embedder_name: str = r"[a-z]+") -> list[str]:
-    """Names of the indexes (manifests) of one embedder, any weights."""
+    """Names of the indexes (manifests) of one embedder (default: any), any weights."""
     pattern = re.compile(rf"{PREFIX}-{embedder_name}-[0-9a-f]{{16}}")
     return [n for n in _names(client) if pattern.fullmatch(n)]
 
@@ -307,7 +307,7 @@ def _split_collections(client: ClientAPI, name: str, meta: dict[str, Any], locat
     for s in SPLITS:
         collection = _get(client, split_collection_name(name, meta["build"], s))
         found = 0 if collection is None else collection.count()
-        if found != meta[f"n_{s}"]:
+        if collection is None or found != meta[f"n_{s}"]:
             raise IndexMissingError(
                 f"the index {name} at {location} is incomplete ({found} of {meta[f'n_{s}']} {s} items); "
                 f"rebuild it with `{command}`"
@@ -349,6 +349,7 @@ def build_index(
     ``rebuild`` rebuilds even an up-to-date index; ``prune`` deletes this embedder's indexes
     built from other weights. A (re)build writes new collections beside the working ones and
     switches to them only when they are complete; until then the working index stays usable.
+    One build at a time per location: a build removes the collections other builds left behind.
     """
     started = time.perf_counter()
     name = embedder or settings.index.embedder
