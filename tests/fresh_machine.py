@@ -131,6 +131,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        pass  # torchvision's redirect probe closes its first connection unread: not an error
+
+
 @contextmanager
 def medmnist_mirror(data_file: Path, tmp: Path) -> Iterator[Mirror]:
     """Serve ``data_file`` on 127.0.0.1 as if it were Zenodo's pneumoniamnist.npz."""
@@ -140,7 +145,7 @@ def medmnist_mirror(data_file: Path, tmp: Path) -> Iterator[Mirror]:
     md5 = hashlib.md5((served / "pneumoniamnist.npz").read_bytes()).hexdigest()
     requests: list[str] = []
     handler = functools.partial(_Handler, directory=str(served), requests=requests)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}/pneumoniamnist.npz?download=1"
