@@ -14,6 +14,8 @@ from typing import Any, Callable
 import numpy as np
 from langgraph.runtime import Runtime
 
+from casereview.agents.gate import check_input as gate_decision
+from casereview.agents.gate import review_reasons
 from casereview.agents.verify import verify_report
 from casereview.data import load_case as read_case
 from casereview.data import parse_ref
@@ -52,13 +54,25 @@ def load_case(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     fields = ctx.fingerprint_fields()
     case = read_case(state["case_ref"], ctx.settings.data.root, ctx.settings.data.download)
     return {"settings": fields, "fingerprint": fingerprint(fields), "case_id": case.case_id,
-            "image": case.image.tolist(), "ground_truth": case.label_name, "notes": list(case.notes), "attempts": 0}
+            "image": case.image.tolist(), "ground_truth": case.label_name, "notes": list(case.notes),
+            "views": None if case.views is None else case.views.tolist(), "attempts": 0}
+
+
+@timed
+def check_input(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    views = state.get("views")
+    measure = runtime.context.gate.measure(_image(state), None if views is None else np.asarray(views, np.uint8))
+    return {"input_check": gate_decision(measure).model_dump()}
+
+
+def route_after_check(state: CaseState) -> str:
+    """A blank image gets no diagnosis: straight to finalize. Everything else is classified (flagged or not)."""
+    return "classify" if state["input_check"]["judgeable"] else "finalize"
 
 
 @timed
 def classify(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    opinion = runtime.context.classifier.opinion(_image(state))
-    return {"classifier": opinion.model_dump(), "needs_review": opinion.uncertain}
+    return {"classifier": runtime.context.classifier.opinion(_image(state)).model_dump()}
 
 
 @timed
@@ -122,20 +136,20 @@ def route_after_verify(state: CaseState, runtime: Runtime[RunContext]) -> str:
 @timed
 def finalize(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     ctx = runtime.context
-    v, rep = state["verification"], state["report"]
-    needs_review = bool(state.get("needs_review")) or v["verdict"] != "agree" or v["report_impression"] == "indeterminate"
+    reasons = review_reasons(state, ctx.settings.graph.neighbour_majority)
+    rep, prompt = state.get("report"), state.get("prompt")
     provenance = Provenance(
         run_id=ctx.run_id, created=utc_now(), settings_fingerprint=state["fingerprint"], settings=state["settings"],
-        classifier_checkpoint_sha256=state["classifier"]["checkpoint_sha256"],
-        classifier_arch=state["classifier"]["arch"], index=ctx.index.embedder_id,
-        prompt_variant=rep["variant"], template_sha256=state["prompt"]["template_sha256"],
-        reporter=state["reporter"], packages=package_versions(), timings_s=state.get("timings", {}),
+        classifier_checkpoint_sha256=state["settings"]["checkpoint_sha256"], classifier_arch=ctx.classifier.clf.arch,
+        index=ctx.index.embedder_id, prompt_variant=rep["variant"] if rep else None,
+        template_sha256=prompt["template_sha256"] if prompt else None, reporter=state.get("reporter", {}),
+        packages=package_versions(), timings_s=state.get("timings", {}),
     )
     record = CaseReview(
-        case_id=state["case_id"], ground_truth=state["ground_truth"], classifier=state["classifier"],
-        neighbours=state["neighbours"], prompt=state["prompt"], report=rep, verification=v,
-        attempts=state["attempts"], attempt_log=state["attempt_log"],
-        retried_with_strict_variant=state["attempts"] > 1, needs_review=needs_review,
+        case_id=state["case_id"], ground_truth=state["ground_truth"], input_check=state["input_check"],
+        classifier=state.get("classifier"), neighbours=state.get("neighbours", []), prompt=prompt, report=rep,
+        verification=state.get("verification"), attempts=state["attempts"], attempt_log=state.get("attempt_log", []),
+        retried_with_strict_variant=state["attempts"] > 1, needs_review=bool(reasons), review_reasons=reasons,
         notes=state.get("notes", []), errors=state.get("errors", []), provenance=provenance,
     )
-    return {"record": record.model_dump(), "needs_review": needs_review}
+    return {"record": record.model_dump(), "needs_review": bool(reasons), "review_reasons": reasons}

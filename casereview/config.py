@@ -18,10 +18,16 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from casereview.errors import CaseReviewError
 
 ENV_PREFIX = "CASEREVIEW_"
 CONFIG_ENV = "CASEREVIEW_CONFIG"
+
+
+class ConfigError(CaseReviewError, ValueError):
+    """A setting, config file or environment variable that cannot be used; the message names it and its source."""
 
 
 class Section(BaseModel):
@@ -33,7 +39,7 @@ class DataConfig(Section):
 
     root: Path | None = None
     download: bool = True  # only used when the file is missing under ``root``
-    size: int = 28
+    size: int = Field(default=28, ge=8)
 
 
 class TrainConfig(Section):
@@ -41,23 +47,23 @@ class TrainConfig(Section):
 
     arch: str = "cr_resnet_small"
     pretrained: bool = False
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=5e-4, ge=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     scheduler: Literal["onecycle", "cosine", "none"] = "onecycle"
     loss: Literal["bce"] = "bce"
     class_weighting: Literal["balanced", "none"] = "balanced"
-    label_smoothing: float = 0.0
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     augment: bool = True
-    ema_decay: float = 0.99  # weight EMA that is validated and saved; 0 turns it off
+    ema_decay: float = Field(default=0.99, ge=0, lt=1)  # weight EMA that is validated and saved; 0 turns it off
     early_stopping_metric: Literal["val_loss", "val_auc"] = "val_loss"
-    patience: int = 10
+    patience: int = Field(default=10, ge=1)
     seed: int = 0
-    num_workers: int = 0
-    threads: int | None = None  # torch.set_num_threads; None keeps torch's default
-    limit: int | None = None  # train/validate on a fixed random subset of N images (tests, smoke runs)
+    num_workers: int = Field(default=0, ge=0)
+    threads: int | None = Field(default=None, ge=1)  # torch.set_num_threads; None keeps torch's default
+    limit: int | None = Field(default=None, ge=1)  # train/validate on a fixed random subset of N images (tests, smoke runs)
     device: str = "auto"
 
 
@@ -66,7 +72,7 @@ class ClassifierConfig(Section):
 
     checkpoint: Path | None = None
     device: str = "auto"
-    batch_size: int = 256
+    batch_size: int = Field(default=256, ge=1)
 
 
 class IndexConfig(Section):
@@ -76,15 +82,15 @@ class IndexConfig(Section):
     clip_model: str = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
     clip_pretrained: str | None = None  # open_clip pretrained tag or weights file (built-in model names only)
     device: str = "auto"  # where the clip embedder runs (cnn uses classifier.device)
-    pixels_pca_components: int = 64
+    pixels_pca_components: int = Field(default=64, ge=1)
     chroma_path: Path | None = None  # None: <paths.workdir>/chroma
     chroma_url: str | None = None  # http://host:port of a `chroma run` server
-    k: int = 5
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 200
-    batch_size: int = 256
-    limit: int | None = None  # index a fixed random subset of N images of each split (tests, smoke runs)
+    k: int = Field(default=5, ge=1)
+    hnsw_m: int = Field(default=32, ge=2)
+    hnsw_ef_construction: int = Field(default=200, ge=1)
+    hnsw_ef_search: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    limit: int | None = Field(default=None, ge=1)  # index a fixed random subset of N images of each split (tests, smoke runs)
     report_embedders: list[str] = ["cnn", "pixels"]  # evaluated by `casereview report task3`
 
 
@@ -93,13 +99,13 @@ class ReporterConfig(Section):
     variant: str = "grounded"
     model_id: str = "google/medgemma-4b-it"
     device: str = "auto"
-    max_new_tokens: int = 300
-    batch_size: int = 4
+    max_new_tokens: int = Field(default=300, ge=1)
+    batch_size: int = Field(default=4, ge=1)
     base_url: str = "http://127.0.0.1:8000/v1"
     api_model: str | None = None  # model name sent to the server; None: model_id
     api_key_env: str = "OPENAI_API_KEY"  # name of the variable holding the key, never the key
-    timeout_s: float = 120.0
-    retries: int = 3
+    timeout_s: float = Field(default=120.0, gt=0)
+    retries: int = Field(default=3, ge=0)
     seed: int = 0
     # Which evidence the template backend's impression follows: "both" (the classifier, unless it is
     # uncertain or the neighbours' majority disagrees), or one source alone ("neighbours" is a kNN-vote
@@ -110,14 +116,25 @@ class ReporterConfig(Section):
 class GraphConfig(Section):
     """The case-review workflow (``casereview review``)."""
 
-    k: int = 5  # neighbours retrieved as evidence
-    k_uncertain: int = 15  # neighbours when the classifier is uncertain
+    k: int = Field(default=5, ge=1)  # neighbours retrieved as evidence
+    k_uncertain: int = Field(default=15, ge=1)  # neighbours when the classifier is uncertain
     case_base: Literal["train", "train+val"] = "train"  # never test: test cases must not ground reports
-    max_attempts: int = 2  # report attempts, the first included
+    max_attempts: int = Field(default=2, ge=1)  # report attempts, the first included
     strict_variant: str = "grounded_skeptical"  # prompt variant of a retry after a contradiction
-    conformal_alpha: float = 0.05  # miscoverage of the split-conformal set that flags uncertain cases
-    neighbour_majority: float = 0.6  # vote share the neighbours need before a report can contradict them
+    conformal_alpha: float = Field(default=0.05, gt=0, lt=1)  # miscoverage of the split-conformal set that flags uncertain cases
+    neighbour_majority: float = Field(default=0.6, gt=0, le=1)  # vote share the neighbours need before a report can contradict them
     checkpointer: Literal["sqlite", "memory", "none"] = "sqlite"
+
+
+class GateConfig(Section):
+    """The input gate (graph node ``check_input``): fitted on train, thresholds set on validation."""
+
+    # Share of in-distribution validation cases the gate may flag; the image statistics and the
+    # feature-space distance get half of it each, so their union stays within it.
+    false_flag_rate: float = Field(default=0.02, gt=0, lt=0.5)
+    # Share of validation images, served as full-size files, flagged as unstable under the resize.
+    resize_false_flag_rate: float = Field(default=0.01, gt=0, lt=0.5)
+    fit_limit: int | None = Field(default=None, ge=20)  # fit on a fixed random subset of N train and val images (tests)
 
 
 class PathsConfig(Section):
@@ -133,6 +150,7 @@ class Settings(Section):
     index: IndexConfig = IndexConfig()
     reporter: ReporterConfig = ReporterConfig()
     graph: GraphConfig = GraphConfig()
+    gate: GateConfig = GateConfig()
     paths: PathsConfig = PathsConfig()
 
 
@@ -147,12 +165,23 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML config file as a mapping of sections; a :class:`ConfigError` saying what is wrong otherwise."""
     if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{line}: {problem}") from exc
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def env_name(section: str, name: str) -> str:
+    return f"{ENV_PREFIX}{section}_{name}".upper()
 
 
 def env_values(environ: Mapping[str, str] | None = None) -> dict[str, dict[str, str]]:
@@ -161,10 +190,30 @@ def env_values(environ: Mapping[str, str] | None = None) -> dict[str, dict[str, 
     out: dict[str, dict[str, str]] = {}
     for section, field in Settings.model_fields.items():
         for name in field.annotation.model_fields:
-            key = f"{ENV_PREFIX}{section}_{name}".upper()
-            if key in environ:
-                out.setdefault(section, {})[name] = environ[key]
+            if env_name(section, name) in environ:
+                out.setdefault(section, {})[name] = environ[env_name(section, name)]
     return out
+
+
+def _source(section: str, name: str | None, layers: list[tuple[str, dict[str, Any]]]) -> str:
+    """Which layer set ``section.name`` last (the one whose value failed)."""
+    for label, values in reversed(layers):
+        in_section = values.get(section)
+        if isinstance(in_section, dict) and (name is None or name in in_section) or (name is None and section in values):
+            return env_name(section, name) if label == "environment" and name else label
+    return "default"
+
+
+def _describe(error: dict[str, Any], layers: list[tuple[str, dict[str, Any]]]) -> str:
+    """One line for one pydantic error: the setting, its value, where it came from, what is wrong."""
+    loc = [str(x) for x in error["loc"]]
+    section, name = loc[0], (loc[1] if len(loc) > 1 else None)
+    source = _source(section, name, layers)
+    if error["type"] == "extra_forbidden" and name:
+        known = ", ".join(Settings.model_fields[section].annotation.model_fields)
+        return f"unknown setting {section}.{name} ({source}); {section} has: {known}"
+    setting = ".".join(loc)
+    return f"invalid setting {setting} = {error.get('input')!r} ({source}): {error['msg']}"
 
 
 def load_settings(
@@ -174,7 +223,8 @@ def load_settings(
     """Settings from defaults < YAML file < environment < ``overrides`` (CLI flags).
 
     ``overrides`` maps section -> {field: value}; ``None`` values are ignored so that
-    unset CLI flags do not mask the file or the environment.
+    unset CLI flags do not mask the file or the environment. Anything invalid raises a
+    :class:`ConfigError` naming the setting and where its value came from.
     """
     config_file = config_file or os.environ.get(CONFIG_ENV)
     file_values = read_yaml(Path(config_file)) if config_file else {}
@@ -182,8 +232,17 @@ def load_settings(
         section: {k: v for k, v in fields.items() if v is not None}
         for section, fields in (overrides or {}).items()
     }
-    merged = _deep_merge(_deep_merge(file_values, env_values()), cli_values)
-    unknown = set(merged) - set(Settings.model_fields)
+    layers = [(f"config file {config_file}", file_values), ("environment", env_values()), ("command line", cli_values)]
+    merged: dict[str, Any] = {}
+    for _, values in layers:
+        merged = _deep_merge(merged, values)
+    unknown = sorted(set(merged) - set(Settings.model_fields))
     if unknown:
-        raise ValueError(f"unknown config section(s): {sorted(unknown)}; known: {sorted(Settings.model_fields)}")
-    return Settings.model_validate(merged)
+        raise ConfigError(f"unknown config section(s) {', '.join(unknown)} ({_source(unknown[0], None, layers)}); "
+                          f"known: {', '.join(Settings.model_fields)}")
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(_describe(errors[0], layers) + more) from exc

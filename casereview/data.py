@@ -18,6 +18,7 @@ import zipfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -62,6 +63,15 @@ def data_file(root: Path | str | None) -> Path:
     return (Path(root) if root else Path(medmnist.info.DEFAULT_ROOT)) / DATA_FILE
 
 
+def _missing_parents(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 @lru_cache(maxsize=8)
 def _load_split(split: str, root: str | None, download: bool) -> Split:
     import medmnist
@@ -70,10 +80,14 @@ def _load_split(split: str, root: str | None, download: bool) -> Split:
     if not path.is_file():
         if not download:
             raise DataError(f"{path} not found: " + DATA_HINT.format(file=DATA_FILE))
+        created = _missing_parents(path.parent)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             medmnist.PneumoniaMNIST(split=split, root=str(path.parent), download=True, size=SIZE)
         except Exception as exc:  # medmnist raises bare RuntimeErrors on network failure
+            for folder in created:  # a failed download leaves no empty data root behind
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
             raise DataError(
                 f"could not download PneumoniaMNIST into {path.parent} ({type(exc).__name__}; offline?). "
                 f"Copy {DATA_FILE} there or set --data-root / CASEREVIEW_DATA_ROOT to the folder holding it."
@@ -121,6 +135,7 @@ class Case:
     split: str | None = None
     index: int | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)  # e.g. how a file was brought to 28x28
+    views: np.ndarray | None = None  # image files of another size: other resizes of the file (resize_views)
 
     @property
     def label_name(self) -> str | None:
@@ -157,8 +172,39 @@ def _to_gray8(img: Image.Image) -> Image.Image:
     return img.convert("L")
 
 
-def decode_image(path: Path, size: int = SIZE) -> tuple[np.ndarray, list[str]]:
-    """Read an image file as uint8 (size, size) grayscale; also says what was done to it."""
+class DecodedImage(NamedTuple):
+    image: np.ndarray  # uint8 (size, size): what the classifier sees
+    notes: list[str]  # what was done to bring the file there
+    views: np.ndarray | None  # (V, size, size): other plausible resizes of the same file (None: already size x size)
+
+
+def _square(img: Image.Image, size: int, scale: float = 1.0, resample: int = Image.Resampling.BICUBIC) -> np.ndarray:
+    """The centre square (``scale`` of the short side) resized to ``size`` x ``size``."""
+    w, h = img.size
+    side = max(1, round(min(w, h) * scale))
+    left, top = (w - side) // 2, (h - side) // 2
+    crop = img.crop((left, top, left + side, top + side))
+    return np.array(crop if side == size else crop.resize((size, size), resample), dtype=np.uint8)
+
+
+def resize_views(img: Image.Image, size: int = SIZE) -> np.ndarray:
+    """The canonical view (centre square, bicubic) first, then other ways a film could plausibly
+    have been brought to ``size`` px: a slightly tighter centre crop (95%), the whole frame squashed
+    to a square, and area or bilinear instead of bicubic resampling. A prediction that moves across
+    them depends on the resize rather than on the film."""
+    return np.stack([
+        _square(img, size),
+        _square(img, size, 0.95),
+        np.array(img.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8),
+        _square(img, size, resample=Image.Resampling.BOX),
+        _square(img, size, resample=Image.Resampling.BILINEAR),
+    ])
+
+
+def decode_image(path: Path, size: int = SIZE) -> DecodedImage:
+    """Read an image file as uint8 (size, size) grayscale (centre square crop, bicubic resize, the
+    way MedMNIST made its images); also says what was done to it and, for files of another size,
+    the other resize views of :func:`resize_views`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -183,17 +229,15 @@ def decode_image(path: Path, size: int = SIZE) -> tuple[np.ndarray, list[str]]:
             f"image file ({original}) brought to {size}x{size} 8-bit grayscale (centre crop, resize); the "
             "classifier has only seen MedMNIST-style images, so treat its output on other images with caution"
         )
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    img = img.crop((left, top, left + side, top + side))
-    if side != size:
-        img = img.resize((size, size), Image.Resampling.BICUBIC)
-    return np.array(img, dtype=np.uint8), notes  # a writable copy (torch warns on read-only arrays)
+    if (w, h) == (size, size):
+        return DecodedImage(np.array(img, dtype=np.uint8), notes, None)  # a writable copy (torch warns on read-only arrays)
+    views = resize_views(img, size)
+    return DecodedImage(views[0].copy(), notes, views)
 
 
 def load_image_file(path: Path | str, size: int = SIZE) -> np.ndarray:
     """An image file as MedMNIST-style uint8 (size, size) grayscale."""
-    return decode_image(check_image_path(path), size)[0]
+    return decode_image(check_image_path(path), size).image
 
 
 def check_image_path(path: Path | str) -> Path:
@@ -235,10 +279,10 @@ def load_case(ref: str, root: Path | str | None = None, download: bool = False) 
     check_ref(ref, root, download)
     parsed = parse_ref(ref)
     if parsed is None:
-        image, notes = decode_image(Path(ref))
-        for note in notes:
+        decoded = decode_image(Path(ref))
+        for note in decoded.notes:
             warnings.warn(note, stacklevel=2)
-        return Case(case_id=str(ref), image=image, notes=tuple(notes))
+        return Case(case_id=str(ref), image=decoded.image, notes=tuple(decoded.notes), views=decoded.views)
     split, index = parsed
     data = load_split(split, root, download)
     return Case(case_id(split, index), np.array(data.images[index]), int(data.labels[index]), split, index)

@@ -44,6 +44,27 @@ class ClassifierResult(ClassifierOpinion):
     arch: str
 
 
+class GateMeasure(Record):
+    """The input gate's measurements of one case, with the thresholds fitted on train/validation."""
+
+    stats: dict[str, float] = Field(description="image statistics (tools.input_gate.STAT_NAMES)")
+    stat_low: dict[str, float] = Field(description="lower bound of each statistic (train quantile, tail set on validation)")
+    stat_high: dict[str, float] = Field(description="upper bound of each statistic")
+    ood_distance: float = Field(description="Mahalanobis distance of the classifier's features to the train split")
+    ood_threshold: float
+    resize_spread: float | None = Field(description="spread of p over resize views (image files of another size)")
+    resize_threshold: float
+    gate_id: str = Field(description="the fitted gate (checkpoint, gate settings, version)")
+
+
+class InputCheck(GateMeasure):
+    """The gate's decision (``agents.gate.check_input``): flagged for review, or not judgeable at all."""
+
+    judgeable: bool = Field(description="false: blank or near-constant, no diagnosis is given")
+    flagged: bool = Field(description="outside what the classifier was trained on, or unstable under the resize")
+    reasons: list[str]
+
+
 Verdict = Literal["agree", "contradicts_classifier", "contradicts_neighbours", "unparseable"]
 
 
@@ -104,8 +125,8 @@ class Provenance(Record):
     classifier_checkpoint_sha256: str
     classifier_arch: str
     index: str
-    prompt_variant: str
-    template_sha256: str
+    prompt_variant: str | None  # None: not judged (no report was written)
+    template_sha256: str | None
     reporter: dict[str, Any]
     packages: dict[str, str | None]
     timings_s: dict[str, float]
@@ -117,15 +138,18 @@ class CaseReview(Record):
 
     case_id: str
     ground_truth: Label | None
-    classifier: ClassifierResult
+    input_check: InputCheck
+    # The four below are None for a case the gate found blank: it gets no diagnosis.
+    classifier: ClassifierResult | None
     neighbours: list[Neighbour]
-    prompt: PromptRecord
-    report: ReportRecord
-    verification: Verification
+    prompt: PromptRecord | None
+    report: ReportRecord | None
+    verification: Verification | None
     attempts: int
     attempt_log: list[Attempt]
     retried_with_strict_variant: bool
     needs_review: bool
+    review_reasons: list[str] = Field(description="why the case needs a human (empty when it does not)")
     notes: list[str] = []
     errors: list[str] = []
     provenance: Provenance
@@ -152,9 +176,11 @@ class CaseState(TypedDict, total=False):
     image: list[list[int]]  # 28x28 uint8 as nested lists, decoded once
     ground_truth: Label | None
     notes: list[str]
+    views: list[list[list[int]]] | None  # image files of another size: the other resize views
+    # check_input
+    input_check: dict[str, Any]  # InputCheck
     # classify
     classifier: dict[str, Any]  # ClassifierResult
-    needs_review: bool
     # retrieve
     neighbours: list[dict[str, Any]]  # Neighbour records
     # compose_prompt / report / verify (repeated on a retry)
@@ -168,4 +194,6 @@ class CaseState(TypedDict, total=False):
     # bookkeeping
     errors: Annotated[list[str], operator.add]  # failures of earlier tries of this case (resumed since)
     timings: Annotated[dict[str, float], merge_dicts]
+    needs_review: bool  # finalize
+    review_reasons: list[str]  # finalize
     record: dict[str, Any]  # finalize: the CaseReview

@@ -1,5 +1,5 @@
-"""The case-review graph: load -> classify -> retrieve -> compose_prompt -> report -> verify
--> (contradiction and attempts left: compose_prompt with the stricter variant) -> finalize."""
+"""The case-review graph: load -> check_input -> (blank: finalize) -> classify -> retrieve -> compose_prompt
+-> report -> verify -> (contradiction and attempts left: compose_prompt with the stricter variant) -> finalize."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from casereview.agents import nodes
 from casereview.schemas import CaseState
 from casereview.tools.context import RunContext
 
-NODE_ORDER = ("load_case", "classify", "retrieve", "compose_prompt", "report", "verify", "finalize")
+NODE_ORDER = ("load_case", "check_input", "classify", "retrieve", "compose_prompt", "report", "verify", "finalize")
 
 
 def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStateGraph:
@@ -24,9 +24,11 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStat
     g = StateGraph(CaseState, context_schema=RunContext)
     for name in NODE_ORDER:
         g.add_node(name, getattr(nodes, name))
-    for a, b in zip(NODE_ORDER[:5], NODE_ORDER[1:6]):
-        g.add_edge(a, b)
     g.add_edge(START, "load_case")
+    g.add_edge("load_case", "check_input")
+    g.add_conditional_edges("check_input", nodes.route_after_check, ["classify", "finalize"])
+    for a, b in zip(NODE_ORDER[2:6], NODE_ORDER[3:7]):  # classify -> retrieve -> ... -> verify
+        g.add_edge(a, b)
     g.add_conditional_edges("verify", nodes.route_after_verify, ["compose_prompt", "finalize"])
     g.add_edge("finalize", END)
     return g.compile(checkpointer=checkpointer)

@@ -135,19 +135,24 @@ class ReviewRun:
 
     @staticmethod
     def summary(record: dict[str, Any], timings: bool = False) -> str:
-        c, v, rep = record["classifier"], record["verification"], record["report"]
-        votes = [n["label"] for n in record["neighbours"]]
-        lines = [
-            f"{record['case_id']}  (ground truth: {record['ground_truth'] or 'unknown'})",
-            f"  classifier   {c['label']:9s} p(pneumonia)={c['prob_pneumonia']:.3f} threshold={c['threshold']:.3f}"
-            f"{'  UNCERTAIN' if c['uncertain'] else ''}",
-            f"  neighbours   {votes.count('pneumonia')} pneumonia / {votes.count('normal')} normal of {len(votes)} "
-            f"(top similarity {record['neighbours'][0]['similarity']:.3f})" if votes else "  neighbours   none",
-            f"  report       {rep['impression'] or 'unparseable'} ({rep['backend']}, variant {rep['variant']}, "
-            f"{record['attempts']} attempt{'s' if record['attempts'] > 1 else ''})",
-            f"  verification {v['verdict']}: {'; '.join(v['reasons'])}",
-            f"  needs review {'YES' if record['needs_review'] else 'no'}",
-        ]
+        c, v, rep, gate = record["classifier"], record["verification"], record["report"], record["input_check"]
+        lines = [f"{record['case_id']}  (ground truth: {record['ground_truth'] or 'unknown'})"]
+        if not gate["judgeable"]:
+            lines.append("  input        NOT JUDGED (blank or near-constant): no diagnosis")
+        elif gate["flagged"]:
+            lines.append("  input        FLAGGED: outside what the model was trained on, or unstable under the resize")
+        if c is not None:
+            votes = [n["label"] for n in record["neighbours"]]
+            lines += [
+                f"  classifier   {c['label']:9s} p(pneumonia)={c['prob_pneumonia']:.3f} threshold={c['threshold']:.3f}"
+                f"{'  UNCERTAIN' if c['uncertain'] else ''}",
+                f"  neighbours   {votes.count('pneumonia')} pneumonia / {votes.count('normal')} normal of {len(votes)} "
+                f"(top similarity {record['neighbours'][0]['similarity']:.3f})" if votes else "  neighbours   none",
+                f"  report       {rep['impression'] or 'unparseable'} ({rep['backend']}, variant {rep['variant']}, "
+                f"{record['attempts']} attempt{'s' if record['attempts'] > 1 else ''})",
+                f"  verification {v['verdict']}: {'; '.join(v['reasons'])}",
+            ]
+        lines.append(f"  needs review {'YES: ' + '; '.join(record['review_reasons']) if record['needs_review'] else 'no'}")
         if timings:
             t = record["provenance"]["timings_s"]
             total = record["provenance"].get("graph_total_s")

@@ -25,6 +25,7 @@ from casereview.tools.context import RunContext
 from casereview.tools.case_index import build_index, chroma_path
 
 LIMIT = 60  # images per split in the test index
+GATE_FIT = 300  # train and val images the input gate is fitted on in these tests
 
 
 def with_overrides(settings, **sections):
@@ -35,7 +36,7 @@ def with_overrides(settings, **sections):
 def settings(tmp_path_factory, data_root, random_checkpoint):
     s = index_settings(tmp_path_factory.mktemp("graph"), data_root, checkpoint=random_checkpoint, limit=LIMIT, embedder="cnn")
     build_index(s, progress=False)
-    return with_overrides(s, graph={"checkpointer": "memory"}, reporter={"backend": "template"})
+    return with_overrides(s, graph={"checkpointer": "memory"}, reporter={"backend": "template"}, gate={"fit_limit": GATE_FIT})
 
 
 def runtime(settings) -> Runtime:
@@ -241,9 +242,10 @@ def test_one_decode_one_checkpoint_load_one_prompt(settings, tmp_path, monkeypat
     monkeypatch.setattr(casereview.training.checkpoint, "load_classifier", load)
     monkeypatch.setattr("casereview.tools.classifier_tool.load_classifier", load)
     files = []
+    films = load_split("val", settings.data.root).images
     for i, name in enumerate(("a b.png", "a_b.png")):  # names that a naive stem would merge
         files.append(tmp_path / name)
-        Image.fromarray(np.full((64, 64), 60 * (i + 1), dtype=np.uint8)).save(files[-1])
+        Image.fromarray(films[i]).resize((64, 64), Image.Resampling.BICUBIC).save(files[-1])
     run = ReviewRun(settings, "counts", tmp_path / "out")
     from casereview.tools.classifier_tool import CaseClassifier
 

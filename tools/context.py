@@ -21,6 +21,7 @@ from casereview.config import Settings
 from casereview.provenance import sha256_file, sha256_text
 from casereview.tools.case_index import CaseIndex, open_index
 from casereview.tools.classifier_tool import CaseClassifier, load_case_classifier
+from casereview.tools.input_gate import InputGate, load_input_gate
 from casereview.tools.reporter.backends import ReporterBackend, get_backend
 from casereview.training.checkpoint import released_checkpoint
 
@@ -36,6 +37,11 @@ class RunContext:
         return load_case_classifier(self.settings)
 
     @cached_property
+    def gate(self) -> InputGate:
+        """The input gate over the classifier's model (fitted once per checkpoint, then cached on disk)."""
+        return load_input_gate(self.settings, self.classifier.clf)
+
+    @cached_property
     def index(self) -> CaseIndex:
         """The case index; the cnn embedder reuses the classifier's loaded model."""
         shared = self.classifier.clf if self.settings.index.embedder == "cnn" else None
@@ -46,15 +52,15 @@ class RunContext:
         return get_backend(self.settings)
 
     def open(self) -> RunContext:
-        """Load the classifier and open the case index now, so that a missing checkpoint or index
+        """Load the classifier and its input gate and open the case index now, so that a missing checkpoint or index
         fails before any case starts (the reporter backend still loads on first use)."""
-        _ = self.classifier, self.index
+        _ = self.classifier, self.gate, self.index
         return self
 
     def sharing(self, settings: Settings, run_id: str) -> RunContext:
         """A context for other reporter or graph settings that reuses this one's loaded classifier and index."""
         other = RunContext(settings, run_id)
-        for name in ("classifier", "index"):  # cached_property values live in the instance dict
+        for name in ("classifier", "gate", "index"):  # cached_property values live in the instance dict
             if name in self.__dict__:
                 other.__dict__[name] = self.__dict__[name]
         return other
@@ -88,6 +94,7 @@ class RunContext:
             "variant": r.variant,
             "strict_variant": s.graph.strict_variant,
             "seed": r.seed,
+            "gate": s.gate.model_dump(),
         }
 
 

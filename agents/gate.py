@@ -1,0 +1,81 @@
+"""What needs a human: the input gate's decision and the review reasons of a finished case. Pure functions.
+
+The measurements come from ``casereview.tools.input_gate`` (thresholds fitted on train and
+validation); here they become a decision a reader can follow, one reason per finding.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from casereview.agents.verify import neighbour_vote
+from casereview.schemas import GateMeasure, InputCheck
+
+# Below this standard deviation (gray levels) an image is blank or near-constant: there is no
+# film to judge. The least contrasted of the 4,708 training images has 6.3.
+BLANK_STD = 2.0
+OUTSIDE = "input outside what the model was trained on"
+STAT_LABELS = {
+    "mean": "mean brightness",
+    "contrast": "contrast (standard deviation)",
+    "p01": "dark level (1st percentile)",
+    "p99": "bright level (99th percentile)",
+    "detail": "fine detail per unit of contrast (blur lowers it, noise raises it)",
+    "framing": "edge-minus-centre brightness (framing)",
+    "black_border": "share of black pixels in the outer frame",
+}
+
+
+def check_input(m: GateMeasure) -> InputCheck:
+    """Flag a case whose image statistics, feature distance or resize spread exceed their thresholds;
+    a blank or near-constant image cannot be judged at all."""
+    reasons = []
+    judgeable = m.stats["contrast"] >= BLANK_STD
+    if not judgeable:
+        reasons.append(f"blank or near-constant image (contrast {m.stats['contrast']:.1f} gray levels): "
+                       "nothing to judge, so no diagnosis is given")
+    else:
+        for name, value in m.stats.items():
+            low, high = m.stat_low[name], m.stat_high[name]
+            if not low <= value <= high:
+                reasons.append(f"{OUTSIDE}: {STAT_LABELS[name]} {value:.2f} is outside the range of the training "
+                               f"images ({low:.2f} to {high:.2f})")
+        if m.ood_distance > m.ood_threshold:
+            reasons.append(f"{OUTSIDE}: the classifier's features are far from every training case "
+                           f"(distance {m.ood_distance:.1f}, limit {m.ood_threshold:.1f})")
+        if m.resize_spread is not None and m.resize_spread > m.resize_threshold:
+            reasons.append(f"prediction unstable under the resize to 28x28: p(pneumonia) moves by "
+                           f"{m.resize_spread:.2f} across crops and resampling (limit {m.resize_threshold:.2f})")
+    return InputCheck(**m.model_dump(), judgeable=judgeable, flagged=bool(reasons), reasons=reasons)
+
+
+def disagreement(classifier: dict[str, Any], neighbours: list[dict[str, Any]], majority: float) -> str | None:
+    """A reason when the neighbours' clear majority differs from the classifier's label.
+
+    With the cnn embedder the neighbours come from the classifier's own features: agreement is
+    weak confirmation, but disagreement still marks a case near the decision boundary."""
+    label, share = neighbour_vote(neighbours, majority)
+    if label is None or label == classifier["label"]:
+        return None
+    return (f"the classifier says {classifier['label']} (p={classifier['prob_pneumonia']:.2f}) but "
+            f"{share:.0%} of {len(neighbours)} similar cases are {label}")
+
+
+def review_reasons(state: dict[str, Any], majority: float) -> list[str]:
+    """Every reason the finished case needs a human: the gate, the classifier's uncertainty, the
+    classifier against the neighbours, and the verification of the report."""
+    reasons = list(state["input_check"]["reasons"])
+    clf = state.get("classifier")
+    if clf is None:  # not judged: the gate's reason says why
+        return reasons
+    if clf["uncertain"]:
+        reasons.append(f"classifier uncertain: conformal set {' + '.join(clf['prediction_set']) or 'empty'} "
+                       f"at alpha {clf['conformal_alpha']} (p={clf['prob_pneumonia']:.2f})")
+    if (reason := disagreement(clf, state["neighbours"], majority)) is not None:
+        reasons.append(reason)
+    v = state["verification"]
+    if v["verdict"] != "agree":
+        reasons.append(f"verification {v['verdict']}: {'; '.join(v['reasons'])}")
+    elif v["report_impression"] == "indeterminate":
+        reasons.append("the report is indeterminate")
+    return reasons
