@@ -59,7 +59,7 @@ def test_search_within_test_excludes_the_query(base_args, capsys):
     ("argv", "message"),
     [
         (["search", "text", "patchy consolidation"], "no text tower"),
-        (["search", "image", "test:3", "-k", "0"], "k must be a positive integer"),
+        (["search", "image", "test:3", "-k", "0"], "invalid setting index.k = 0"),  # refused by the settings
         (["search", "image", "test:3", "-k", "31"], "larger than the case base"),
         (["search", "image", "test:9999"], "out of range"),
     ],
