@@ -49,3 +49,23 @@ def markdown_env() -> jinja2.Environment:
 def render(template: str, **context: Any) -> str:
     """Render ``templates/<template>`` with StrictUndefined: a missing value is an error, never blank."""
     return markdown_env().get_template(template).render(**context)
+
+
+@lru_cache(maxsize=1)
+def html_env() -> jinja2.Environment:
+    """Jinja for HTML pages: every value is escaped unless a template marks it safe (only our own
+    markup, e.g. base64 figures, ever is), so model output can never become markup or script."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(resources.files("casereview.templates"))),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=True,
+    )
+    env.filters.update({k: markdown_env().filters[k] for k in ("pct", "f")})
+    return env
+
+
+def render_html(template: str, **context: Any) -> str:
+    """Render ``templates/<template>`` as HTML (autoescaped, StrictUndefined)."""
+    return html_env().get_template(template).render(**context)

@@ -14,7 +14,7 @@ import warnings
 
 from casereview.errors import CaseReviewError
 
-COMMAND_MODULES = ("classifier", "report", "review", "reporter", "index")
+COMMAND_MODULES = ("classifier", "report", "review", "reporter", "index", "batch")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,127 @@
+"""Reading a batch folder's case records back as one row per (arm, case), the reference arms
+included: they are derived from each case's classifier opinion and neighbours, at no model cost."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from casereview.agents.verify import neighbour_vote
+from casereview.evaluation.batch_arms import REFERENCE_ARMS
+from casereview.evaluation.batch_runner import arm_dir, load_plan
+from casereview.records import record_stem
+from casereview.schemas import ClassifierOpinion, Neighbour
+from casereview.tools.reporter.backends import TemplateBackend
+from casereview.tools.reporter.evidence import Evidence
+from casereview.tools.reporter.parser import parse_report
+
+BLANK = np.zeros((28, 28), np.uint8)  # TemplateBackend.write reads the opinion and the neighbours only
+
+
+@dataclass(frozen=True)
+class Row:
+    """What the metrics need of one case in one arm."""
+
+    ref: str
+    truth: str | None
+    impression: str | None  # None: unparseable, or no diagnosis (blank image)
+    first_impression: str | None  # of the first attempt (differs after a retry that changed it)
+    verdict: str | None
+    attempts: int
+    needs_review: bool
+    classifier_label: str | None
+    margin: float  # |p - threshold| of the classifier: small is risky
+    vote: str | None  # the neighbours' majority label (None: no clear majority)
+    generate_s: float | None
+    graph_s: float | None
+    chars: int | None  # length of the raw report
+
+
+def read_records(out: Path, arm: str, refs: list[str]) -> dict[str, dict[str, Any]]:
+    """The finished records of ``arm`` for ``refs`` (cases without a record are absent)."""
+    folder = arm_dir(out, arm)
+    found = {}
+    for ref in refs:
+        path = folder / f"{record_stem(ref)}.json"
+        if path.is_file():
+            found[ref] = json.loads(path.read_text())
+    return found
+
+
+def _vote(record: dict[str, Any], majority: float) -> str | None:
+    return neighbour_vote(record["neighbours"], majority)[0]
+
+
+def model_row(ref: str, r: dict[str, Any], majority: float) -> Row:
+    clf, rep, log = r["classifier"], r["report"], r["attempt_log"]
+    return Row(
+        ref=ref, truth=r["ground_truth"], impression=rep["impression"] if rep else None,
+        first_impression=log[0]["impression"] if log else None,
+        verdict=r["verification"]["verdict"] if r["verification"] else None, attempts=r["attempts"],
+        needs_review=r["needs_review"], classifier_label=clf["label"] if clf else None,
+        margin=abs(clf["prob_pneumonia"] - clf["threshold"]) if clf else 0.0, vote=_vote(r, majority),
+        generate_s=r["provenance"]["reporter"].get("generate_s"), graph_s=r["provenance"].get("graph_total_s"),
+        chars=len(rep["raw"]) if rep else None,
+    )
+
+
+def template_impression(record: dict[str, Any], follows: str) -> str | None:
+    """The template backend's impression on this record's evidence, following ``follows``."""
+    clf = record["classifier"]
+    if clf is None:
+        return None
+    opinion = ClassifierOpinion(**{k: v for k, v in clf.items() if k in ClassifierOpinion.model_fields})
+    evidence = Evidence(record["case_id"], BLANK, opinion, tuple(Neighbour(**n) for n in record["neighbours"]))
+    return parse_report(TemplateBackend.write(evidence, follows)).impression
+
+
+def reference_row(ref: str, r: dict[str, Any], arm: str, majority: float) -> Row:
+    """A reference arm's row: its impression from the record's evidence; no report, no retry."""
+    clf = r["classifier"]
+    if arm == "classifier-alone":
+        said = clf["label"] if clf else None
+    elif arm == "neighbour-vote":
+        said = (_vote(r, majority) or "indeterminate") if clf else None
+    else:
+        said = template_impression(r, arm.removeprefix("template-follows-"))
+    return Row(ref=ref, truth=r["ground_truth"], impression=said, first_impression=said, verdict=None, attempts=0,
+               needs_review=bool(clf and clf["uncertain"]) if arm == "classifier-alone" else False,
+               classifier_label=clf["label"] if clf else None,
+               margin=abs(clf["prob_pneumonia"] - clf["threshold"]) if clf else 0.0, vote=_vote(r, majority),
+               generate_s=None, graph_s=None, chars=None)
+
+
+@dataclass
+class BatchRows:
+    """Rows of every arm run and of the reference arms, in the plan's case order."""
+
+    plan: dict[str, Any]
+    arms: dict[str, list[Row]]  # model (and probe) arms, then the reference arms
+    records: dict[str, dict[str, dict[str, Any]]]  # arm -> ref -> record (arms that ran)
+
+    @property
+    def model_arms(self) -> list[str]:
+        return [a["name"] for a in self.plan["arms"] if not a["probe"]]
+
+
+def load_rows(out: Path) -> BatchRows:
+    """Every finished record of the batch in ``out`` as rows; reference arms from the first model arm's
+    records (every arm sees the same opinion and neighbours: only the prompt and backend differ), and
+    reference rows of each probe arm from its own (reversed) evidence."""
+    plan = load_plan(out)
+    refs, majority = plan["refs"], plan["neighbour_majority"]
+    records = {a["name"]: read_records(out, a["name"], refs) for a in plan["arms"]}
+    arms = {name: [model_row(ref, r, majority) for ref, r in recs.items()] for name, recs in records.items()}
+    first = plan["arms"][0]["name"]
+    for ref_arm in REFERENCE_ARMS:
+        arms[ref_arm] = [reference_row(ref, r, ref_arm, majority) for ref, r in records[first].items()]
+    for a in plan["arms"]:
+        if a["probe"] and f"{REFERENCE_ARMS[0]}.{a['probe']}" not in arms:  # the same reversed evidence in every variant
+            for ref_arm in REFERENCE_ARMS:
+                arms[f"{ref_arm}.{a['probe']}"] = [reference_row(ref, r, ref_arm, majority)
+                                                   for ref, r in records[a["name"]].items()]
+    return BatchRows(plan, arms, records)

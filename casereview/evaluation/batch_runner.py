@@ -1,0 +1,241 @@
+"""Running a batch: every (case, arm) through the review graph once, resumable from its records.
+
+Layout of a batch folder ``DIR``::
+
+    DIR/batch.json              the plan: cases, arms and each arm's settings fingerprint
+    DIR/arms/<arm>/<case>.json  one case record per (case, arm), with its .md and .png
+
+A record's JSON is written last and atomically (``casereview.records``): a pair whose JSON exists
+is finished, anything else is run again. So a crash, ``kill -9`` or Ctrl-C loses only the pairs in
+flight, and a rerun of the same command neither repeats nor duplicates a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from casereview.config import Settings
+from casereview.data import load_case, load_split, parse_ref
+from casereview.errors import CaseReviewError
+from casereview.evaluation.batch_arms import Arm, arm_settings
+from casereview.evaluation.batch_collector import BatchingBackend
+from casereview.evaluation.batch_evidence import (
+    FlippedClassifier, PrecomputedClassifier, PrecomputedGate, PrecomputedIndex, SwappedNeighbourIndex,
+)
+from casereview.graphs.review import ReviewRun
+from casereview.provenance import sha256_text
+from casereview.records import record_stem, write_atomic
+from casereview.tools.context import RunContext, fingerprint
+
+PLAN_FILE = "batch.json"
+ARMS_DIR = "arms"
+
+
+class BatchError(CaseReviewError):
+    """The batch cannot go on (or start); what finished is kept."""
+
+
+@dataclass
+class BatchPlan:
+    """The cases and arms of one batch folder."""
+
+    out: Path
+    refs: list[str]
+    arms: list[Arm]
+    settings: Settings
+    split: str | None = None  # the split the cases were drawn from (None: cases named one by one)
+    note: str | None = None  # shown at the top of the report (e.g. "random model: its text is not a result")
+
+    def fingerprints(self) -> dict[str, str]:
+        """Each arm's settings fingerprint (the same one its records carry)."""
+        return {a.name: fingerprint(RunContext(arm_settings(self.settings, a)).fingerprint_fields()) for a in self.arms}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"split": self.split, "note": self.note, "refs": self.refs, "arms": [a.to_dict() for a in self.arms],
+                "fingerprints": self.fingerprints(), "neighbour_majority": self.settings.graph.neighbour_majority}
+
+    def record_path(self, arm: Arm | str, ref: str) -> Path:
+        return arm_dir(self.out, arm if isinstance(arm, str) else arm.name) / f"{record_stem(ref)}.json"
+
+    def pending(self) -> list[tuple[Arm, str]]:
+        """(arm, case) pairs without a finished record, case by case (all arms of a case together,
+        so an interrupted batch still holds paired results)."""
+        return [(a, r) for r in self.refs for a in self.arms if not self.record_path(a, r).is_file()]
+
+
+def arm_dir(out: Path, arm: str) -> Path:
+    return out / ARMS_DIR / arm
+
+
+def split_refs(settings: Settings, split: str, sample: int | None, seed: int) -> list[str]:
+    """Every case of ``split``, or a seeded random sample of ``sample`` of them (in split order)."""
+    n = len(load_split(split, settings.data.root, settings.data.download))
+    idx = np.arange(n) if sample is None or sample >= n else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
+    return [f"{split}:{i}" for i in idx]
+
+
+def save_plan(plan: BatchPlan) -> None:
+    """Write ``batch.json``, or check that the folder's batch is this one (a rerun resumes it)."""
+    path = plan.out / PLAN_FILE
+    mine = plan.to_dict()
+    if path.is_file():
+        old = json.loads(path.read_text())
+        changed = [k for k in mine if old.get(k) != mine[k]]
+        if changed:
+            raise BatchError(
+                f"{plan.out} holds a batch with other {', '.join(changed)} "
+                f"({'settings of an arm' if 'fingerprints' in changed else 'a different plan'}); "
+                "rerun with the same options to resume it, or give a new --out"
+            )
+        return
+    plan.out.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(mine, indent=2) + "\n")
+
+
+def load_plan(out: Path) -> dict[str, Any]:
+    path = out / PLAN_FILE
+    if not path.is_file():
+        raise BatchError(f"{out} holds no batch ({PLAN_FILE} missing); run `casereview batch --out {out} ...` first")
+    return json.loads(path.read_text())
+
+
+def _images(settings: Settings, refs: list[str]) -> np.ndarray:
+    """The 28x28 images of the cases, decoded as ``load_case`` (and so the graph) decodes them."""
+    images = []
+    for ref in refs:
+        parsed = parse_ref(ref)
+        if parsed:
+            images.append(load_split(parsed[0], settings.data.root, settings.data.download).images[parsed[1]])
+        else:
+            images.append(load_case(ref, settings.data.root, settings.data.download).image)
+    return np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
+
+
+def shared_context(settings: Settings, refs: list[str]) -> RunContext:
+    """One context for every arm: the classifier, gate and index loaded once, and every case's gate
+    measures, opinion and neighbours computed in one batched pass (what the check_input, classify
+    and retrieve nodes then ask for)."""
+    ctx = RunContext(settings, "batch").open()
+    images = _images(settings, refs)
+    classifier = PrecomputedClassifier(ctx.classifier, images)
+    g = settings.graph
+    queries = [(g.k_uncertain if classifier.opinion(im).uncertain else g.k, g.case_base, ref if parse_ref(ref) else None)
+               for im, ref in zip(images, refs)]
+    # The context's resources are cached properties: replacing the cached values is what `sharing` copies.
+    ctx.__dict__["index"] = PrecomputedIndex(ctx.index, images, queries)
+    ctx.__dict__["classifier"] = classifier
+    ctx.__dict__["gate"] = PrecomputedGate(ctx.gate, images)
+    return ctx
+
+
+@dataclass
+class BatchOutcome:
+    done: int = 0  # reviews run now
+    skipped: int = 0  # finished in an earlier run
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (arm, case, error)
+    seconds: float = 0.0
+
+
+class BatchRunner:
+    """Runs a plan's pending pairs, ``concurrency`` at a time (threads: server backends wait on I/O)."""
+
+    def __init__(self, plan: BatchPlan, concurrency: int = 1, max_errors: int = 20, progress: bool = True):
+        self.plan, self.concurrency, self.max_errors, self.progress = plan, max(1, concurrency), max_errors, progress
+        self._runs: dict[str, ReviewRun] = {}
+        # Checkpoint threads are named by run id and case: the folder's id keeps two batches apart.
+        self._folder_id = sha256_text(str(plan.out.resolve()))[:10]
+
+    def _contexts(self, base: RunContext) -> Iterator[tuple[Arm, RunContext]]:
+        backend = None
+        for arm in self.plan.arms:
+            s = arm_settings(self.plan.settings, arm)
+            ctx = base.sharing(s, f"batch-{self._folder_id}-{arm.name}")
+            if arm.probe == "flip-classifier":
+                ctx.__dict__["classifier"] = FlippedClassifier(base.classifier)
+            elif arm.probe == "swap-neighbours":
+                ctx.__dict__["index"] = SwappedNeighbourIndex(base.index)
+            if s.reporter.backend == "medgemma" and self.concurrency > 1:
+                # one model, one batching queue for all arms (arms differ only in the prompt)
+                backend = backend or BatchingBackend(ctx.backend, s.reporter.batch_size)
+                ctx.__dict__["backend"] = backend
+            yield arm, ctx
+
+    def run(self) -> BatchOutcome:
+        save_plan(self.plan)
+        pending = self.plan.pending()
+        outcome = BatchOutcome(skipped=len(self.plan.refs) * len(self.plan.arms) - len(pending))
+        if not pending:
+            return outcome
+        base = shared_context(self.plan.settings, sorted({r for _, r in pending}, key=self.plan.refs.index))
+        for arm, ctx in self._contexts(base):
+            self._runs[arm.name] = ReviewRun(ctx.settings, ctx.run_id, arm_dir(self.plan.out, arm.name), context=ctx)
+        start = time.perf_counter()
+        bar = tqdm(total=len(pending), desc="batch", unit="review", disable=not self.progress, file=sys.stderr)
+        try:
+            if self.concurrency == 1:
+                for arm, ref in pending:
+                    self._finish(outcome, arm, ref, self._review, bar)
+            else:
+                self._run_threads(pending, outcome, bar)
+        finally:
+            bar.close()
+            outcome.seconds = time.perf_counter() - start
+        return outcome
+
+    def _review(self, arm: Arm, ref: str) -> None:
+        self._runs[arm.name].review(ref)
+
+    def _finish(self, outcome: BatchOutcome, arm: Arm, ref: str, call, bar: tqdm) -> None:
+        """Run one pair (or take its future's result) and account for it."""
+        try:
+            call(arm, ref)
+        except CaseReviewError as exc:  # this pair failed; the others go on
+            outcome.failed.append((arm.name, ref, f"{type(exc).__name__}: {exc}"))
+            if len(outcome.failed) >= self.max_errors:
+                raise BatchError(
+                    f"stopped after {len(outcome.failed)} failed reviews; the last: {ref} ({arm.name}): {exc}. "
+                    f"{outcome.done} reviews finished now and are kept; fix the cause and rerun the same command"
+                ) from exc
+        except OSError as exc:  # a record could not be written (disk full, permissions): nothing more can be saved
+            raise BatchError(
+                f"cannot write the records of {arm.name} under {self.plan.out}: {exc}. {outcome.done} reviews "
+                "finished now and are kept (every saved record is complete); free space and rerun the same command"
+            ) from exc
+        else:
+            outcome.done += 1
+        finally:
+            bar.update(1)
+
+    def _run_threads(self, pending: list[tuple[Arm, str]], outcome: BatchOutcome, bar: tqdm) -> None:
+        # At most `concurrency` pairs in flight: a stop (error, Ctrl-C) leaves few to cancel.
+        todo = iter(pending)
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="batch") as pool:
+            running: dict[Future, tuple[Arm, str]] = {}
+            try:
+                for pair in todo:
+                    running[pool.submit(self._review, *pair)] = pair
+                    if len(running) < self.concurrency:
+                        continue
+                    self._collect(running, outcome, bar)
+                while running:
+                    self._collect(running, outcome, bar)
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                raise
+
+    def _collect(self, running: dict[Future, tuple[Arm, str]], outcome: BatchOutcome, bar: tqdm) -> None:
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            arm, ref = running.pop(future)
+            self._finish(outcome, arm, ref, lambda *_: future.result(), bar)
