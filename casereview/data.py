@@ -274,6 +274,33 @@ def check_ref(ref: str, root: Path | str | None = None, download: bool = False) 
         raise CaseError(f"case {ref} out of range: the {split} split has indices 0..{n - 1}")
 
 
+def expand_folders(items: list[str]) -> list[str]:
+    """Case references from command-line items: a folder becomes the PNG/JPEG files in it (sorted);
+    a folder holding anything else, or nothing, is a :class:`CaseError`."""
+    refs: list[str] = []
+    for item in items:
+        path = Path(item)
+        if parse_ref(item) is None and path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+            if others:
+                raise CaseError(f"{path} holds files that are not PNG/JPEG images: {', '.join(others[:5])}"
+                                f"{' ...' if len(others) > 5 else ''}; move them out or pass the images one by one")
+            if not files:
+                raise CaseError(f"{path} holds no PNG/JPEG images")
+            refs.extend(str(p) for p in files)
+        else:
+            refs.append(item)
+    return refs
+
+
+def check_refs(refs: list[str], root: Path | str | None = None, download: bool = False) -> list[str]:
+    """``refs`` once each is known to load (:func:`check_ref`), before anything expensive starts."""
+    for ref in refs:
+        check_ref(ref, root, download)
+    return refs
+
+
 def load_case(ref: str, root: Path | str | None = None, download: bool = False) -> Case:
     """Resolve ``split:index`` against the dataset, or read an image file."""
     check_ref(ref, root, download)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ def record_stem(case_id: str) -> str:
     """A file stem for a case id: ``test:42`` -> ``test_42``; a path -> ``<name>-<hash of the path>``."""
     if parse_ref(case_id):
         return case_id.replace(":", "_")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(case_id).stem).strip("_.")[:60] or "image"
+    # \w keeps letters of any script readable (肺炎.png -> 肺炎-<hash>); the hash keeps names apart.
+    name = re.sub(r"[^\w.-]+", "_", unicodedata.normalize("NFC", Path(case_id).stem)).strip("_.")[:60] or "image"
     digest = hashlib.sha256(str(Path(case_id).resolve()).encode()).hexdigest()[:10]
     return f"{name}-{digest}"
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 import numpy as np
 
 from casereview.config import Settings
-from casereview.data import IMAGE_SUFFIXES, CaseError, check_ref, parse_ref
+from casereview.data import check_refs, expand_folders
 from casereview.errors import CaseReviewError
 from casereview.graphs.graph import NODE_ORDER, build_graph, make_checkpointer, thread_config
-from casereview.provenance import utc_now
+from casereview.provenance import sha256_text, utc_now
 from casereview.records import record_stem, save_case_record
 from casereview.tools.context import RunContext, fingerprint
 
@@ -24,27 +26,48 @@ class SettingsChangedError(CaseReviewError):
     """A case of this run was started with other settings; resuming it would mix two configurations."""
 
 
+class RunInUseError(CaseReviewError):
+    """Another process is working on this run id."""
+
+
+_HELD_LOCKS: dict[Path, IO[str]] = {}  # run locks this process holds (a process may reopen its own runs)
+
+
+def lock_run(workdir: Path, run_id: str) -> Path:
+    """Hold the run id's lock for the rest of this process, or raise :class:`RunInUseError`.
+
+    An OS file lock (``flock``): it is released when the holding process ends, even by ``kill -9``,
+    so a crashed run never blocks its own resume."""
+    path = Path(workdir) / "locks" / f"{sha256_text(run_id)[:16]}.lock"
+    if path in _HELD_LOCKS:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise RunInUseError(f"run {run_id} is in use by {holder}; wait for it to finish, or start a new run "
+                            "(omit --run-id)") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"process {os.getpid()}")
+    fh.flush()
+    _HELD_LOCKS[path] = fh
+    return path
+
+
 def expand_case_refs(items: list[str], settings: Settings) -> list[str]:
     """Case references from CLI arguments; folders expand to their images. Everything is checked
     (existence, range, readable header) before any model loads, so a bad input never leaves a
     half-finished run behind."""
-    refs: list[str] = []
-    for item in items:
-        path = Path(item)
-        if parse_ref(item) is None and path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
-            others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
-            if others:
-                raise CaseError(f"{path} holds files that are not PNG/JPEG images: {', '.join(others[:5])}"
-                                f"{' ...' if len(others) > 5 else ''}; move them out or pass the images one by one")
-            if not files:
-                raise CaseError(f"{path} holds no PNG/JPEG images")
-            refs.extend(str(p) for p in files)
-        else:
-            refs.append(item)
+    refs = check_refs(expand_folders(items), settings.data.root, settings.data.download)
+    unique: dict[str, str] = {}  # a case named twice (also as ./a.png and a.png) is reviewed once
     for ref in refs:
-        check_ref(ref, settings.data.root, settings.data.download)
-    return list(dict.fromkeys(refs))  # a case named twice is reviewed once
+        unique.setdefault(record_stem(ref), ref)
+    return list(unique.values())
 
 
 def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -56,6 +79,7 @@ class ReviewRun:
 
     def __init__(self, settings: Settings, run_id: str, out: Path, context: RunContext | None = None):
         self.settings, self.run_id, self.out = settings, run_id, out
+        lock_run(settings.paths.workdir, run_id)  # before any model loads: a second process exits at once
         kind = settings.graph.checkpointer
         self.context = (context or RunContext(settings, run_id)).open()
         self.checkpointer = make_checkpointer(kind, settings.paths.workdir / "checkpoints.sqlite")

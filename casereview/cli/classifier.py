@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from casereview.cli.common import add_common_options, settings_from_args
+from casereview.cli.common import add_common_options, require_positive, settings_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,10 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="classify images or cases: calibrated p(pneumonia) and label",
-        description="Classify case references (test:42) or PNG/JPEG files with a checkpoint.",
+        description="Classify case references (test:42), PNG/JPEG files or folders of them with a checkpoint.",
     )
     add_common_options(p)
-    p.add_argument("cases", nargs="+", help="case refs like test:42 or image paths")
+    p.add_argument("cases", nargs="+", help="case refs like test:42, image paths or folders of images")
     p.add_argument("--checkpoint", type=Path, help="default: the released checkpoint")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     p.set_defaults(func=run_predict)
@@ -120,6 +120,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from casereview.training.evaluate import evaluate
 
+    require_positive(args, "bootstrap")
     settings = settings_from_args(args, classifier={"checkpoint": args.checkpoint})
     start = time.perf_counter()
     metrics = evaluate(settings, args.split, args.out, figures=args.figures, n_boot=args.bootstrap)
@@ -135,13 +136,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from casereview.data import load_case
+    from casereview.data import check_refs, expand_folders, load_case
     from casereview.training.checkpoint import load_classifier
     from casereview.training.predict import predict_proba
 
     settings = settings_from_args(args, classifier={"checkpoint": args.checkpoint})
+    refs = check_refs(expand_folders(args.cases), settings.data.root, settings.data.download)  # before the model loads
     clf = load_classifier(settings.classifier.checkpoint, settings.classifier.device)
-    cases = [load_case(ref, settings.data.root, settings.data.download) for ref in args.cases]
+    cases = [load_case(ref, settings.data.root, settings.data.download) for ref in refs]
     probs = predict_proba(clf, np.stack([c.image for c in cases]))
     for case, p in zip(cases, probs):
         label = "pneumonia" if p >= clf.threshold else "normal"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from casereview.config import Settings, load_settings
+from casereview.errors import CaseReviewError
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -26,3 +27,11 @@ def settings_from_args(args: argparse.Namespace, **sections: dict[str, Any]) -> 
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
     return load_settings(getattr(args, "config", None), overrides)
+
+
+def require_positive(args: argparse.Namespace, *names: str) -> None:
+    """A one-line error for integer flags that must be at least 1 (checked before any work starts)."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CaseReviewError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
