@@ -159,7 +159,7 @@ class BatchRunner:
         backend = None
         for arm in self.plan.arms:
             s = arm_settings(self.plan.settings, arm)
-            ctx = base.sharing(s, f"batch-{self._folder_id}-{arm.name}")
+            ctx = base.sharing(s, self._run_id(arm))
             if arm.probe == "flip-classifier":
                 ctx.__dict__["classifier"] = FlippedClassifier(base.classifier)
             elif arm.probe == "swap-neighbours":
@@ -179,6 +179,7 @@ class BatchRunner:
         base = shared_context(self.plan.settings, sorted({r for _, r in pending}, key=self.plan.refs.index))
         for arm, ctx in self._contexts(base):
             self._runs[arm.name] = ReviewRun(ctx.settings, ctx.run_id, arm_dir(self.plan.out, arm.name), context=ctx)
+        self._tidy()
         start = time.perf_counter()
         bar = tqdm(total=len(pending), desc="batch", unit="review", disable=not self.progress, file=sys.stderr)
         try:
@@ -191,6 +192,17 @@ class BatchRunner:
             bar.close()
             outcome.seconds = time.perf_counter() - start
         return outcome
+
+    def _tidy(self) -> None:
+        """Delete the temporary files a killed writer left behind (never a record: records are renamed
+        into place whole). Called once the arms' review runs exist: each holds its run id's lock."""
+        for arm in self.plan.arms:
+            folder = arm_dir(self.plan.out, arm.name)
+            for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+                tmp.unlink(missing_ok=True)
+
+    def _run_id(self, arm: Arm) -> str:
+        return f"batch-{self._folder_id}-{arm.name}"
 
     def _review(self, arm: Arm, ref: str) -> None:
         self._runs[arm.name].review(ref)

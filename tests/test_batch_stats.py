@@ -1,0 +1,138 @@
+"""Batch statistics against hand-computed values on small fixed tables, and against scipy/sklearn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+from sklearn.metrics import cohen_kappa_score
+
+from casereview.evaluation import batch_stats as st
+from casereview.evaluation.batch_metrics import compare, evidence_analysis, probe_analysis, retry_analysis, review_analysis
+from casereview.evaluation.batch_records import Row
+
+P, N, I = "pneumonia", "normal", "indeterminate"
+
+
+def test_scores_by_hand():
+    # 4 pneumonia cases: said P, P, N, indeterminate; 3 normal cases: said N, P, None (unparseable)
+    truth = [P, P, P, P, N, N, N]
+    said = [P, P, N, I, N, P, None]
+    s = st.scores(truth, said)
+    assert s["accuracy"] == pytest.approx(3 / 7)
+    assert s["sensitivity"] == pytest.approx(2 / 4)
+    assert s["specificity"] == pytest.approx(1 / 3)
+    assert s["balanced_accuracy"] == pytest.approx((2 / 4 + 1 / 3) / 2)
+    # tp 2, fp 1 (normal called pneumonia), fn 2 (missed pneumonia, abstention included)
+    assert s["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))
+
+
+def test_scores_without_a_class_are_nan():
+    s = st.scores([P, P], [P, N])
+    assert np.isnan(s["specificity"]) and s["sensitivity"] == 0.5
+
+
+@pytest.mark.parametrize(("only_a", "only_b", "p"), [(1, 6, 2 * (1 + 7) / 2**7), (0, 0, 1.0), (3, 3, 1.0), (0, 5, 2 / 2**5)])
+def test_mcnemar_exact_by_hand_and_scipy(only_a, only_b, p):
+    both = 4
+    a = np.array([True] * only_a + [False] * only_b + [True] * both)
+    b = np.array([False] * only_a + [True] * only_b + [True] * both)
+    out = st.mcnemar_exact(a, b)
+    assert (out["only_a_right"], out["only_b_right"]) == (only_a, only_b)
+    assert out["p"] == pytest.approx(p)
+    if only_a + only_b:
+        assert out["p"] == pytest.approx(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def test_holm_by_hand():
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.06
+    assert st.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert st.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_kappa_by_hand_and_sklearn():
+    assert st.cohen_kappa([P, P, N, N], [P, N, N, N]) == pytest.approx(0.5)  # observed .75, expected .5
+    rng = np.random.default_rng(1)
+    labels = np.array([P, N, I, "none"], dtype=object)
+    a, b = labels[rng.integers(0, 4, 200)], labels[rng.integers(0, 3, 200)]
+    assert st.cohen_kappa(list(a), list(b)) == pytest.approx(cohen_kappa_score(a.astype(str), b.astype(str)))
+    assert st.cohen_kappa([P, None, N], [P, None, N]) == pytest.approx(1.0)  # None is a label of its own
+
+
+def test_paired_bootstrap():
+    rng = np.random.default_rng(0)
+    truth = rng.choice([P, N], 120)
+    good = np.where(rng.random(120) < 0.9, truth, np.where(truth == P, N, P))
+    bad = np.where(rng.random(120) < 0.6, truth, np.where(truth == P, N, P))
+    draws = st.bootstrap_draws(120, 500, seed=0)
+    same = st.paired_difference(truth, good, good, draws)
+    assert same["accuracy"] == {"value": 0.0, "ci95": [0.0, 0.0]}
+    diff = st.paired_difference(truth, good, bad, draws)
+    point = st.scores(truth, good)["accuracy"] - st.scores(truth, bad)["accuracy"]
+    assert diff["accuracy"]["value"] == pytest.approx(point)
+    lo, hi = diff["accuracy"]["ci95"]
+    assert 0 < lo < point < hi  # 90% vs 60% right on 120 cases: clearly apart
+    ci = st.scores_with_intervals(truth, good, draws)["accuracy"]
+    assert ci["ci95"][0] < ci["value"] < ci["ci95"][1]
+
+
+def test_risk_coverage_by_hand():
+    out = st.risk_coverage(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.5]))
+    assert out["coverage"] == [0.25, 0.5, 0.75, 1.0]
+    assert out["risk"] == pytest.approx([0, 0, 1 / 3, 1 / 2], abs=1e-5)
+    assert out["aurc"] == pytest.approx((1 / 3 + 1 / 2) / 4)
+
+
+def row(ref, truth, said, **kw):
+    base = dict(first_impression=said, verdict="agree", attempts=1, needs_review=False, classifier_label=said,
+                margin=0.4, vote=said, generate_s=0.1, graph_s=0.2, chars=10)
+    return Row(ref=ref, truth=truth, impression=said, **(base | kw))
+
+
+def test_retry_and_review_analysis_by_hand():
+    rows = [
+        row("t:0", P, P, attempts=2, first_impression=N),  # retry fixed it
+        row("t:1", N, P, attempts=2, first_impression=N),  # retry broke it
+        row("t:2", N, N, attempts=2, first_impression=N),  # retried, unchanged
+        row("t:3", P, N, needs_review=True, margin=0.01),  # an error, flagged
+        row("t:4", N, N),
+    ]
+    r = retry_analysis(rows)
+    assert r == {"retry_rate": 0.6, "n_retried": 3, "changed": 2, "changed_to_right": 1, "changed_from_right": 1}
+    rv = review_analysis(rows)
+    assert rv["needs_review_rate"] == 0.2 and rv["n_unflagged"] == 4
+    assert rv["accuracy_unflagged"] == 0.75 and rv["accuracy_flagged"] == 0.0
+    assert rv["errors_flagged_share"] == 0.5  # t:1 unflagged error, t:3 flagged error
+
+
+def test_compare_holm_and_evidence_by_hand():
+    truth = [P, P, N, N, P]
+    rows = {
+        "a": [row(f"t:{i}", t, t) for i, t in enumerate(truth)],  # all right
+        "b": [row(f"t:{i}", t, N) for i, t in enumerate(truth)],  # says normal always
+        "c": [row(f"t:{i}", t, t) for i, t in enumerate(truth)][:3],  # three cases only
+    }
+    out = {(c["a"], c["b"]): c for c in compare(rows, ["a", "b", "c"], n_boot=200, seed=0)}
+    ab = out[("a", "b")]
+    assert ab["n"] == 5 and ab["mcnemar"]["only_a_right"] == 3 and ab["mcnemar"]["only_b_right"] == 0
+    assert ab["mcnemar"]["p"] == pytest.approx(2 / 8)
+    assert out[("a", "c")]["n"] == 3 and out[("a", "c")]["mcnemar"]["p"] == 1.0
+    assert ab["mcnemar"]["p_holm"] == pytest.approx(min(1, 3 * 2 / 8))  # smallest of three p-values
+    ev = evidence_analysis([row("t:0", P, P, classifier_label=P, vote=N), row("t:1", N, N, classifier_label=P, vote=N),
+                            row("t:2", N, N, classifier_label=N, vote=None), row("t:3", N, N, classifier_label=N, vote=N)])
+    assert ev == {"n": 4, "no_vote_majority": 1, "disagree": 2, "disagree_rate": 0.5, "classifier_right": 1, "vote_right": 1}
+
+
+def test_probe_anchoring_by_hand():
+    plan = {"arms": [{"name": "x-g", "backend": "x", "variant": "g", "probe": None},
+                     {"name": "x-g.flip-classifier", "backend": "x", "variant": "g", "probe": "flip-classifier"}]}
+    base = [row("t:0", P, P), row("t:1", N, N), row("t:2", P, P), row("t:3", N, N)]
+    # flipped classifier labels N, P, N, P; the arm follows it on two cases, keeps one, abstains on one
+    flipped = [row("t:0", P, N, classifier_label=N), row("t:1", N, P, classifier_label=P),
+               row("t:2", P, P, classifier_label=N), row("t:3", N, I, classifier_label=P)]
+    rows = {"x-g": base, "x-g.flip-classifier": flipped}
+    for ref in ("classifier-alone", "neighbour-vote", "template-follows-both", "template-follows-classifier",
+                "template-follows-neighbours"):
+        rows[ref], rows[f"{ref}.flip-classifier"] = base, flipped
+    p = probe_analysis(rows, plan)["x-g.flip-classifier"]
+    assert p["n"] == 4 and p["anchoring_rate"] == 0.5 and p["changed_rate"] == 0.75 and p["indeterminate_rate"] == 0.25
