@@ -85,7 +85,7 @@ def test_risk_coverage_by_hand():
 
 def row(ref, truth, said, **kw):
     base = dict(first_impression=said, verdict="agree", attempts=1, needs_review=False, classifier_label=said,
-                margin=0.4, vote=said, generate_s=0.1, graph_s=0.2, chars=10)
+                classifier_uncertain=False, margin=0.4, vote=said, generate_s=0.1, graph_s=0.2, chars=10)
     return Row(ref=ref, truth=truth, impression=said, **(base | kw))
 
 
@@ -126,10 +126,11 @@ def test_compare_holm_and_evidence_by_hand():
 def test_probe_anchoring_by_hand():
     plan = {"arms": [{"name": "x-g", "backend": "x", "variant": "g", "probe": None},
                      {"name": "x-g.flip-classifier", "backend": "x", "variant": "g", "probe": "flip-classifier"}]}
-    base = [row("t:0", P, P), row("t:1", N, N), row("t:2", P, P), row("t:3", N, N)]
+    base = [row("t:0", P, P), row("t:1", N, N), row("t:2", P, P), row("t:3", N, N), row("t:4", N, N)]
     # flipped classifier labels N, P, N, P; the arm follows it on two cases, keeps one, abstains on one
     flipped = [row("t:0", P, N, classifier_label=N), row("t:1", N, P, classifier_label=P),
-               row("t:2", P, P, classifier_label=N), row("t:3", N, I, classifier_label=P)]
+               row("t:2", P, P, classifier_label=N), row("t:3", N, I, classifier_label=P),
+               row("t:4", N, P, classifier_label=P, classifier_uncertain=True)]  # uncertain: not counted
     rows = {"x-g": base, "x-g.flip-classifier": flipped}
     for ref in ("classifier-alone", "neighbour-vote", "template-follows-both", "template-follows-classifier",
                 "template-follows-neighbours"):

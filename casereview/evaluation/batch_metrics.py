@@ -138,15 +138,17 @@ def evidence_analysis(rows: list[Row]) -> dict[str, Any]:
 
 
 def probe_analysis(rows: dict[str, list[Row]], plan: dict[str, Any]) -> dict[str, Any]:
-    """Anchoring: the share of impressions that follow the reversed evidence (its label: the flipped
-    classifier's, or the swapped neighbours' majority), and how many impressions changed at all."""
+    """Anchoring: the share of impressions that follow the reversed evidence, on the cases where that
+    evidence states a label with confidence (the flipped classifier outside its uncertainty band, or
+    a clear majority of the swapped neighbours), and how many impressions changed at all."""
     out = {}
     probed = [(a["name"], f"{a['backend']}-{a['variant']}", a["probe"]) for a in plan["arms"] if a["probe"]]
     probes = {p for *_, p in probed}
     probed += [(f"{ref}.{p}", ref, p) for p in probes for ref in REFERENCE_ARMS]
     for name, base, probe in probed:
         base_said = {r.ref: r.impression for r in rows[base]}
-        target = [(r, r.classifier_label if probe == "flip-classifier" else r.vote) for r in rows[name]]
+        target = [(r, (None if r.classifier_uncertain else r.classifier_label) if probe == "flip-classifier" else r.vote)
+                  for r in rows[name]]
         target = [(r, t) for r, t in target if t is not None and r.ref in base_said]
         out[name] = {
             "base": base, "probe": probe, "reverses": PROBES[probe], "n": len(target),

@@ -34,6 +34,7 @@ class Row:
     attempts: int
     needs_review: bool
     classifier_label: str | None
+    classifier_uncertain: bool  # inside the conformal uncertainty band
     margin: float  # |p - threshold| of the classifier: small is risky
     vote: str | None  # the neighbours' majority label (None: no clear majority)
     generate_s: float | None
@@ -63,7 +64,7 @@ def model_row(ref: str, r: dict[str, Any], majority: float) -> Row:
         first_impression=log[0]["impression"] if log else None,
         verdict=r["verification"]["verdict"] if r["verification"] else None, attempts=r["attempts"],
         needs_review=r["needs_review"], classifier_label=clf["label"] if clf else None,
-        margin=abs(clf["prob_pneumonia"] - clf["threshold"]) if clf else 0.0, vote=_vote(r, majority),
+        classifier_uncertain=bool(clf and clf["uncertain"]), margin=abs(clf["prob_pneumonia"] - clf["threshold"]) if clf else 0.0, vote=_vote(r, majority),
         generate_s=r["provenance"]["reporter"].get("generate_s"), graph_s=r["provenance"].get("graph_total_s"),
         chars=len(rep["raw"]) if rep else None,
     )
@@ -90,7 +91,7 @@ def reference_row(ref: str, r: dict[str, Any], arm: str, majority: float) -> Row
         said = template_impression(r, arm.removeprefix("template-follows-"))
     return Row(ref=ref, truth=r["ground_truth"], impression=said, first_impression=said, verdict=None, attempts=0,
                needs_review=bool(clf and clf["uncertain"]) if arm == "classifier-alone" else False,
-               classifier_label=clf["label"] if clf else None,
+               classifier_label=clf["label"] if clf else None, classifier_uncertain=bool(clf and clf["uncertain"]),
                margin=abs(clf["prob_pneumonia"] - clf["threshold"]) if clf else 0.0, vote=_vote(r, majority),
                generate_s=None, graph_s=None, chars=None)
 

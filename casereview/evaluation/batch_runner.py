@@ -176,7 +176,9 @@ class BatchRunner:
         outcome = BatchOutcome(skipped=len(self.plan.refs) * len(self.plan.arms) - len(pending))
         if not pending:
             return outcome
-        base = shared_context(self.plan.settings, sorted({r for _, r in pending}, key=self.plan.refs.index))
+        # Every case of the plan, not just the pending ones: the batched forward pass then sees the same
+        # batches in a resumed run as in one that ran through, so the numbers match to the last bit.
+        base = shared_context(self.plan.settings, self.plan.refs)
         for arm, ctx in self._contexts(base):
             self._runs[arm.name] = ReviewRun(ctx.settings, ctx.run_id, arm_dir(self.plan.out, arm.name), context=ctx)
         self._tidy()
