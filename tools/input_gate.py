@@ -34,7 +34,7 @@ from casereview.schemas import GateMeasure
 from casereview.training.checkpoint import Classifier
 from casereview.training.predict import embed_images, predict_proba
 
-GATE_VERSION = 2  # bump when a measurement changes: cached gates of older versions are refitted
+GATE_VERSION = 3  # bump when a measurement changes: cached gates of older versions are refitted
 STAT_NAMES = ("mean", "contrast", "p01", "p99", "detail", "framing", "black_border")
 EXTERNAL_SIDE = 224  # validation images are served at this size to fit the resize-stability threshold
 RING = 3  # pixels of the outer frame used by the framing statistics
@@ -62,14 +62,24 @@ TAIL_GRID = np.geomspace(1e-4, 0.05, 60)  # tail shares of the train split tried
 
 def stat_bounds(train_stats: np.ndarray, val_stats: np.ndarray, rate: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-statistic (low, high) bounds: train quantiles at the largest tail share whose bounds flag
-    at most ``rate`` of the validation images (any statistic outside its bounds flags an image)."""
-    best = (train_stats.min(axis=0), train_stats.max(axis=0))
+    at most ``rate`` of the validation images (any statistic outside its bounds flags an image).
+    When even the train split's full range flags more (a small train sample), the range is widened
+    until validation agrees."""
+
+    def flag_rate(low: np.ndarray, high: np.ndarray) -> float:
+        return float(((val_stats < low) | (val_stats > high)).any(axis=1).mean())
+
+    low, high = train_stats.min(axis=0), train_stats.max(axis=0)
+    if flag_rate(low, high) > rate:
+        span = high - low
+        margin = next(m for m in np.arange(0.05, 100, 0.05) if flag_rate(low - m * span, high + m * span) <= rate)
+        return low - margin * span, high + margin * span
     for tail in TAIL_GRID:
-        low, high = np.quantile(train_stats, [tail, 1 - tail], axis=0)
-        if ((val_stats < low) | (val_stats > high)).any(axis=1).mean() > rate:
+        lo, hi = np.quantile(train_stats, [tail, 1 - tail], axis=0)
+        if flag_rate(lo, hi) > rate:
             break
-        best = (low, high)
-    return best
+        low, high = lo, hi
+    return low, high
 
 
 def upper_threshold(scores: np.ndarray, rate: float) -> float:
@@ -146,13 +156,14 @@ class InputGate:
         stats, ood = self.measure_batch(images)
         spreads = spreads if spreads is not None else [None] * len(ood)
         m = self.model
-        low = {n: round(float(v), 4) for n, v in zip(STAT_NAMES, m.stat_low)}
-        high = {n: round(float(v), 4) for n, v in zip(STAT_NAMES, m.stat_high)}
+        # Unrounded: the decision compares these exactly as the thresholds were fitted.
+        low = {n: float(v) for n, v in zip(STAT_NAMES, m.stat_low)}
+        high = {n: float(v) for n, v in zip(STAT_NAMES, m.stat_high)}
         return [
             GateMeasure(
-                stats={n: round(float(v), 4) for n, v in zip(STAT_NAMES, s)}, stat_low=low, stat_high=high,
-                ood_distance=round(float(d), 4), ood_threshold=m.ood_threshold,
-                resize_spread=None if sp is None else round(sp, 4), resize_threshold=m.resize_threshold,
+                stats={n: float(v) for n, v in zip(STAT_NAMES, s)}, stat_low=low, stat_high=high,
+                ood_distance=float(d), ood_threshold=m.ood_threshold,
+                resize_spread=sp, resize_threshold=m.resize_threshold,
                 gate_id=m.gate_id,
             )
             for s, d, sp in zip(stats, ood, spreads)

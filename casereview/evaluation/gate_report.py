@@ -102,8 +102,12 @@ def flag_rows(flags: dict[str, np.ndarray], wrong: np.ndarray) -> list[FlagRow]:
     return rows
 
 
-def review_flags(ctx: RunContext, split: str) -> tuple[list[FlagRow], int]:
-    """The review flags of the graph on every case of ``split`` and the classifier's errors they catch."""
+def review_flags(ctx: RunContext, split: str, margin_cut: float | None = None) -> tuple[list[FlagRow], int, float]:
+    """The review flags of the graph on every case of ``split`` and the classifier's errors they catch.
+
+    A reference row flags the cases whose p lies closest to the decision threshold, as many as the
+    review flag sends on validation: ``margin_cut`` (None: set here, on this split; pass the
+    validation cut for test). Returns the rows, the number of cases and the cut."""
     s = ctx.settings
     data = load_split(split, s.data.root, s.data.download)
     opinions = [o.model_dump() for o in ctx.classifier.opinions(data.images)]
@@ -114,9 +118,13 @@ def review_flags(ctx: RunContext, split: str) -> tuple[list[FlagRow], int]:
     uncertain = np.array([o["uncertain"] for o in opinions])
     disagree = np.array([disagreement(o, n, s.graph.neighbour_majority) is not None for o, n in zip(opinions, neighbours)])
     wrong = np.array([(o["label"] == "pneumonia") != bool(y) for o, y in zip(opinions, data.labels)])
+    review = gate | uncertain | disagree
+    margin = np.array([abs(o["prob_pneumonia"] - o["threshold"]) for o in opinions])
+    cut = float(np.quantile(margin, review.mean())) if margin_cut is None else margin_cut
     flags = {"input gate": gate, "conformal uncertainty": uncertain, "classifier vs neighbour vote": disagree,
-             "uncertainty or disagreement": uncertain | disagree, "all three (the review flag)": gate | uncertain | disagree}
-    return flag_rows(flags, wrong), len(data)
+             "uncertainty or disagreement": uncertain | disagree, "all three (the review flag)": review,
+             f"reference: p within {cut:.3f} of the threshold": margin <= cut}
+    return flag_rows(flags, wrong), len(data), cut
 
 
 def resize_rows(ctx: RunContext, folder: Path) -> list[FlagRow]:
@@ -164,14 +172,17 @@ def write_gate_report(settings: Settings, out_dir: Path) -> Path:
         shifts, examples = shift_rows(ctx, test.images, test.labels, Path(tmp))
         resize = resize_rows(ctx, Path(tmp))
     _figure(shifts, examples, out_dir / FIGURE_NAME, out_dir / EXAMPLES_NAME)
-    risk = {split: review_flags(ctx, split) for split in ("val", "test")}
+    risk = {"val": review_flags(ctx, "val")}
+    risk["test"] = review_flags(ctx, "test", margin_cut=risk["val"][2])  # the cut chosen on validation
     model = ctx.gate.model
     context: dict[str, Any] = dict(
         created=utc_now(), commit=git_commit(), gate=model, meta=model.meta, settings=s,
         bounds=[(n, float(lo), float(hi)) for n, lo, hi in zip(STAT_NAMES, model.stat_low, model.stat_high)],
         false_val=false_flags(ctx.gate, val.images), false_test=false_flags(ctx.gate, test.images),
         shifts=shifts, resize=resize, risk=risk, figure=FIGURE_NAME, examples=EXAMPLES_NAME,
+        caught=[r for r in shifts[1:] if r.flagged >= 0.9], partly=[r for r in shifts[1:] if 0.4 <= r.flagged < 0.9],
         missed=[r for r in shifts if r.flipped >= 0.1 and r.flipped_unflagged >= 0.05],
+        by_name={r.name: r for r in shifts},
     )
     path = out_dir / REPORT_NAME
     path.write_text(render("gate_report.md.j2", **context))
