@@ -74,6 +74,7 @@ def test_build_stores_each_split_in_its_own_collection(pixel_index, data_root):
         assert collection.name.startswith(pixel_index.name) and collection.name.endswith(f"-{split}")
     assert pixel_index.provenance["embedder"] == "pixels" and pixel_index.provenance["limit"] == LIMIT
     assert pixel_index.provenance["n_items"] == 3 * LIMIT
+    assert pixel_index.provenance["cpu_count"] >= 1 and pixel_index.provenance["load_avg_1m"] >= 0
 
 
 def test_rebuild_is_idempotent(tmp_path, data_root):

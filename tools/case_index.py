@@ -22,6 +22,7 @@ collections are searched, so a search cannot return a test case by construction.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 import uuid
@@ -352,6 +353,7 @@ def build_index(
     One build at a time per location: a build removes the collections other builds left behind.
     """
     started = time.perf_counter()
+    load_avg = os.getloadavg()[0]  # timings mean little without the machine's load: kept beside them
     name = embedder or settings.index.embedder
     emb = create_embedder(name, settings)
     load_s = time.perf_counter() - started
@@ -407,6 +409,8 @@ def build_index(
         "build": build,
         **timings,
         "built_at": utc_now(),
+        "cpu_count": os.cpu_count() or 0,
+        "load_avg_1m": round(load_avg, 2),
         "chromadb": package_versions()["chromadb"] or "",
     }
     _switch(client, manifest, iname, meta)

@@ -21,6 +21,7 @@ Definitions (a neighbour is relevant when its label equals the query's):
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -124,7 +125,15 @@ def measure_latency(index: CaseIndex, images: np.ndarray, k: int = 10, split: st
         t0 = time.perf_counter()
         index.search_image(image, k, split)
         end_to_end.append(time.perf_counter() - t0)
-    return {"k": k, "split": split, "n_queries": len(images), "search_ms": _percentiles(search), "end_to_end_ms": _percentiles(end_to_end)}
+    return {
+        "k": k,
+        "split": split,
+        "n_queries": len(images),
+        "search_ms": _percentiles(search),
+        "end_to_end_ms": _percentiles(end_to_end),
+        "cpu_count": os.cpu_count() or 0,
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # other processes' share of the machine while timing
+    }
 
 
 def recall_at_k(hits: list[list[Neighbour]], sims: np.ndarray, base_ids: list[str], k: int) -> float:
