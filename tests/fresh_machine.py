@@ -111,10 +111,11 @@ class Mirror:
     def env(self, home: Path) -> dict[str, str]:
         """Environment of a child process on a "fresh machine": empty home (so ~/.medmnist is
         empty), no data root, medmnist's download pointed at this mirror."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CASEREVIEW_", "VIRTUAL_ENV", "PYTHON"))}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("CASEREVIEW_", "VIRTUAL_ENV", "PYTHON", "MPLBACKEND"))}
         home.mkdir(parents=True, exist_ok=True)
         env.update(HOME=str(home), PYTHONPATH=str(self.shim), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                   ANONYMIZED_TELEMETRY="False", MPLBACKEND="Agg")
+                   ANONYMIZED_TELEMETRY="False")
         return env
 
 

@@ -36,6 +36,20 @@ def text_of(nb) -> str:
                      for o in outputs(nb))
 
 
+# cells that must show figures (found by a line of their source) -> how many
+FIGURE_CELLS = {
+    "task1": "task1 = evaluate(",  # confusion at the threshold and at 0.5, ROC/PR, reliability, failures, saliency
+    "image search": "image_search.png",
+    "case image": 'state = run_until("load_case")',
+    "neighbours": 'state = run_until("retrieve")',
+}
+
+
+def pngs_of(nb, marker: str) -> int:
+    cell = next(c for c in nb.cells if c.cell_type == "code" and marker in c.source)
+    return sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+
+
 def test_notebook_defaults_agree_with_pyproject_and_readme():
     repository = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
     nb = nbformat.read(NOTEBOOK, as_version=4)
@@ -67,7 +81,10 @@ def test_colab_notebook_runs_in_a_fresh_environment(tmp_path, data_root, random_
         monkeypatch.setenv("CASEREVIEW_INDEX_LIMIT", "60")
 
         nb = nbformat.read(NOTEBOOK, as_version=4)
-        NotebookClient(nb, timeout=600, kernel_name="fresh", resources={"metadata": {"path": str(work)}}).execute()
+        try:
+            NotebookClient(nb, timeout=600, kernel_name="fresh", resources={"metadata": {"path": str(work)}}).execute()
+        finally:
+            nbformat.write(nb, tmp_path / "executed.ipynb")  # for a look after a failure
 
     assert not [o for o in outputs(nb) if o.output_type == "error"]
     text = text_of(nb)
@@ -79,7 +96,9 @@ def test_colab_notebook_runs_in_a_fresh_environment(tmp_path, data_root, random_
     assert "Skipped: the Hugging Face hub is not reachable here" in text  # BiomedCLIP guarded
 
     pngs = [base64.b64decode(o["data"]["image/png"]) for o in outputs(nb) if "image/png" in o.get("data", {})]
-    assert len(pngs) >= 8 and all(p.startswith(PNG) for p in pngs)  # Task 1 figures, search grid, case, neighbours
+    assert all(p.startswith(PNG) for p in pngs)
+    figures = {key: pngs_of(nb, marker) for key, marker in FIGURE_CELLS.items()}
+    assert figures == {"task1": 6, "image search": 1, "case image": 1, "neighbours": 1}, figures
     markdown = [o["data"]["text/markdown"] for o in outputs(nb) if "text/markdown" in o.get("data", {})]
     case_md = next(m for m in markdown if m.startswith("# Case review: test:42"))
     for m in markdown:
