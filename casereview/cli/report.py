@@ -13,6 +13,7 @@ REPORTS = {
     "task1": "casereview.training.report:write_task1_report",
     "task2": "casereview.evaluation.task2:write_task2_report",
     "task3": "casereview.evaluation.retrieval_report:write_task3_report",
+    "gate": "casereview.evaluation.gate_report:write_gate_report",
 }
 
 

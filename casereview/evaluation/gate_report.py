@@ -16,6 +16,7 @@ are reported, never used.
 from __future__ import annotations
 
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,12 +153,14 @@ def _figure(rows: list[ShiftRow], examples: dict[str, np.ndarray], path: Path, e
     ax.set_title("Input gate on synthetic shifts of the test images (thresholds from train/validation)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    fig = Figure(figsize=(1.1 * len(examples), 1.6))
+    cols = (len(examples) + 1) // 2
+    fig = Figure(figsize=(1.2 * cols, 3.4))
     for i, (name, image) in enumerate(examples.items()):
-        ax = fig.add_subplot(1, len(examples), i + 1)
+        ax = fig.add_subplot(2, cols, i + 1)
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(name.split(" (")[0][:14], fontsize=6)
-        ax.axis("off")
+        ax.set_title(textwrap.fill(name, 18), fontsize=5.5)
+        ax.set_xticks([])  # ticks off, frame kept: a white image stays visible
+        ax.set_yticks([])
     fig.tight_layout()
     fig.savefig(examples_path, dpi=120)
 
