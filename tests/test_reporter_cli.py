@@ -114,6 +114,9 @@ def test_task2_report_with_template_backend(data_root, random_checkpoint, small_
     assert "VLM `" not in md  # no VLM column when no VLM ran
     for variant in ("grounded", "grounded_skeptical", "minimal", "structured", "visual_fewshot"):
         assert f"| `{variant}` |" in md
+    for arm in ("template-grounded", "classifier-alone", "neighbour-vote", "template-follows-neighbours"):
+        assert f"| {arm} | " in md  # the validation comparison with its reference arms
+    assert "Variant choice" not in md  # the template ignores the prompt: nothing to choose
 
 
 def test_task2_report_vlm_branch(data_root, random_checkpoint, small_index, tiny_vlm_dir, tmp_path) -> None:  # noqa: F811
@@ -127,4 +130,6 @@ def test_task2_report_vlm_branch(data_root, random_checkpoint, small_index, tiny
     assert "MedGemma could not run here" not in md
     assert "written by backend `medgemma`" in md
     assert "| VLM `grounded` | VLM `grounded_skeptical` | VLM `minimal` | VLM `structured` | VLM `visual_fewshot` |" in md
-    assert md.count("| medgemma |") == 5  # one measured row per variant
+    for variant in ("grounded", "grounded_skeptical", "minimal", "structured", "visual_fewshot"):
+        assert f"| medgemma-{variant} | model | 4 |" in md  # one measured row per variant, on validation
+    assert "| classifier-alone | reference | 4 |" in md and "**Variant choice:**" in md

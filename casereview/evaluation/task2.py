@@ -1,28 +1,33 @@
 """Task 2 report (``casereview report task2``): report generation with the configured reporter backend.
 
-Samples are representative test cases (both classes, confident and uncertain, the
-classifier's errors); the prompt variants are compared on a seeded random sample of the
-validation split (prompt choice is made on validation data). With the ``template`` backend
-(the default here) no vision-language model runs: the report says so, shows the template
-baseline labelled as such, and names the command that regenerates it with MedGemma.
+Built on ``casereview batch``: the prompt variants are compared, with the reference arms and
+paired statistics, on a seeded random sample of the validation split (prompt choice is made on
+validation data); the samples are representative test cases (both classes, confident and
+uncertain, the classifier's errors). With the ``template`` backend (the default here) no
+vision-language model runs: the report says so, shows the template baseline labelled as such, and
+names the command that regenerates it with MedGemma.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from casereview.config import Settings
 from casereview.data import load_split
+from casereview.errors import CaseReviewError
+from casereview.evaluation.batch_arms import REFERENCE_ARMS, Arm, plan_arms
+from casereview.evaluation.batch_metrics import summarize
+from casereview.evaluation.batch_records import load_rows, read_records
+from casereview.evaluation.batch_report import choice, write_reports
+from casereview.evaluation.batch_runner import BatchPlan, BatchRunner, split_refs
 from casereview.evaluation.picking import pick_cases
-from casereview.graphs.review import ReviewRun
-from casereview.provenance import git_commit, utc_now
+from casereview.provenance import git_commit, sha256_text, utc_now
 from casereview.records import view_png
 from casereview.render import render
 from casereview.schemas import PromptRecord
@@ -36,97 +41,69 @@ GPU_COMMAND = (
 )
 
 
-@dataclass
-class Metrics:
-    """Report impressions scored against ground truth and the classifier on one set of case records."""
-
-    backend: str
-    model_id: str
-    variant: str
-    n: int
-    accuracy: float  # impression == truth; indeterminate and unparsed count as wrong
-    sensitivity: float  # pneumonia impressions among pneumonia cases
-    specificity: float  # normal impressions among normal cases
-    pneumonia_rate: float
-    indeterminate_rate: float
-    unparsed_rate: float
-    classifier_agreement: float
-    hedges_per_report: float
-    seconds_per_report: float
-
-
-def score(records: list[dict[str, Any]]) -> Metrics:
-    reports = [r["report"] for r in records]
-    truth = np.array([r["ground_truth"] for r in records])
-    said = np.array([rep["impression"] or "none" for rep in reports])
-
-    def rate(mask: np.ndarray) -> float:
-        return float(mask.mean()) if mask.size else float("nan")
-
-    return Metrics(
-        backend=reports[0]["backend"],
-        model_id=reports[0]["model_id"],
-        variant=reports[0]["variant"],
-        n=len(records),
-        accuracy=rate(said == truth),
-        sensitivity=rate(said[truth == "pneumonia"] == "pneumonia"),
-        specificity=rate(said[truth == "normal"] == "normal"),
-        pneumonia_rate=rate(said == "pneumonia"),
-        indeterminate_rate=rate(said == "indeterminate"),
-        unparsed_rate=rate(np.array([rep["status"] != "ok" for rep in reports])),
-        classifier_agreement=rate(said == np.array([r["classifier"]["label"] for r in records])),
-        hedges_per_report=float(np.mean([len(rep["hedging"]) for rep in reports])),
-        seconds_per_report=float(np.mean([r["provenance"]["reporter"]["generate_s"] for r in records])),
-    )
-
-
 def variant_description(variant: str) -> str:
     """The one-line comment at the top of a variant's template."""
     m = re.match(r"\{#-?\s*(.*?)\s*-?#\}", template_source(f"{variant}.j2"), re.DOTALL)
     return " ".join(m.group(1).split()) if m else ""
 
 
-def _arm(settings: Settings, backend: str, variant: str) -> Settings:
-    """Settings of one arm: one backend and variant, one attempt (each variant measured on its own)."""
-    return settings.model_copy(update={
-        "reporter": settings.reporter.model_copy(update={"backend": backend, "variant": variant}),
-        "graph": settings.graph.model_copy(update={"max_attempts": 1, "checkpointer": "none"}),
-    })
+def _run(work: Path, name: str, refs: list[str], arms: list[Arm], settings: Settings, split: str | None = None) -> Path:
+    """Run (or resume) a batch under ``work/<name>-<hash of the plan>`` and return its folder: other
+    settings (a new checkpoint, another model) get a folder of their own. A failed review stops the report."""
+    plan = BatchPlan(work, refs, arms, settings, split=split)
+    plan.out = work / f"{name}-{sha256_text(json.dumps(plan.to_dict(), sort_keys=True))[:10]}"
+    outcome = BatchRunner(plan, progress=True).run()
+    if outcome.failed:
+        arm, ref, error = outcome.failed[0]
+        raise CaseReviewError(f"{len(outcome.failed)} reviews failed in {plan.out}, the first: {ref} ({arm}): {error}")
+    return plan.out
 
 
-def _review(settings: Settings, refs: list[str], name: str, ctx: RunContext) -> list[dict[str, Any]]:
-    """Records of ``refs`` through the review graph (shared resources of ``ctx``; backend per arm)."""
-    run = ReviewRun(settings, name, Path(settings.paths.workdir) / "task2" / name, context=ctx.sharing(settings, name))
-    return [run.review(ref) for ref in refs]
+def comparison_rows(metrics: dict[str, Any], model_arms: list[str]) -> list[dict[str, Any]]:
+    """The validation comparison: each model arm, then the reference arms, with intervals."""
+    rows = []
+    for arm in model_arms + list(REFERENCE_ARMS):
+        m = metrics["arms"][arm]
+        rows.append({"arm": arm, "kind": "model" if arm in model_arms else "reference", "n": m["n"], "scores": m["scores"],
+                     "rates": m["rates"], "classifier_agreement": m["agreement"]["classifier"]["rate"],
+                     "kappa": m["agreement"]["classifier"]["kappa"],
+                     "latency": m.get("latency", {}).get("generate_s")})
+    return rows
 
 
-def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n_eval: int = 60) -> Path:
+def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n_eval: int = 200) -> Path:
     """Write ``reports/task2_report_generation.md`` and its case images; returns the report's path.
 
-    Every case goes through the review graph. Builds the case index first if it is missing or stale.
+    Two batches (``casereview batch``) under ``<workdir>/task2/``, resumable: every prompt variant
+    with the configured backend on a seeded sample of ``n_eval`` validation cases (the comparison and
+    the variant choice), and the representative test cases with the template and, with a VLM
+    backend, every variant. Builds the case index first if it is missing or stale.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     build_index(settings)  # idempotent: keeps an up-to-date index, so one command regenerates the report
-    ctx = RunContext(settings, "task2")
-    vlm = settings.reporter.backend != "template"
-    variants = list_variants() if vlm else []
+    backend_name = settings.reporter.backend
+    vlm = backend_name != "template"
+    variants = list_variants()
     default = settings.reporter.variant
+    work = Path(settings.paths.workdir) / "task2"
 
+    val_refs = split_refs(settings, "val", n_eval, settings.reporter.seed)
+    val_dir = _run(work, f"val-{backend_name}", val_refs, plan_arms(backend_name, variants, probe=False), settings, "val")
+    val_metrics = summarize(val_dir)
+    val_rows = load_rows(val_dir)
+    write_reports(val_metrics, val_rows, val_dir)
+
+    ctx = RunContext(settings, "task2")
     picked = pick_cases(ctx, "test", n_samples)
     refs = [ref for ref, _ in picked]
-    samples = {"template": _review(_arm(settings, "template", default), refs, "samples-template", ctx)}
-    for v in variants:
-        samples[v] = _review(_arm(settings, settings.reporter.backend, v), refs, f"samples-{v}", ctx)
-
-    val = load_split("val", settings.data.root, settings.data.download)
-    rng = np.random.default_rng(settings.reporter.seed)
-    val_refs = [f"val:{i}" for i in np.sort(rng.choice(len(val), size=min(n_eval, len(val)), replace=False))]
-    val_template = _review(_arm(settings, "template", default), val_refs, "val-template", ctx)
-    rows = [score(val_template)]
-    for v in variants:
-        rows.append(score(_review(_arm(settings, settings.reporter.backend, v), val_refs, f"val-{v}", ctx)))
-    truths = [r["ground_truth"] for r in val_template]
+    template_arm = Arm("template", default)
+    sample_dir = _run(work, "samples-template", refs, [template_arm], settings)
+    samples = {"template": read_records(sample_dir, template_arm.name, refs)}
+    if vlm:
+        vlm_arms = plan_arms(backend_name, variants, probe=False)
+        vlm_dir = _run(work, f"samples-{backend_name}", refs, vlm_arms, settings)
+        samples |= {a.variant: read_records(vlm_dir, a.name, refs) for a in vlm_arms}
 
     images = {}
     test = load_split("test", settings.data.root, settings.data.download)
@@ -134,12 +111,13 @@ def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n
         name = f"task2_{ref.replace(':', '_')}.png"
         (out_dir / name).write_bytes(view_png(test.images[int(ref.split(":")[1])]))
         images[ref] = name
-    example = PromptRecord(**samples["template"][0]["prompt"])
+    example = PromptRecord(**samples["template"][refs[0]]["prompt"])
     prompts = [
         {"name": v, "description": variant_description(v), "sha": template_sha256(v)[:12]}
-        for v in list_variants()
+        for v in variants
     ]
     backend = ctx.backend
+    truths = [r.truth for r in val_rows.arms[REFERENCE_ARMS[0]]]
     path = out_dir / REPORT_NAME
     path.write_text(
         render(
@@ -159,12 +137,17 @@ def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n
             example=example,
             example_case=refs[0],
             samples=[
-                {"ref": ref, "why": why, "image": images[ref], "template": samples["template"][i],
-                 "vlm": {v: samples[v][i] for v in variants}}
-                for i, (ref, why) in enumerate(picked)
+                {"ref": ref, "why": why, "image": images[ref], "template": samples["template"][ref],
+                 "vlm": {v: samples[v][ref] for v in variants if vlm}}
+                for ref, why in picked
             ],
-            variants=variants,
-            rows=rows,
+            variants=variants if vlm else [],
+            rows=comparison_rows(val_metrics, val_rows.model_arms),
+            comparisons=[c for c in val_metrics["comparisons"]
+                         if c["a"] in val_rows.model_arms or c["b"] in val_rows.model_arms],
+            evidence=val_metrics["evidence"],
+            choice=choice(val_metrics, val_rows.model_arms, "val"),
+            val_dir=val_dir,
             n_eval=len(val_refs),
             val_pneumonia=sum(t == "pneumonia" for t in truths),
         )
