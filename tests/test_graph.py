@@ -407,3 +407,58 @@ def test_capabilities_are_langchain_tools_over_the_run_resources(settings):
     assert out["image_refs"] == ["case"] and out["backend"] == "template"
     with pytest.raises(Exception, match="not both"):
         classify.invoke({"case_ref": "test:0", "image": image})
+
+
+# --- the input gate in the graph -----------------------------------------------------------------
+
+def test_blank_image_gets_no_diagnosis(settings, tmp_path):
+    path = tmp_path / "blank.png"
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(path)
+    record = ReviewRun(settings, "blank", tmp_path / "out").review(str(path))
+    CaseReview.model_validate(record)
+    assert record["classifier"] is None and record["report"] is None and record["verification"] is None
+    assert record["neighbours"] == [] and record["attempts"] == 0 and record["prompt"] is None
+    assert not record["input_check"]["judgeable"] and record["needs_review"]
+    assert len(record["review_reasons"]) == 1 and "no diagnosis" in record["review_reasons"][0]
+    assert set(record["provenance"]["timings_s"]) == {"load_case", "check_input"}  # classify never ran
+    md = next((tmp_path / "out").glob("blank-*.md")).read_text()
+    assert "**Not judged.**" in md and "| diagnosis | **none**" in md and "## Report" not in md
+    assert "NOT JUDGED" in ReviewRun.summary(record)
+
+
+def test_input_outside_training_is_flagged_yet_classified(settings, tmp_path):
+    path = tmp_path / "static.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)).save(path)
+    record = ReviewRun(settings, "noise", tmp_path / "out").review(str(path))
+    CaseReview.model_validate(record)
+    gate = record["input_check"]
+    assert gate["judgeable"] and gate["flagged"] and record["classifier"] is not None and record["report"] is not None
+    assert record["needs_review"] and record["review_reasons"][: len(gate["reasons"])] == gate["reasons"]
+    assert any(r.startswith("input outside what the model was trained on") for r in gate["reasons"])
+    md = next((tmp_path / "out").glob("static-*.md")).read_text()
+    assert "**Input outside what the model was trained on**" in md
+
+
+def test_an_ordinary_case_passes_the_gate(settings, tmp_path):
+    record = ReviewRun(settings, "plain", tmp_path).review("test:3")
+    gate = record["input_check"]
+    assert gate["judgeable"] and gate["gate_id"] == RunContext(settings).gate.model.gate_id
+    assert gate["resize_spread"] is None  # a 28x28 dataset case has no resize to be unstable under
+    assert record["needs_review"] == bool(record["review_reasons"])
+
+
+def test_external_file_gets_its_resize_spread_checked(settings, tmp_path):
+    path = tmp_path / "film.png"
+    film = load_split("val", settings.data.root).images[3]
+    Image.fromarray(film).resize((224, 224), Image.Resampling.BICUBIC).save(path)
+    record = ReviewRun(settings, "film", tmp_path / "out").review(str(path))
+    gate = record["input_check"]
+    assert gate["resize_spread"] is not None and 0 <= gate["resize_spread"] <= 1
+    unstable = gate["resize_spread"] > gate["resize_threshold"]
+    assert unstable == any("unstable under the resize" in r for r in record["review_reasons"])
+
+
+def test_graph_routes_a_blank_case_to_finalize(capsys):
+    assert main(["graph", "--mermaid"]) == 0
+    out = capsys.readouterr().out
+    assert "load_case --> check_input" in out and "check_input -.-> finalize" in out and "check_input -.-> classify" in out
