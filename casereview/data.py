@@ -217,7 +217,7 @@ def decode_image(path: Path, size: int = SIZE) -> DecodedImage:
                 img = ImageOps.exif_transpose(im)
                 img = _to_gray8(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise CaseError(f"{path}: image too large to be read safely (limit {MAX_PIXELS:,} pixels; {exc})") from exc
+        raise CaseError(f"{path}: image too large to be read safely (over {MAX_PIXELS:,} pixels; a decompression bomb?)") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise CaseError(f"{path}: unreadable image ({exc})") from exc
     w, h = img.size
@@ -254,7 +254,7 @@ def check_image_path(path: Path | str) -> Path:
             if im.width * im.height > MAX_PIXELS:
                 raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels")
     except Image.DecompressionBombError as exc:
-        raise CaseError(f"{path}: image too large to be read safely (limit {MAX_PIXELS:,} pixels; {exc})") from exc
+        raise CaseError(f"{path}: image too large to be read safely (over {MAX_PIXELS:,} pixels; a decompression bomb?)") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise CaseError(f"{path}: unreadable image ({exc})") from exc
     return path
