@@ -101,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {ref}: {exc}", file=sys.stderr)
             continue
         rep = rec["report"]
+        if rep is None:  # the input gate found nothing to judge (a blank image): no report
+            print(f"{rec['case_id']}: not judged ({'; '.join(rec['review_reasons'])})")
+            continue
         print(f"{rec['case_id']}: impression {rep['impression'] or '-'} ({rep['status']}), truth "
               f"{rec['ground_truth'] or '?'}, classifier {rec['classifier']['label']}" + (f"  [{why}]" if why else ""))
     print(f"wrote {len(picked) - failed} report(s) to {out} (run id {run_id})")
