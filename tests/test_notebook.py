@@ -94,6 +94,7 @@ def test_colab_notebook_runs_in_a_fresh_environment(tmp_path, data_root, random_
     assert "CPU runtime: Task 2's reports will come from the template backend" in text
     assert "the reports below come from the TEMPLATE backend" in text
     assert "Skipped: the Hugging Face hub is not reachable here" in text  # BiomedCLIP guarded
+    assert "validation comparison:" in text and "wrote " in text  # Task 2: the batch comparison and the report
 
     pngs = [base64.b64decode(o["data"]["image/png"]) for o in outputs(nb) if "image/png" in o.get("data", {})]
     assert all(p.startswith(PNG) for p in pngs)
