@@ -9,7 +9,7 @@ under the workdir so that later processes start without predicting the validatio
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,9 @@ from casereview.data import load_split
 from casereview.schemas import ClassifierResult
 from casereview.training.checkpoint import Classifier, load_classifier
 from casereview.training.metrics import conformal_qhat, prediction_set
-from casereview.training.predict import predict_proba
+from casereview.training.predict import calibrated_proba, predict_logits_and_embeddings, predict_proba
+
+MEMO_SIZE = 64  # images remembered (more than the reviews a batch runs at once)
 
 
 @dataclass(frozen=True)
@@ -30,28 +32,49 @@ class CaseClassifier:
     qhat: float
     alpha: float
     centre: float
+    # The last images seen, so that the nodes of one review (input gate, classify, retrieve) share
+    # one forward pass: keyed by the image's bytes, bounded for long runs.
+    _memo: dict[bytes, tuple[ClassifierResult, np.ndarray]] = field(default_factory=dict, compare=False, repr=False)
 
-    def opinion(self, image: np.ndarray) -> ClassifierResult:
-        """The calibrated opinion on one uint8 (28, 28) image, with its conformal prediction set.
+    def analyse(self, images: np.ndarray) -> tuple[list[ClassifierResult], np.ndarray]:
+        """Opinions and unit embeddings (N, D) of uint8 (N, 28, 28) images, from one forward pass.
 
         ``uncertain`` is set when the conformal set is not exactly the thresholded label:
         two labels (the model cannot rule either out at level alpha), none, or the other label.
         """
-        return self.opinions(np.asarray(image)[None])[0]
+        logits, embeddings = predict_logits_and_embeddings(self.clf, images)
+        return [self._result(float(p)) for p in calibrated_proba(logits, self.clf.temperature)], embeddings
+
+    def _result(self, p: float) -> ClassifierResult:
+        label = "pneumonia" if p >= self.clf.threshold else "normal"
+        pset = prediction_set(p, self.qhat, self.centre)
+        return ClassifierResult(
+            prob_pneumonia=p, label=label, threshold=self.clf.threshold, temperature=self.clf.temperature,
+            uncertain=pset != [label], checkpoint_sha256=self.clf.sha256, prediction_set=pset,
+            conformal_alpha=self.alpha, arch=self.clf.arch,
+        )
+
+    def analyse_one(self, image: np.ndarray) -> tuple[ClassifierResult, np.ndarray]:
+        """Opinion and unit embedding (D,) of one uint8 (28, 28) image (remembered for the next nodes)."""
+        key = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+        if key not in self._memo:
+            opinions, embeddings = self.analyse(np.asarray(image, dtype=np.uint8)[None])
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.pop(next(iter(self._memo)), None)
+            self._memo[key] = (opinions[0], embeddings[0])
+        return self._memo[key]
+
+    def opinion(self, image: np.ndarray) -> ClassifierResult:
+        """The calibrated opinion on one uint8 (28, 28) image, with its conformal prediction set."""
+        return self.analyse_one(image)[0]
+
+    def embedding(self, image: np.ndarray) -> np.ndarray:
+        """The unit penultimate-feature vector (D,) of one image (what the cnn case index stores)."""
+        return self.analyse_one(image)[1]
 
     def opinions(self, images: np.ndarray) -> list[ClassifierResult]:
         """Opinions on a batch of uint8 (N, 28, 28) images (one forward pass)."""
-        out = []
-        for p in predict_proba(self.clf, images):
-            p = float(p)
-            label = "pneumonia" if p >= self.clf.threshold else "normal"
-            pset = prediction_set(p, self.qhat, self.centre)
-            out.append(ClassifierResult(
-                prob_pneumonia=p, label=label, threshold=self.clf.threshold, temperature=self.clf.temperature,
-                uncertain=pset != [label], checkpoint_sha256=self.clf.sha256, prediction_set=pset,
-                conformal_alpha=self.alpha, arch=self.clf.arch,
-            ))
-        return out
+        return self.analyse(images)[0]
 
 
 def _conformal(clf: Classifier, settings: Settings) -> tuple[float, float]:

@@ -51,3 +51,23 @@ def embed_images(clf: Classifier, images: np.ndarray, batch_size: int = 256) -> 
     feats = _batched(clf, images, lambda x: embed(clf.model, x), batch_size)
     norms = np.linalg.norm(feats, axis=1, keepdims=True)
     return (feats / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+
+def predict_logits_and_embeddings(clf: Classifier, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Raw logits (N,) and L2-normalised penultimate features (N, D) from one pass through the
+    feature extractor (a model with test-time augmentation takes its logit over its views, as
+    :func:`predict_logits` does)."""
+    images = _check_images(images)
+    logits, feats = [], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = to_tensor(images[i : i + batch_size]).to(clf.device)
+            features = clf.model.forward_features(x)
+            pooled = clf.model.forward_head(features, pre_logits=True)
+            tta = getattr(clf.model, "tta_shift", 0)
+            logit = clf.model(x) if tta else clf.model.forward_head(features)
+            logits.append(logit.reshape(-1).float().cpu().numpy())
+            feats.append(pooled.flatten(1).float().cpu().numpy())
+    feats_all = np.concatenate(feats)
+    norms = np.linalg.norm(feats_all, axis=1, keepdims=True)
+    return np.concatenate(logits), (feats_all / np.clip(norms, 1e-12, None)).astype(np.float32)
