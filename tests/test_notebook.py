@@ -79,6 +79,7 @@ def test_colab_notebook_runs_in_a_fresh_environment(tmp_path, data_root, random_
         monkeypatch.setenv("CASEREVIEW_REPO_URL", clone_url(tmp_path))
         monkeypatch.setenv("CASEREVIEW_CLASSIFIER_CHECKPOINT", str(random_checkpoint))
         monkeypatch.setenv("CASEREVIEW_INDEX_LIMIT", "60")
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # CI's 2 shared cores: one torch thread is faster here
 
         nb = nbformat.read(NOTEBOOK, as_version=4)
         try:
