@@ -113,3 +113,20 @@ def test_colab_notebook_runs_in_a_fresh_environment(tmp_path, data_root, random_
     assert json.loads((runs / "task1" / "metrics.json").read_text())["n"] == 624
     assert (runs / "chroma").is_dir()
     assert "template" in (runs / "reports" / "task2_report_generation.md").read_text()
+
+
+@pytest.mark.parametrize("url, message", [
+    ("", "placeholder from [project.urls] in pyproject.toml"),
+    ("https://github.com/OWNER/casereview", "placeholder from [project.urls] in pyproject.toml"),
+    ("file:///nonexistent/casereview.git", "Cannot reach the repository file:///nonexistent/casereview.git"),
+])
+def test_install_cell_says_what_is_wrong_with_the_repository_url(url, message, tmp_path, monkeypatch):
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    install = next(c.source for c in nb.cells if c.cell_type == "code" and "def install(" in c.source)
+    namespace: dict = {}
+    exec(nb.cells[1].source, namespace)  # the form's defaults
+    namespace["REINSTALL"] = True
+    monkeypatch.setenv("CASEREVIEW_REPO_URL", url)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        exec(install, namespace)  # fails before pip runs
