@@ -20,6 +20,7 @@ flagged and what cannot be judged at all is decided by ``casereview.agents.gate`
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,7 @@ class GateModel:
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.npz")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")  # processes fitting at once never share a file
         np.savez(tmp, stat_low=self.stat_low, stat_high=self.stat_high, class_means=self.class_means,
                  precision=self.precision, meta=json.dumps({**self.meta, "ood_threshold": self.ood_threshold,
                                                             "resize_threshold": self.resize_threshold}))
