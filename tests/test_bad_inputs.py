@@ -5,11 +5,12 @@ Each row runs the real CLI in-process; the rows marked ``subprocess`` also run a
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-import zlib
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 from PIL import Image
 
 from casereview.cli import main
+from casereview.data import load_split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,3 +130,15 @@ def test_a_failed_download_leaves_no_empty_data_root(tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert code == 2 and "could not download PneumoniaMNIST" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "new").exists()
+
+
+def test_predict_classifies_a_folder_of_images(tmp_path, capsys, data_root):
+    """The counterpart of the folder rows: a folder of images is classified image by image."""
+    folder = tmp_path / "films"
+    folder.mkdir()
+    for i, film in enumerate(load_split("val", data_root).images[:2]):
+        Image.fromarray(film).save(folder / f"{i}.png")
+    code = main(["predict", str(folder), "--json", "--data-root", str(data_root)])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and [Path(r["case_id"]).name for r in rows] == ["0.png", "1.png"]
+    assert all(0 <= r["prob_pneumonia"] <= 1 for r in rows)
