@@ -60,8 +60,9 @@ def load_case(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
 
 @timed
 def check_input(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    views = state.get("views")
-    measure = runtime.context.gate.measure(_image(state), None if views is None else np.asarray(views, np.uint8))
+    ctx, image, views = runtime.context, _image(state), state.get("views")
+    # the classifier's forward pass, shared with classify and retrieve
+    measure = ctx.gate.measure(image, None if views is None else np.asarray(views, np.uint8), ctx.classifier.embedding(image))
     return {"input_check": gate_decision(measure).model_dump()}
 
 
@@ -80,7 +81,8 @@ def retrieve(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     g = runtime.context.settings.graph
     k = g.k_uncertain if state["classifier"]["uncertain"] else g.k
     own = state["case_id"] if parse_ref(state["case_id"]) else None  # a dataset case never retrieves itself
-    hits = runtime.context.index.search_image(_image(state), k, g.case_base, exclude_case_id=own)
+    vector = runtime.context.case_vector(_image(state))
+    hits = runtime.context.index.search_vectors(vector[None], k, g.case_base, [own])[0]
     return {"neighbours": [h.model_dump() for h in hits]}
 
 

@@ -224,12 +224,13 @@ def test_resume_with_other_settings_is_refused(settings, tmp_path):
 
 def test_one_decode_one_checkpoint_load_one_prompt(settings, tmp_path, monkeypatch):
     """Per review run the checkpoint loads once (classifier and cnn embedder share it); per case the
-    image is decoded once, classified once and embedded once; per attempt the prompt the backend gets
-    is the one compose_prompt stored."""
+    image is decoded once and goes through the model once (the input gate, classify and retrieve share
+    that forward pass); per attempt the prompt the backend gets is the one compose_prompt stored."""
     import casereview.data
+    import casereview.tools.input_gate
     import casereview.training.checkpoint
 
-    counts = {"decode": 0, "load": 0, "classify": 0, "embed": 0}
+    counts = {"decode": 0, "load": 0, "forward": 0, "index_embed": 0, "gate_embed": 0}
 
     def counting(name, fn):
         def wrapper(*a, **k):
@@ -249,16 +250,21 @@ def test_one_decode_one_checkpoint_load_one_prompt(settings, tmp_path, monkeypat
     run = ReviewRun(settings, "counts", tmp_path / "out")
     from casereview.tools.classifier_tool import CaseClassifier
 
-    monkeypatch.setattr(CaseClassifier, "opinions", counting("classify", CaseClassifier.opinions))
-    monkeypatch.setattr(run.context.index.embedder, "embed_images", counting("embed", run.context.index.embedder.embed_images))
+    monkeypatch.setattr(CaseClassifier, "analyse", counting("forward", CaseClassifier.analyse))
+    monkeypatch.setattr(run.context.index.embedder, "embed_images",
+                        counting("index_embed", run.context.index.embedder.embed_images))
+    monkeypatch.setattr("casereview.tools.input_gate.embed_images",
+                        counting("gate_embed", casereview.tools.input_gate.embed_images))
     sent = []
     backend = run.context.backend
     monkeypatch.setattr(backend, "generate", lambda prompts, _g=backend.generate: sent.extend(prompts) or _g(prompts))
     refs = expand_case_refs([str(f) for f in files] + ["test:13"], settings)
     records = [run.review(ref) for ref in refs]
-    assert counts == {"decode": 2, "load": 1, "classify": 3, "embed": 3}
+    assert counts == {"decode": 2, "load": 1, "forward": 3, "index_embed": 0, "gate_embed": 0}
     assert [p.to_record().model_dump() for p in sent] == [r["prompt"] for r in records]
     assert len(list((tmp_path / "out").glob("*.json"))) == 3  # no record overwrote another
+
+
 def test_review_cli_json(settings, capsys, monkeypatch):
     monkeypatch.setenv("CASEREVIEW_PATHS_WORKDIR", str(settings.paths.workdir))
     monkeypatch.setenv("CASEREVIEW_DATA_ROOT", str(settings.data.root))

@@ -15,6 +15,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from langchain_core.tools import BaseTool
 
 from casereview.config import Settings
@@ -50,6 +51,14 @@ class RunContext:
     @cached_property
     def backend(self) -> ReporterBackend:
         return get_backend(self.settings)
+
+    def case_vector(self, image: np.ndarray) -> np.ndarray:
+        """The index's vector for one image: the classifier's own embedding when the index was built
+        from the same checkpoint (no second forward pass), else the index's embedder."""
+        emb = self.index.embedder
+        if emb.name == "cnn" and emb.weights_sha256 == self.classifier.clf.sha256:
+            return self.classifier.embedding(image)
+        return emb.embed_images(np.asarray(image, dtype=np.uint8)[None])[0]
 
     def open(self) -> RunContext:
         """Load the classifier and its input gate and open the case index now, so that a missing checkpoint or index

@@ -142,19 +142,22 @@ class InputGate:
     clf: Classifier
     model: GateModel
 
-    def measure_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Statistics (N, F) and feature distances (N,) of uint8 (N, 28, 28) images."""
+    def measure_batch(self, images: np.ndarray, embeddings: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Statistics (N, F) and feature distances (N,) of uint8 (N, 28, 28) images (``embeddings``:
+        their classifier embeddings when already computed)."""
         images = np.asarray(images, dtype=np.uint8)
-        return image_stats(images), self.model.ood_distance(embed_images(self.clf, images))
+        embeddings = embed_images(self.clf, images) if embeddings is None else np.atleast_2d(embeddings)
+        return image_stats(images), self.model.ood_distance(embeddings)
 
     def resize_spread(self, views: np.ndarray) -> float:
         """max - min of p(pneumonia) over the resize views of one file."""
         p = predict_proba(self.clf, np.asarray(views, dtype=np.uint8))
         return float(p.max() - p.min())
 
-    def measures(self, images: np.ndarray, spreads: list[float | None] | None = None) -> list[GateMeasure]:
+    def measures(self, images: np.ndarray, spreads: list[float | None] | None = None,
+                 embeddings: np.ndarray | None = None) -> list[GateMeasure]:
         """One :class:`GateMeasure` per image (``spreads[i]``: its resize spread, None for 28x28 input)."""
-        stats, ood = self.measure_batch(images)
+        stats, ood = self.measure_batch(images, embeddings)
         spreads = spreads if spreads is not None else [None] * len(ood)
         m = self.model
         # Unrounded: the decision compares these exactly as the thresholds were fitted.
@@ -170,10 +173,11 @@ class InputGate:
             for s, d, sp in zip(stats, ood, spreads)
         ]
 
-    def measure(self, image: np.ndarray, views: np.ndarray | None = None) -> GateMeasure:
+    def measure(self, image: np.ndarray, views: np.ndarray | None = None,
+                embedding: np.ndarray | None = None) -> GateMeasure:
         """The gate's measurements of one case (resize stability only for a file with ``views``)."""
         spread = None if views is None else self.resize_spread(views)
-        return self.measures(np.asarray(image)[None], [spread])[0]
+        return self.measures(np.asarray(image)[None], [spread], embedding)[0]
 
 
 def fit_gate(clf: Classifier, settings: Settings) -> GateModel:
