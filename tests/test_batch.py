@@ -120,8 +120,10 @@ def test_same_records_as_review_one_case(settings, tmp_path):
 
 
 def test_concurrency_gives_the_same_records(settings, tmp_path):
+    """Three threads through one compiled graph each, sharing one SQLite checkpointer per arm."""
     one = plan_for(settings, tmp_path / "one", 10, ["grounded", "structured"])
-    three = plan_for(settings, tmp_path / "three", 10, ["grounded", "structured"])
+    three = plan_for(with_overrides(settings, graph={"checkpointer": "sqlite"}), tmp_path / "three", 10,
+                     ["grounded", "structured"])
     BatchRunner(one, concurrency=1, progress=False).run()
     assert BatchRunner(three, concurrency=3, progress=False).run().done == 20
     assert without_latency(summarize(tmp_path / "one", n_boot=100)) == without_latency(summarize(tmp_path / "three", n_boot=100))

@@ -2,11 +2,11 @@
 batched pass, served to the review graph's nodes case by case; and the counterfactual evidence of
 the flip probe.
 
-A batch reviews each case once per arm (variant x backend) and the check_input, classify and
-retrieve nodes would repeat the same single-image forward passes and index query for every arm. The wrappers below
-stand in for the run context's ``classifier`` and ``index``: the graph runs unchanged, each node
-makes the call it always makes, and the answer comes from the batched pass (an image the pass did
-not see goes to the real resource).
+A batch reviews each case once per arm (variant x backend); the classifier's forward pass (shared
+by check_input, classify and retrieve) and the index query would be repeated, one image at a time,
+for every arm. The wrappers below stand in for the run context's ``classifier`` and ``index``: the
+graph runs unchanged, each node makes the call it always makes, and the answer comes from the
+batched pass (an image or vector the pass did not see goes to the real resource).
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from casereview.schemas import ClassifierResult, GateMeasure, Neighbour
+from casereview.schemas import ClassifierResult, Neighbour
 from casereview.tools.case_index import CaseIndex
 from casereview.tools.classifier_tool import CaseClassifier
-from casereview.tools.input_gate import InputGate
 
 OTHER = {"normal": "pneumonia", "pneumonia": "normal"}
 
@@ -38,52 +37,51 @@ class Delegating:
 
 
 class PrecomputedClassifier(Delegating):
-    """``opinion(image)`` from one batched forward pass over ``images``."""
+    """``analyse_one(image)`` (and so ``opinion`` and ``embedding``) from one batched forward pass over ``images``."""
 
     def __init__(self, inner: CaseClassifier, images: np.ndarray):
         super().__init__(inner)
-        self._opinions = {_key(im): op for im, op in zip(images, inner.opinions(images))} if len(images) else {}
+        opinions, embeddings = inner.analyse(images) if len(images) else ([], [])
+        self._hits = {_key(im): (op, emb) for im, op, emb in zip(images, opinions, embeddings)}
+
+    def analyse_one(self, image: np.ndarray) -> tuple[ClassifierResult, np.ndarray]:
+        hit = self._hits.get(_key(image))
+        return hit if hit is not None else self.inner.analyse_one(image)
 
     def opinion(self, image: np.ndarray) -> ClassifierResult:
-        hit = self._opinions.get(_key(image))
-        return hit if hit is not None else self.inner.opinion(image)
+        return self.analyse_one(image)[0]
+
+    def embedding(self, image: np.ndarray) -> np.ndarray:
+        return self.analyse_one(image)[1]
 
 
-class PrecomputedGate(Delegating):
-    """``measure(image)`` of the input gate from one batched pass (image files with resize views,
-    which only ``casereview review`` of external files has, go to the gate itself)."""
-
-    def __init__(self, inner: InputGate, images: np.ndarray):
-        super().__init__(inner)
-        self._measures = {_key(im): m for im, m in zip(images, inner.measures(images))} if len(images) else {}
-
-    def measure(self, image: np.ndarray, views: np.ndarray | None = None) -> GateMeasure:
-        hit = self._measures.get(_key(image)) if views is None else None
-        return hit if hit is not None else self.inner.measure(image, views)
+def _vkey(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
 
 
 class PrecomputedIndex(Delegating):
-    """``search_image`` from one batched embedding and query pass.
+    """``search_vectors`` from one batched query pass.
 
-    ``queries`` holds, per image, the (k, split, excluded case id) that the retrieve node will ask
+    ``queries`` holds, per vector, the (k, split, excluded case id) that the retrieve node will ask
     for, so every answer is the one the node would get from the index itself.
     """
 
-    def __init__(self, inner: CaseIndex, images: np.ndarray, queries: list[tuple[int, str, str | None]]):
+    def __init__(self, inner: CaseIndex, vectors: np.ndarray, queries: list[tuple[int, str, str | None]]):
         super().__init__(inner)
         self._hits: dict[tuple, list[Neighbour]] = {}
-        if not len(images):
-            return
-        vectors = inner.embedder.embed_images(images)
         for (k, split), rows in _group(queries).items():
             found = inner.search_vectors(vectors[rows], k, split, [queries[i][2] for i in rows])
             for i, hits in zip(rows, found):
-                self._hits[(_key(images[i]), *queries[i])] = hits
+                self._hits[(_vkey(vectors[i]), *queries[i])] = hits
 
-    def search_image(self, image: np.ndarray, k: int, split: str | None = "train",
-                     exclude_case_id: str | None = None) -> list[Neighbour]:
-        hit = self._hits.get((_key(image), k, split, exclude_case_id))
-        return list(hit) if hit is not None else self.inner.search_image(image, k, split, exclude_case_id)
+    def search_vectors(self, vectors: np.ndarray, k: int, split: str | None = "train",
+                       exclude_case_ids: list[str | None] | None = None) -> list[list[Neighbour]]:
+        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        exclude = list(exclude_case_ids) if exclude_case_ids is not None else [None] * len(vectors)
+        keys = [(_vkey(v), k, split, e) for v, e in zip(vectors, exclude)]
+        if all(key in self._hits for key in keys):
+            return [list(self._hits[key]) for key in keys]
+        return self.inner.search_vectors(vectors, k, split, exclude_case_ids)
 
 
 def _group(queries: list[tuple[int, str, str | None]]) -> dict[tuple[int, str], list[int]]:
@@ -96,10 +94,15 @@ def _group(queries: list[tuple[int, str, str | None]]) -> dict[tuple[int, str], 
 class FlippedClassifier(Delegating):
     """The classifier's opinion reversed: p -> 1 - p and the threshold t -> 1 - t, so the label swaps
     and the prompt's probability and threshold stay consistent with it; the prediction set swaps
-    too and the uncertainty flag is kept (the probe changes what the evidence says, not how sure)."""
+    too and the uncertainty flag is kept (the probe changes what the evidence says, not how sure).
+    The embedding (the input gate's and the index's view of the image) is left alone."""
+
+    def analyse_one(self, image: np.ndarray) -> tuple[ClassifierResult, np.ndarray]:
+        opinion, embedding = self.inner.analyse_one(image)
+        return flip_opinion(opinion), embedding
 
     def opinion(self, image: np.ndarray) -> ClassifierResult:
-        return flip_opinion(self.inner.opinion(image))
+        return self.analyse_one(image)[0]
 
 
 def flip_opinion(op: ClassifierResult) -> ClassifierResult:
@@ -112,7 +115,7 @@ def flip_opinion(op: ClassifierResult) -> ClassifierResult:
 class SwappedNeighbourIndex(Delegating):
     """The same neighbours (same images, same similarities) with their labels swapped."""
 
-    def search_image(self, image: np.ndarray, k: int, split: str | None = "train",
-                     exclude_case_id: str | None = None) -> list[Neighbour]:
-        hits = self.inner.search_image(image, k, split, exclude_case_id)
-        return [h.model_copy(update={"label": OTHER[h.label]}) for h in hits]
+    def search_vectors(self, vectors: np.ndarray, k: int, split: str | None = "train",
+                       exclude_case_ids: list[str | None] | None = None) -> list[list[Neighbour]]:
+        rows = self.inner.search_vectors(vectors, k, split, exclude_case_ids)
+        return [[h.model_copy(update={"label": OTHER[h.label]}) for h in hits] for hits in rows]

@@ -30,7 +30,7 @@ from casereview.errors import CaseReviewError
 from casereview.evaluation.batch_arms import Arm, arm_settings
 from casereview.evaluation.batch_collector import BatchingBackend
 from casereview.evaluation.batch_evidence import (
-    FlippedClassifier, PrecomputedClassifier, PrecomputedGate, PrecomputedIndex, SwappedNeighbourIndex,
+    FlippedClassifier, PrecomputedClassifier, PrecomputedIndex, SwappedNeighbourIndex,
 )
 from casereview.graphs.review import ReviewRun
 from casereview.provenance import sha256_text
@@ -122,19 +122,21 @@ def _images(settings: Settings, refs: list[str]) -> np.ndarray:
 
 
 def shared_context(settings: Settings, refs: list[str]) -> RunContext:
-    """One context for every arm: the classifier, gate and index loaded once, and every case's gate
-    measures, opinion and neighbours computed in one batched pass (what the check_input, classify
-    and retrieve nodes then ask for)."""
+    """One context for every arm: the classifier, gate and index loaded once, and every case's opinion,
+    embedding and neighbours computed in one batched pass (what the check_input, classify and
+    retrieve nodes then ask for)."""
     ctx = RunContext(settings, "batch").open()
     images = _images(settings, refs)
+    if not len(images):
+        return ctx
     classifier = PrecomputedClassifier(ctx.classifier, images)
+    # The context's resources are cached properties: replacing the cached values is what `sharing` copies.
+    ctx.__dict__["classifier"] = classifier
+    vectors = np.stack([ctx.case_vector(im) for im in images])  # the classifier's embeddings for a cnn index
     g = settings.graph
     queries = [(g.k_uncertain if classifier.opinion(im).uncertain else g.k, g.case_base, ref if parse_ref(ref) else None)
                for im, ref in zip(images, refs)]
-    # The context's resources are cached properties: replacing the cached values is what `sharing` copies.
-    ctx.__dict__["index"] = PrecomputedIndex(ctx.index, images, queries)
-    ctx.__dict__["classifier"] = classifier
-    ctx.__dict__["gate"] = PrecomputedGate(ctx.gate, images)
+    ctx.__dict__["index"] = PrecomputedIndex(ctx.index, vectors, queries)
     return ctx
 
 
