@@ -2,7 +2,7 @@
 
 Every setting lives in one section (``data``, ``train``, ``classifier``, ``index``,
 ``reporter``, ``graph``, ``paths``). The environment uses ``CASEREVIEW_<SECTION>_<FIELD>``,
-for example ``CASEREVIEW_DATA_ROOT=../shared/data`` or ``CASEREVIEW_TRAIN_EPOCHS=3``.
+for example ``CASEREVIEW_DATA_ROOT=/data/medmnist`` or ``CASEREVIEW_TRAIN_EPOCHS=3``.
 A YAML file has the same shape (``train: {epochs: 3}``) and is named by ``--config`` or
 ``CASEREVIEW_CONFIG``. CLI flags are passed to :func:`load_settings` as ``overrides``.
 
