@@ -99,6 +99,8 @@ class ReporterConfig(Section):
     variant: str = "grounded"
     model_id: str = "google/medgemma-4b-it"
     device: str = "auto"
+    # medgemma backend: "auto" is bf16 on GPUs with native bf16, 4-bit NF4 on older ones (a T4), fp32 on CPU
+    precision: Literal["auto", "bf16", "fp32", "4bit"] = "auto"
     max_new_tokens: int = Field(default=300, ge=1)
     batch_size: int = Field(default=4, ge=1)
     base_url: str = "http://127.0.0.1:8000/v1"

@@ -13,7 +13,7 @@ import torch
 from casereview.config import ReporterConfig
 from casereview.schemas import ClassifierOpinion, Neighbour
 from casereview.tools.reporter import Evidence, ReporterError, generate_reports, get_backend, parse_report, render_prompt
-from casereview.tools.reporter.backends import MedGemmaBackend
+from casereview.tools.reporter.backends import MedGemmaBackend, choose_precision
 from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
@@ -100,10 +100,32 @@ def test_unloadable_model_is_a_clear_error(tmp_path, monkeypatch) -> None:
         b.generate([render_prompt("minimal", _evidence(1)[0])])
 
 
+@pytest.mark.parametrize(
+    ("requested", "device", "capability", "chosen"),
+    [
+        ("auto", "cpu", None, "fp32"),
+        ("auto", "cuda", (7, 5), "4bit"),  # T4: no native bf16, and fp32 MedGemma does not fit
+        ("auto", "cuda", (8, 0), "bf16"),  # A100 and newer
+        ("auto", "cuda", (9, 0), "bf16"),
+        ("fp32", "cuda", (7, 5), "fp32"),  # an explicit choice is kept
+        ("bf16", "cpu", None, "bf16"),
+    ],
+)
+def test_precision_choice(requested, device, capability, chosen) -> None:
+    assert choose_precision(requested, device, capability) == chosen
+
+
+def test_4bit_on_a_cpu_is_a_clear_error(tiny_vlm_dir) -> None:  # noqa: F811
+    b = MedGemmaBackend(ReporterConfig(backend="medgemma", model_id=str(tiny_vlm_dir), device="cpu", precision="4bit"))
+    with pytest.raises(ReporterError, match="4bit needs a CUDA GPU"):
+        b.load()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: checks bf16 weights and device placement")
 def test_cuda_bf16(tiny_vlm_dir) -> None:  # noqa: F811
-    b = MedGemmaBackend(ReporterConfig(backend="medgemma", model_id=str(tiny_vlm_dir), max_new_tokens=8, device="cuda"))
+    b = MedGemmaBackend(ReporterConfig(backend="medgemma", model_id=str(tiny_vlm_dir), max_new_tokens=8, device="cuda",
+                                       precision="bf16"))
     out = b.generate([render_prompt(v, ev) for v, ev in zip(["grounded", "visual_fewshot"], _evidence(2))])
     assert len(out) == 2 and all(isinstance(g.text, str) for g in out)
     assert b._model.dtype == torch.bfloat16

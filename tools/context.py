@@ -100,6 +100,7 @@ class RunContext:
             "model_id": "casereview-template-v1" if r.backend == "template" else (r.api_model or r.model_id),
             "template_follows": r.template_follows if r.backend == "template" else None,
             "max_new_tokens": r.max_new_tokens if r.backend != "template" else None,
+            "precision": r.precision if r.backend == "medgemma" else None,
             "variant": r.variant,
             "strict_variant": s.graph.strict_variant,
             "seed": r.seed,

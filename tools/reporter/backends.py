@@ -116,12 +116,25 @@ class TemplateBackend(ReporterBackend):
         return f"{cls.DISCLAIMER}\nFINDINGS: {' '.join(findings)}\nIMPRESSION: {impression}"
 
 
+def choose_precision(requested: str, device_type: str, capability: tuple[int, int] | None) -> str:
+    """The precision a Gemma-3-family model is loaded in: ``requested``, or for ``"auto"``: fp32 on a
+    CPU, bf16 on a GPU with native bf16 (compute capability 8.0 or newer), else 4-bit NF4 with fp32
+    compute. Never fp16: it gives empty or NaN output on Gemma 3. A T4 (7.5) has no native bf16, and
+    MedGemma 4B in fp32 (about 17 GB) does not fit its 15 GB; in 4-bit it takes about 7 GB (the
+    embeddings and the vision tower stay in fp32)."""
+    if requested != "auto":
+        return requested
+    if device_type != "cuda":
+        return "fp32"
+    return "bf16" if capability is not None and capability >= (8, 0) else "4bit"
+
+
 class MedGemmaBackend(ReporterBackend):
     """Any image-text-to-text checkpoint through ``AutoProcessor`` + ``AutoModelForImageTextToText``.
 
-    bf16 on CUDA (fp16 breaks Gemma 3), fp32 on CPU; greedy decoding; batches of
-    ``cfg.batch_size`` prompts per ``generate`` call with left padding. ``cfg.model_id`` is a
-    hub id (MedGemma is gated: accept its terms and set ``HF_TOKEN``) or a local folder.
+    Precision from :func:`choose_precision`; greedy decoding; batches of ``cfg.batch_size`` prompts
+    per ``generate`` call with left padding. ``cfg.model_id`` is a hub id (MedGemma is gated: accept
+    its terms and set ``HF_TOKEN``) or a local folder.
     """
 
     name = "medgemma"
@@ -132,6 +145,7 @@ class MedGemmaBackend(ReporterBackend):
         self._processor = None
         self.device = None
         self.dtype = None
+        self.precision = None
 
     def load(self) -> None:
         """Load processor and model (once; later calls return at once)."""
@@ -143,11 +157,26 @@ class MedGemmaBackend(ReporterBackend):
         from casereview.devices import resolve_device
 
         device = resolve_device(self.cfg.device)
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        log.info("loading %s on %s (%s)", self.model_id, device, dtype)
+        capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+        precision = choose_precision(self.cfg.precision, device.type, capability)
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        extra: dict[str, Any] = {}
+        if precision == "4bit":
+            if device.type != "cuda":
+                raise ReporterError("reporter.precision=4bit needs a CUDA GPU (bitsandbytes); use fp32 on a CPU")
+            try:
+                from transformers import BitsAndBytesConfig
+
+                import bitsandbytes  # noqa: F401  (fails here, with a clear message, rather than inside transformers)
+            except ImportError as exc:
+                raise ReporterError(f"4-bit loading needs bitsandbytes ({exc}): `pip install bitsandbytes`, "
+                                    "or set reporter.precision to bf16 or fp32") from exc
+            extra["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+        log.info("loading %s on %s (%s)", self.model_id, device, precision)
         try:
             processor = AutoProcessor.from_pretrained(self.model_id)
-            model = AutoModelForImageTextToText.from_pretrained(self.model_id, dtype=dtype, device_map=str(device))
+            model = AutoModelForImageTextToText.from_pretrained(self.model_id, dtype=dtype, device_map=str(device), **extra)
         except (OSError, ValueError) as exc:
             raise ReporterError(
                 f"cannot load {self.model_id!r} ({exc}). MedGemma is gated: accept its terms on the Hugging Face "
@@ -160,7 +189,7 @@ class MedGemmaBackend(ReporterBackend):
         if gen.pad_token_id is None:
             gen.pad_token_id = processor.tokenizer.pad_token_id
         self._processor, self._model, self._gen = processor, model.eval(), gen
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype, self.precision = device, dtype, precision
 
     def describe(self) -> dict[str, Any]:
         info = super().describe() | {"max_new_tokens": self.cfg.max_new_tokens, "decoding": "greedy"}
@@ -168,6 +197,7 @@ class MedGemmaBackend(ReporterBackend):
             info |= {
                 "device": str(self.device),
                 "dtype": str(self.dtype).removeprefix("torch."),
+                "precision": self.precision,
                 "model_revision": getattr(self._model.config, "_commit_hash", None),
             }
         return info
