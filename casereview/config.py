@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from casereview.errors import CaseReviewError
 
 ENV_PREFIX = "CASEREVIEW_"
+EmbedderName = Literal["cnn", "clip", "pixels"]  # the registry of casereview.tools.embedders
 CONFIG_ENV = "CASEREVIEW_CONFIG"
 
 
@@ -78,7 +79,7 @@ class ClassifierConfig(Section):
 class IndexConfig(Section):
     """The case index (``casereview index build``, ``search``, ``evaluate-retrieval``)."""
 
-    embedder: str = "cnn"  # cnn | clip | pixels
+    embedder: EmbedderName = "cnn"
     clip_model: str = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
     clip_pretrained: str | None = None  # open_clip pretrained tag or weights file (built-in model names only)
     device: str = "auto"  # where the clip embedder runs (cnn uses classifier.device)
@@ -91,7 +92,7 @@ class IndexConfig(Section):
     hnsw_ef_search: int = Field(default=200, ge=1)
     batch_size: int = Field(default=256, ge=1)
     limit: int | None = Field(default=None, ge=1)  # index a fixed random subset of N images of each split (tests, smoke runs)
-    report_embedders: list[str] = ["cnn", "pixels"]  # evaluated by `casereview report task3`
+    report_embedders: list[EmbedderName] = ["cnn", "pixels"]  # evaluated by `casereview report task3`
 
 
 class ReporterConfig(Section):

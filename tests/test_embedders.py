@@ -33,6 +33,15 @@ def test_unknown_embedder_names_the_choices(settings):
         create_embedder("resnet", settings)
 
 
+def test_the_settings_name_exactly_the_registered_embedders():
+    from typing import get_args
+
+    from casereview.config import EmbedderName
+    from casereview.tools.embedders import EMBEDDERS
+
+    assert set(get_args(EmbedderName)) == set(EMBEDDERS)  # the CLI's choices come from the settings
+
+
 def test_cnn_embedder_is_the_classifier_penultimate_layer(settings, images, random_checkpoint):
     from casereview.training.checkpoint import load_classifier
     from casereview.training.predict import embed_images

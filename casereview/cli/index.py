@@ -6,10 +6,10 @@ import argparse
 import json
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from casereview.cli.common import add_common_options, settings_from_args
-from casereview.config import Settings
+from casereview.config import EmbedderName, Settings
 
 SPLIT_CHOICES = ("train", "val", "test", "train+val", "all")
 
@@ -29,9 +29,7 @@ downloaded there when missing, unless CASEREVIEW_DATA_DOWNLOAD=false.
 
 
 def _index_options(p: argparse.ArgumentParser) -> None:
-    from casereview.tools.embedders import EMBEDDERS
-
-    p.add_argument("--embedder", choices=sorted(EMBEDDERS), help="which embedder's index (default: index.embedder, cnn)")
+    p.add_argument("--embedder", choices=get_args(EmbedderName), help="which embedder's index (default: index.embedder, cnn)")
     p.add_argument("--checkpoint", type=Path, help="classifier checkpoint for the cnn embedder (default: the released one)")
     p.add_argument("--clip-model", help="open_clip model for the clip embedder (default: BiomedCLIP from the hub)")
     p.add_argument("--clip-pretrained", help="open_clip pretrained tag or weights file, for built-in model names")

@@ -7,8 +7,10 @@ import json
 import sys
 import uuid
 from pathlib import Path
+from typing import get_args
 
 from casereview.cli.common import add_common_options, settings_from_args
+from casereview.config import EmbedderName
 from casereview.errors import CaseReviewError
 
 
@@ -30,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-id", help="VLM model id or local folder (medgemma/openai backends)")
     p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
     p.add_argument("-k", type=int, help="similar cases retrieved (default: 5; more when the classifier is uncertain)")
-    p.add_argument("--embedder", choices=["cnn", "clip", "pixels"], help="case-index embedder (default: cnn)")
+    p.add_argument("--embedder", choices=get_args(EmbedderName), help="case-index embedder (default: cnn)")
     p.add_argument("--checkpoint", type=Path, help="classifier checkpoint (default: the released one)")
     p.add_argument("--max-attempts", type=int, help="report attempts including the first (default: 2)")
     p.add_argument("--out", type=Path, help="where records go (default: <workdir>/reviews/<run id>)")
