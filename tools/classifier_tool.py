@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from casereview.config import Settings
 from casereview.data import load_split
@@ -99,6 +100,8 @@ def _conformal(clf: Classifier, settings: Settings) -> tuple[float, float]:
 def load_case_classifier(settings: Settings) -> CaseClassifier:
     """The configured checkpoint, loaded once, with its conformal calibration."""
     c = settings.classifier
+    if c.threads:
+        torch.set_num_threads(c.threads)
     clf = load_classifier(c.checkpoint, c.device)
     qhat, centre = _conformal(clf, settings)
     return CaseClassifier(clf, qhat, settings.graph.conformal_alpha, centre)
