@@ -51,8 +51,10 @@ class TrainConfig(Section):
     class_weighting: Literal["balanced", "none"] = "balanced"
     label_smoothing: float = 0.0
     augment: bool = True
+    augment_preset: Literal["standard", "robust"] = "standard"  # see training/augment.py
+    input_norm: Literal["dataset", "per_image"] = "dataset"  # per_image: each image standardised inside the model
     ema_decay: float = 0.99  # weight EMA that is validated and saved; 0 turns it off
-    early_stopping_metric: Literal["val_loss", "val_auc"] = "val_loss"
+    early_stopping_metric: Literal["val_loss", "val_auc", "none"] = "val_loss"  # none: fixed length, last epoch
     patience: int = 10
     seed: int = 0
     num_workers: int = 0

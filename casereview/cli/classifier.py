@@ -33,7 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-weighting", choices=["balanced", "none"])
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="turn augmentation off")
     p.add_argument("--ema-decay", type=float, help="decay of the weight EMA that is validated and saved (0: off)")
-    p.add_argument("--early-stopping-metric", choices=["val_loss", "val_auc"])
+    p.add_argument("--augment-preset", choices=["standard", "robust"], help="augmentation strength (training/augment.py)")
+    p.add_argument("--input-norm", choices=["dataset", "per_image"], help="per_image: standardise each image in the model")
+    p.add_argument("--early-stopping-metric", choices=["val_loss", "val_auc", "none"],
+                   help="epoch selection on validation; none: fixed length, keep the last epoch")
     p.add_argument("--patience", type=int, help="epochs without improvement before stopping")
     p.add_argument("--seed", type=int)
     p.add_argument("--limit", type=int, help="use a fixed random subset of N images of train and val (smoke runs)")
@@ -103,7 +106,7 @@ def run_train(args: argparse.Namespace) -> int:
     from casereview.training.train import train
 
     keys = ("arch", "pretrained", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler",
-            "class_weighting", "augment", "ema_decay", "early_stopping_metric", "patience", "seed", "limit", "threads", "device")
+            "class_weighting", "augment", "augment_preset", "input_norm", "ema_decay", "early_stopping_metric", "patience", "seed", "limit", "threads", "device")
     settings = settings_from_args(args, train={k: getattr(args, k) for k in keys})
     path = train(settings, args.out)
     from casereview.training.checkpoint import read_meta

@@ -1,0 +1,84 @@
+"""``casereview ensemble``: members of one recipe -> one released-style checkpoint (mean logit).
+
+The release rule, fixed before any test data is read: every seed of the chosen recipe is a
+member (no seed is picked), the logit is the mean of the members' logits, and one
+temperature, one threshold and one conformal quantile are fitted for the ensemble on
+validation (:mod:`casereview.training.calibration`). The test split is never read here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from casereview.config import Settings
+from casereview.data import data_file, load_split
+from casereview.provenance import git_commit, package_versions, sha256_file, utc_now
+from casereview.training.calibration import fit_calibration
+from casereview.training.checkpoint import CheckpointError, Classifier, load_classifier, save_checkpoint
+from casereview.training.metrics import binary_metrics, sigmoid
+from casereview.training.models import MeanLogitEnsemble, count_parameters
+from casereview.training.predict import predict_logits
+
+# Per-member settings that may differ between members; everything else in the config must match.
+MEMBER_KEYS = ("seed", "threads", "device", "num_workers")
+
+
+def _as_classifier(template: Classifier, model: nn.Module) -> Classifier:
+    """``template`` with another module, so that members and ensemble share the one prediction path."""
+    return replace(template, model=model)
+
+
+def _recipe(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in meta.get("train_config", {}).items() if k not in MEMBER_KEYS}
+
+
+def build_ensemble(settings: Settings, members: list[Path], out: Path) -> Path:
+    """Combine ``members`` (checkpoints of one recipe) and calibrate on validation; write ``out``."""
+    clfs = [load_classifier(p, "cpu") for p in members]
+    recipes = {str(sorted(_recipe(c.meta).items())) for c in clfs}
+    if len(clfs) < 2 or len(recipes) != 1:
+        raise CheckpointError("an ensemble needs two or more members trained with one recipe (only the seed differs)")
+    first = clfs[0].meta
+    model = MeanLogitEnsemble([c.model for c in clfs]).eval()
+    val = load_split("val", settings.data.root, settings.data.download)
+    logits = predict_logits(_as_classifier(clfs[0], model), val.images)
+    cal = fit_calibration(logits, val.labels)
+    root = settings.data.root
+    meta: dict[str, Any] = {
+        "arch": "ensemble",
+        "member_arch": first["arch"],
+        "n_members": len(clfs),
+        "input_norm": first.get("input_norm", "dataset"),
+        "combination": "mean of member logits",
+        "embedding": "concatenation of the members' L2-normalised pre-logit features (scaled to unit norm)",
+        "num_parameters": count_parameters(model),
+        "train_config": _recipe(first),
+        "members": [
+            {"checkpoint": str(p), "sha256": c.sha256, "seed": c.meta["train_config"]["seed"],
+             "train_seconds": c.meta.get("train_seconds"), "epochs_run": c.meta.get("epochs_run"),
+             "best_epoch": c.meta.get("best_epoch"), "calibration": c.meta.get("calibration"),
+             "val_metrics": c.meta.get("val_metrics"), "history": c.meta.get("history")}
+            for p, c in zip(members, clfs)
+        ],
+        "train_seconds": round(sum(c.meta.get("train_seconds", 0.0) for c in clfs), 1),
+        "data_file": data_file(root).name,
+        "data_sha256": sha256_file(data_file(root)),
+        "git_commit": git_commit(),
+        "packages": package_versions(("torch", "timm", "medmnist", "scikit-learn")),
+        "created": utc_now(),
+        "device": first.get("device"),
+        "calibration": cal,
+        "val_metrics": binary_metrics(val.labels, sigmoid(logits / cal["temperature"]), cal["threshold"]),
+    }
+    return save_checkpoint(model, out, meta)
+
+
+def member_logits(path: Path, images: np.ndarray) -> np.ndarray:
+    """(n_members, N) raw logits of each member of an ensemble checkpoint (for the seed table)."""
+    clf = load_classifier(path, "cpu")
+    return np.stack([predict_logits(_as_classifier(clf, m), images) for m in clf.model.members])
