@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from casereview.config import Settings
@@ -20,10 +21,11 @@ from casereview.data import data_file, load_split
 from casereview.provenance import git_commit, package_versions, sha256_file, utc_now
 from casereview.training.calibration import fit_calibration
 from casereview.training.checkpoint import CheckpointError, Classifier, load_classifier, save_checkpoint
-from casereview.training.metrics import binary_metrics, sigmoid
+from casereview.training.metrics import binary_metrics, fit_temperature, sigmoid
 from casereview.training.models import MeanLogitEnsemble, count_parameters
 from casereview.training.predict import predict_logits
 
+TTA_SHIFT = 1  # pixels; about 4% of the image side, within the training augmentation's shifts
 # Per-member settings that may differ between members; everything else in the config must match.
 MEMBER_KEYS = ("seed", "threads", "device", "num_workers")
 
@@ -46,6 +48,8 @@ def build_ensemble(settings: Settings, members: list[Path], out: Path) -> Path:
     first = clfs[0].meta
     model = MeanLogitEnsemble([c.model for c in clfs]).eval()
     val = load_split("val", settings.data.root, settings.data.download)
+    tta = tta_review(_as_classifier(clfs[0], model), val.images, val.labels)
+    model.tta_shift = tta["chosen_shift"]
     logits = predict_logits(_as_classifier(clfs[0], model), val.images)
     cal = fit_calibration(logits, val.labels)
     root = settings.data.root
@@ -55,6 +59,8 @@ def build_ensemble(settings: Settings, members: list[Path], out: Path) -> Path:
         "n_members": len(clfs),
         "input_norm": first.get("input_norm", "dataset"),
         "combination": "mean of member logits",
+        "tta_shift": model.tta_shift,
+        "tta_review": tta,
         "embedding": "concatenation of the members' L2-normalised pre-logit features (scaled to unit norm)",
         "num_parameters": count_parameters(model),
         "train_config": _recipe(first),
@@ -76,6 +82,25 @@ def build_ensemble(settings: Settings, members: list[Path], out: Path) -> Path:
         "val_metrics": binary_metrics(val.labels, sigmoid(logits / cal["temperature"]), cal["threshold"]),
     }
     return save_checkpoint(model, out, meta)
+
+
+def tta_review(clf: Classifier, images: np.ndarray, y: np.ndarray, shift: int = TTA_SHIFT) -> dict[str, Any]:
+    """Validation ROC AUC and loss without and with shift test-time augmentation; TTA is kept only if it
+    raises the validation AUC (rule fixed before any run; the test split is not read)."""
+    rows = {}
+    for s in (0, shift):
+        clf.model.tta_shift = s
+        logits = predict_logits(clf, images)
+        rows[str(s)] = {"val_roc_auc": float(roc_auc_score(y, logits)),
+                        "val_nll_at_fitted_temperature": _nll(logits / fit_temperature(logits, y), y)}
+    clf.model.tta_shift = 0
+    chosen = shift if rows[str(shift)]["val_roc_auc"] > rows["0"]["val_roc_auc"] else 0
+    return {"views": {"0": 1, str(shift): 5}, "by_shift": rows, "chosen_shift": chosen,
+            "rule": f"{shift}-pixel shift TTA (5 views) kept only if it raises validation ROC AUC"}
+
+
+def _nll(z: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.logaddexp(0.0, -z) * y + np.logaddexp(0.0, z) * (1 - y)))
 
 
 def member_logits(path: Path, images: np.ndarray) -> np.ndarray:

@@ -103,11 +103,12 @@ class MeanLogitEnsemble(nn.Module):
     feature bases, so averaging the vectors themselves would mix incomparable coordinates).
     """
 
-    def __init__(self, members: list[nn.Module]):
+    def __init__(self, members: list[nn.Module], tta_shift: int = 0):
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
+        self.tta_shift = tta_shift  # > 0: the logit is also averaged over copies shifted by this many pixels
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m.forward_features(x) for m in self.members], dim=1)
@@ -119,7 +120,16 @@ class MeanLogitEnsemble(nn.Module):
         return torch.stack(outs, dim=0).mean(dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x) for m in self.members], dim=0).mean(dim=0)
+        views = shifted_views(x, self.tta_shift) if self.tta_shift else [x]
+        return torch.stack([m(v) for v in views for m in self.members], dim=0).mean(dim=0)
+
+
+def shifted_views(x: torch.Tensor, shift: int) -> list[torch.Tensor]:
+    """x and its four copies moved by ``shift`` pixels up, down, left and right (edges replicated)."""
+    h, w = x.shape[-2:]
+    padded = nn.functional.pad(x, (shift,) * 4, mode="replicate")
+    offsets = ((0, 0), (-shift, 0), (shift, 0), (0, -shift), (0, shift))
+    return [padded[..., shift + dy : shift + dy + h, shift + dx : shift + dx + w] for dy, dx in offsets]
 
 
 def create_classifier(arch: str, pretrained: bool = False, input_norm: str = "dataset") -> nn.Module:
@@ -137,15 +147,17 @@ def create_classifier(arch: str, pretrained: bool = False, input_norm: str = "da
     return PerImageStandardized(model) if input_norm == "per_image" else model
 
 
-def create_ensemble(member_arch: str, n_members: int, input_norm: str = "dataset") -> MeanLogitEnsemble:
+def create_ensemble(member_arch: str, n_members: int, input_norm: str = "dataset", tta_shift: int = 0) -> MeanLogitEnsemble:
     """An untrained ensemble skeleton whose state dict matches one saved by ``casereview ensemble``."""
-    return MeanLogitEnsemble([create_classifier(member_arch, input_norm=input_norm) for _ in range(n_members)])
+    members = [create_classifier(member_arch, input_norm=input_norm) for _ in range(n_members)]
+    return MeanLogitEnsemble(members, tta_shift=tta_shift)
 
 
 def build_from_meta(meta: dict) -> nn.Module:
     """The (untrained) module a checkpoint's metadata describes: a single model or an ensemble."""
     if meta["arch"] == "ensemble":
-        return create_ensemble(meta["member_arch"], int(meta["n_members"]), meta.get("input_norm", "dataset"))
+        return create_ensemble(meta["member_arch"], int(meta["n_members"]), meta.get("input_norm", "dataset"),
+                               int(meta.get("tta_shift", 0)))
     return create_classifier(meta["arch"], input_norm=meta.get("input_norm", "dataset"))
 
 
