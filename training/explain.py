@@ -1,6 +1,6 @@
 """Is the saliency spot the method or the model? Measurements behind the report's saliency section.
 
-- :func:`mean_maps`: SmoothGrad and occlusion averaged over many films; a peak at one position
+- :func:`mean_map`: SmoothGrad and occlusion averaged over many films; a peak at one position
   in the average means the maps follow position more than the individual film.
 - :func:`shift_consistency`: move the films by a few pixels; maps that follow the content
   move with it, maps tied to a position stay put.
@@ -31,14 +31,14 @@ def peak(m: np.ndarray) -> dict[str, Any]:
     return {"row": int(r), "col": int(c), "peak_over_median": float(a.max() / max(np.median(a), 1e-12))}
 
 
-def mean_maps(model: nn.Module, images: np.ndarray, batch: int = 16, occlusion_stride: int = 2) -> dict[str, np.ndarray]:
-    """Mean max-normalised SmoothGrad map and mean |occlusion| map over ``images`` (uint8)."""
-    sg, occ = [], []
+def mean_map(model: nn.Module, images: np.ndarray, method: str, batch: int = 16) -> np.ndarray:
+    """The mean max-normalised SmoothGrad map, or the mean |occlusion| map (stride 2), over ``images`` (uint8)."""
+    maps = []
     for i in range(0, len(images), batch):
         x = to_tensor(images[i : i + batch])
-        sg.append(smoothgrad(model, x, n_samples=16))
-        occ.append(np.abs(occlusion(model, x, stride=occlusion_stride)))
-    return {"smoothgrad": np.concatenate(sg).mean(0), "occlusion": np.concatenate(occ).mean(0)}
+        maps.append(smoothgrad(model, x, n_samples=16) if method == "smoothgrad"
+                    else np.abs(occlusion(model, x, stride=2)))
+    return np.concatenate(maps).mean(0)
 
 
 def _shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -56,10 +56,10 @@ def shift_consistency(model: nn.Module, images: np.ndarray, shift: int = 3) -> d
     For each of four directions: the peak of the mean map of the moved films, and whether it moved
     with the content (by about ``shift`` in that direction) or stayed at the original position.
     """
-    base = peak(mean_maps(model, images, occlusion_stride=4)["smoothgrad"])
+    base = peak(mean_map(model, images, "smoothgrad"))
     rows = []
     for dy, dx in ((shift, 0), (-shift, 0), (0, shift), (0, -shift)):
-        p = peak(mean_maps(model, _shift(images, dy, dx), occlusion_stride=4)["smoothgrad"])
+        p = peak(mean_map(model, _shift(images, dy, dx), "smoothgrad"))
         moved = abs(p["row"] - base["row"] - dy) + abs(p["col"] - base["col"] - dx)
         stayed = abs(p["row"] - base["row"]) + abs(p["col"] - base["col"])
         rows.append({"dy": dy, "dx": dx, "peak": p, "follows_content": bool(moved < stayed)})

@@ -83,7 +83,3 @@ def randomisation_check(trained: nn.Module, randomised: nn.Module, x: torch.Tens
     corr = {m: rank_correlation(maps["trained"][m], maps["random"][m]) for m in ("smoothgrad", "occlusion")}
     return {"maps": maps, "spearman": {m: {"mean": float(np.nanmean(c)), "per_image": c.tolist()} for m, c in corr.items()}}
 
-
-def mean_map(fn, model: nn.Module, x: torch.Tensor, batch: int = 32) -> np.ndarray:
-    """A saliency function's map averaged over many images (position effects show up here)."""
-    return np.concatenate([fn(model, x[i : i + batch]) for i in range(0, len(x), batch)]).mean(axis=0)
