@@ -22,7 +22,7 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """Batch of uint8 (N, 28, 28) -> normalised float (N, 1, 28, 28) for inference."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1)
+    x = torch.tensor(np.asarray(images)).unsqueeze(1)  # a copy: read-only arrays (memory-mapped data) are fine
     return normalize(x.float() / 255.0)
 
 

@@ -27,6 +27,7 @@ from casereview.training.metrics import (
     expected_calibration_error,
     sigmoid,
 )
+from casereview.training.models import single_view
 from casereview.training.predict import predict_logits
 from casereview.training.failure import conformal_summary, outcomes, random_examples
 from casereview.training.saliency import occlusion, smoothgrad
@@ -88,7 +89,8 @@ def _figures(clf: Classifier, split: str, images: np.ndarray, y: np.ndarray, pro
               + failures["false_positives"][:2] + failures["false_negatives"][:2])
     if sample:
         x = to_tensor(images[sample]).to(clf.device)
-        maps = {"SmoothGrad": smoothgrad(clf.model, x), "occlusion (5x5)": occlusion(clf.model, x)}
+        with single_view(clf.model) as model:
+            maps = {"SmoothGrad": smoothgrad(model, x), "occlusion (5x5)": occlusion(model, x)}
         caps = [_caption(split, i, y, prob, groups[i]) for i in sample]
         paths["saliency"] = figures.map_panel(images[sample], caps, maps, out / "saliency.png")
     return {k: str(v) for k, v in paths.items()}

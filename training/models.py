@@ -7,6 +7,9 @@ All models output one logit: log-odds of pneumonia.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import timm
 import torch
 from timm.models import register_model
@@ -122,6 +125,19 @@ class MeanLogitEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         views = shifted_views(x, self.tta_shift) if self.tta_shift else [x]
         return torch.stack([m(v) for v in views for m in self.members], dim=0).mean(dim=0)
+
+
+@contextmanager
+def single_view(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` with its test-time augmentation switched off for the duration (saliency maps: one view)."""
+    shift = getattr(model, "tta_shift", 0)
+    if shift:
+        model.tta_shift = 0
+    try:
+        yield model
+    finally:
+        if shift:
+            model.tta_shift = shift
 
 
 def shifted_views(x: torch.Tensor, shift: int) -> list[torch.Tensor]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from casereview.training.ensemble import member_logits
 from casereview.training.evaluate import evaluate
 from casereview.training.failure import between, conformal_summary, outcomes, statistics_by_outcome
 from casereview.training.metrics import binary_metrics, sigmoid
-from casereview.training.models import build_from_meta
+from casereview.training.models import build_from_meta, single_view
 from casereview.training.predict import predict_logits
 from casereview.training.robustness import AUC_TOLERANCE, choose_recipe
 from casereview.training.saliency import randomisation_check
@@ -130,7 +131,15 @@ def _logits_fn(clf: Classifier):
 
 
 def saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_images: int = 32) -> dict[str, Any]:
-    """Mean maps, randomisation check, shift consistency and region occlusion for each model."""
+    """Mean maps, randomisation check, shift consistency and region occlusion for each model (one view:
+    test-time augmentation is off here, so the maps explain the members' mean logit on the film itself)."""
+    with ExitStack() as stack:
+        for clf in models.values():
+            stack.enter_context(single_view(clf.model))
+        return _saliency_study(models, val, test, fig_dir, n_images)
+
+
+def _saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_images: int) -> dict[str, Any]:
     images = val.images[:n_images]
     maps, result = {}, {}
     for name, clf in models.items():
