@@ -67,6 +67,9 @@ def test_ensemble_loads_and_predicts_like_a_single_model(built):
     assert p.shape == (6,) and np.all((p > 0) & (p < 1))
     feats = embed_images(clf, images)
     assert feats.shape == (6, 2 * 256) and np.allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-5)
+    # the embedding is the members' L2-normalised features side by side: cosine = mean member cosine
+    parts = [embed_images(load_classifier(m, "cpu"), images) for m in members]
+    assert np.allclose(feats, np.concatenate(parts, axis=1) / np.sqrt(2), atol=1e-5)
 
 
 def test_members_of_different_recipes_are_refused(tmp_path, data_root):
@@ -92,3 +95,14 @@ def test_shifted_views_move_by_one_pixel_with_replicated_edges():
     views = shifted_views(x, 1)
     assert len(views) == 5 and torch.equal(views[0], x)
     assert torch.equal(views[4][0, 0, :, :3], x[0, 0, :, 1:]) and torch.equal(views[4][0, 0, :, 3], x[0, 0, :, 3])
+
+
+def test_model_card_describes_the_ensemble(built):
+    from casereview.render import render
+
+    meta = read_meta(built[0])
+    row = {k: 0.9 for k in ("roc_auc", "accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy")}
+    card = render("model_card.md.j2", meta=meta, cal=meta["calibration"], sha256="0" * 64,
+                  evals=[{"split": "val", "n": 524, **row}])
+    assert "ensemble of 2" in card and "no seed picked" in card and "conformal" in card
+    assert "casereview ensemble" in card

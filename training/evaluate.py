@@ -90,7 +90,7 @@ def _figures(clf: Classifier, split: str, images: np.ndarray, y: np.ndarray, pro
     if sample:
         x = to_tensor(images[sample]).to(clf.device)
         with single_view(clf.model) as model:
-            maps = {"SmoothGrad": smoothgrad(model, x), "occlusion (5x5)": occlusion(model, x)}
+            maps = {"SmoothGrad": smoothgrad(model, x), "occlusion (5x5)": occlusion(model, x, stride=2)}
         caps = [_caption(split, i, y, prob, groups[i]) for i in sample]
         paths["saliency"] = figures.map_panel(images[sample], caps, maps, out / "saliency.png")
     return {k: str(v) for k, v in paths.items()}

@@ -36,7 +36,7 @@ def mean_map(model: nn.Module, images: np.ndarray, method: str, batch: int = 16)
     maps = []
     for i in range(0, len(images), batch):
         x = to_tensor(images[i : i + batch])
-        maps.append(smoothgrad(model, x, n_samples=16) if method == "smoothgrad"
+        maps.append(smoothgrad(model, x, n_samples=8) if method == "smoothgrad"
                     else np.abs(occlusion(model, x, stride=2)))
     return np.concatenate(maps).mean(0)
 

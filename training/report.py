@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from casereview.training.evaluate import evaluate
 from casereview.training.failure import between, conformal_summary, outcomes, statistics_by_outcome
 from casereview.training.metrics import binary_metrics, sigmoid
 from casereview.training.models import build_from_meta, single_view
-from casereview.training.predict import predict_logits
+from casereview.training.predict import embed_images, predict_logits
 from casereview.training.robustness import AUC_TOLERANCE, choose_recipe
 from casereview.training.saliency import randomisation_check
 
@@ -130,7 +131,7 @@ def _logits_fn(clf: Classifier):
     return lambda images: predict_logits(clf, images)
 
 
-def saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_images: int = 32) -> dict[str, Any]:
+def saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_images: int = 16) -> dict[str, Any]:
     """Mean maps, randomisation check, shift consistency and region occlusion for each model (one view:
     test-time augmentation is off here, so the maps explain the members' mean logit on the film itself)."""
     with ExitStack() as stack:
@@ -167,6 +168,28 @@ def _saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_i
     path = figures.mean_maps(maps, fig_dir / "saliency_mean_maps.png",
                              f"mean over the first {n_images} validation films")
     return {"models": result, "positions": list(positions), "figure": path, "n_images": n_images}
+
+
+def embedding_check(clf: Classifier, train, val, k: int = 5) -> dict[str, dict[str, float]]:
+    """kNN retrieval of validation films among train films, by cosine similarity (numpy brute force):
+    the ensemble's embedding (concatenated, per-member L2-normalised) against each member's own.
+
+    P@k: share of the k neighbours with the query's label; kNN accuracy: majority vote of the k.
+    """
+    def score(tr: np.ndarray, va: np.ndarray) -> dict[str, float]:
+        nn_idx = np.argsort(-(va @ tr.T), axis=1)[:, :k]
+        same = train.labels[nn_idx] == val.labels[:, None]
+        return {"p_at_k": float(same.mean()), "knn_accuracy": float(((same.mean(1) > 0.5)).mean())}
+
+    members = clf.model.members
+    feats = {s: [embed_images(replace(clf, model=m), d.images) for m in members] for s, d in (("tr", train), ("va", val))}
+    # The ensemble embedding is exactly this concatenation (MeanLogitEnsemble.forward_head), built from the
+    # member vectors here so that each film goes through each member once.
+    concat = {s: np.concatenate(v, axis=1) / np.sqrt(len(members)) for s, v in feats.items()}
+    out = {"ensemble (concatenated)": score(concat["tr"], concat["va"])}
+    for i, meta in enumerate(clf.meta["members"]):
+        out[f"member seed {meta['seed']} alone"] = score(feats["tr"][i], feats["va"][i])
+    return out
 
 
 def failure_analysis(clf: Classifier, test, prob: np.ndarray, fig_dir: Path) -> dict[str, Any]:
@@ -217,6 +240,7 @@ def write_task1_report(settings: Settings, out_dir: Path) -> Path:
     curves = figures.member_curves([m["history"] for m in members], fig_dir / "member_curves.png")
     saliency = saliency_study({"v1": v1, "ensemble": clf}, data["val"], data["test"], fig_dir)
     failure = failure_analysis(clf, data["test"], scores["test"][1], fig_dir)
+    embedding = embedding_check(clf, data["train"], data["val"])
     v1_on = {s: binary_metrics(data[s].labels, sigmoid(predict_logits(v1, data[s].images) / v1.temperature), v1.threshold)
              for s in ("val", "test")}
     rel = lambda p: str(Path(p).relative_to(out_dir))  # noqa: E731 - paths in the Markdown are relative to it
@@ -225,7 +249,7 @@ def write_task1_report(settings: Settings, out_dir: Path) -> Path:
         meta=clf.meta, cfg=clf.meta["train_config"], cal=cal, ckpt_sha=clf.sha256, test=test, val=val,
         study=study, recipe=recipe, recipe_choice=choose_recipe(recipe["checkpoints"]), auc_tolerance=AUC_TOLERANCE,
         robust=robust, singles=singles, schedule=schedule_review(members), conformal=conformal,
-        saliency=saliency, failure=failure, v1=v1, v1_on=v1_on, anchors=ANCHORS, sweep=sweep,
+        saliency=saliency, failure=failure, embedding=embedding, v1=v1, v1_on=v1_on, anchors=ANCHORS, sweep=sweep,
         predict_test_s=predict_test_s, train_minutes=sum(m["train_seconds"] for m in members) / 60,
         prevalence={s: float(d.labels.mean()) for s, d in data.items()},
         fig={**{f"test_{k}": rel(v) for k, v in test["figures"].items()},
