@@ -31,13 +31,14 @@ def peak(m: np.ndarray) -> dict[str, Any]:
     return {"row": int(r), "col": int(c), "peak_over_median": float(a.max() / max(np.median(a), 1e-12))}
 
 
-def mean_map(model: nn.Module, images: np.ndarray, method: str, batch: int = 16) -> np.ndarray:
-    """The mean max-normalised SmoothGrad map, or the mean |occlusion| map (stride 2), over ``images`` (uint8)."""
+def mean_map(model: nn.Module, images: np.ndarray, method: str, batch: int = 16, stride: int = 2) -> np.ndarray:
+    """The mean max-normalised SmoothGrad map, or the mean |occlusion| map (5x5 patches every ``stride``
+    pixels), over ``images`` (uint8)."""
     maps = []
     for i in range(0, len(images), batch):
         x = to_tensor(images[i : i + batch])
         maps.append(smoothgrad(model, x, n_samples=8) if method == "smoothgrad"
-                    else np.abs(occlusion(model, x, stride=2)))
+                    else np.abs(occlusion(model, x, stride=stride)))
     return np.concatenate(maps).mean(0)
 
 
@@ -50,20 +51,24 @@ def _shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
-def shift_consistency(model: nn.Module, images: np.ndarray, shift: int = 3) -> dict[str, Any]:
-    """Where does the mean SmoothGrad peak go when the films move by ``shift`` pixels?
+def shift_consistency(model: nn.Module, images: np.ndarray, shift: int = 3) -> dict[str, dict[str, Any]]:
+    """Where does each method's mean-map peak go when the films move by ``shift`` pixels?
 
-    For each of four directions: the peak of the mean map of the moved films, and whether it moved
-    with the content (by about ``shift`` in that direction) or stayed at the original position.
+    For each method and each of four directions: the peak of the mean map of the moved films, and
+    whether it moved with the content (by about ``shift`` in that direction) or stayed where it was.
     """
-    base = peak(mean_map(model, images, "smoothgrad"))
-    rows = []
-    for dy, dx in ((shift, 0), (-shift, 0), (0, shift), (0, -shift)):
-        p = peak(mean_map(model, _shift(images, dy, dx), "smoothgrad"))
-        moved = abs(p["row"] - base["row"] - dy) + abs(p["col"] - base["col"] - dx)
-        stayed = abs(p["row"] - base["row"]) + abs(p["col"] - base["col"])
-        rows.append({"dy": dy, "dx": dx, "peak": p, "follows_content": bool(moved < stayed)})
-    return {"base_peak": base, "shifted": rows}
+    out = {}
+    for method in ("smoothgrad", "occlusion"):
+        base = peak(mean_map(model, images, method, stride=3))
+        rows = []
+        for dy, dx in ((shift, 0), (-shift, 0), (0, shift), (0, -shift)):
+            p = peak(mean_map(model, _shift(images, dy, dx), method, stride=3))
+            moved = abs(p["row"] - base["row"] - dy) + abs(p["col"] - base["col"] - dx)
+            stayed = abs(p["row"] - base["row"]) + abs(p["col"] - base["col"])
+            rows.append({"dy": dy, "dx": dx, "peak": p, "follows_content": bool(moved < stayed)})
+        out[method] = {"base_peak": base, "shifted": rows,
+                       "n_follow": sum(r["follows_content"] for r in rows)}
+    return out
 
 
 def grey_square(images: np.ndarray, row: int, col: int, size: int) -> np.ndarray:

@@ -167,13 +167,13 @@ def score_histograms(scores: dict[str, tuple[np.ndarray, np.ndarray]], threshold
     return save(fig, path)
 
 
-def member_curves(histories: Sequence[Sequence[dict]], path: Path) -> Path:
-    """Validation loss and AUC per epoch of every ensemble member (fixed-length runs)."""
+def member_curves(histories: dict[str, Sequence[dict]], path: Path) -> Path:
+    """Validation loss and AUC per epoch of every ensemble member (fixed-length runs), by name."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for i, h in enumerate(histories):
+    for name, h in histories.items():
         ep = [r["epoch"] for r in h]
-        a.plot(ep, [r["val_loss"] for r in h], label=f"member {i}")
-        b.plot(ep, [r["val_auc"] for r in h], label=f"member {i}")
+        a.plot(ep, [r["val_loss"] for r in h], label=name)
+        b.plot(ep, [r["val_auc"] for r in h], label=name)
     a.set_title("validation loss (class-weighted BCE)", fontsize=9)
     b.set_title("validation ROC AUC", fontsize=9)
     b.set_ylim(0.97, 1.0)

@@ -237,19 +237,18 @@ def write_task1_report(settings: Settings, out_dir: Path) -> Path:
                  "test": test["conformal"]}
     singles = single_models(clf, {"val": data["val"], "test": data["test"]})
     members = clf.meta["members"]
-    curves = figures.member_curves([m["history"] for m in members], fig_dir / "member_curves.png")
+    curves = figures.member_curves({f"seed {m['seed']}": m["history"] for m in members}, fig_dir / "member_curves.png")
     saliency = saliency_study({"v1": v1, "ensemble": clf}, data["val"], data["test"], fig_dir)
     failure = failure_analysis(clf, data["test"], scores["test"][1], fig_dir)
     embedding = embedding_check(clf, data["train"], data["val"])
     v1_on = {s: binary_metrics(data[s].labels, sigmoid(predict_logits(v1, data[s].images) / v1.temperature), v1.threshold)
              for s in ("val", "test")}
     rel = lambda p: str(Path(p).relative_to(out_dir))  # noqa: E731 - paths in the Markdown are relative to it
-    text = render(
-        "task1_classification_report.md.j2",
+    context = dict(
         meta=clf.meta, cfg=clf.meta["train_config"], cal=cal, ckpt_sha=clf.sha256, test=test, val=val,
         study=study, recipe=recipe, recipe_choice=choose_recipe(recipe["checkpoints"]), auc_tolerance=AUC_TOLERANCE,
         robust=robust, singles=singles, schedule=schedule_review(members), conformal=conformal,
-        saliency=saliency, failure=failure, embedding=embedding, v1=v1, v1_on=v1_on, anchors=ANCHORS, sweep=sweep,
+        saliency=saliency, failure=failure, embedding=embedding, v1={"threshold": v1.threshold}, v1_on=v1_on, anchors=ANCHORS, sweep=sweep,
         predict_test_s=predict_test_s, train_minutes=sum(m["train_seconds"] for m in members) / 60,
         prevalence={s: float(d.labels.mean()) for s, d in data.items()},
         fig={**{f"test_{k}": rel(v) for k, v in test["figures"].items()},
@@ -258,6 +257,8 @@ def write_task1_report(settings: Settings, out_dir: Path) -> Path:
              "between": rel(failure["between_figure"]) if failure["between_figure"] else None},
         metric_names=METRICS,
     )
+    # Every number the report shows, in one file (the template only formats them).
+    (fig_dir / "report_numbers.json").write_text(json.dumps(context, indent=1, default=str))
     path = out_dir / "task1_classification_report.md"
-    path.write_text(text)
+    path.write_text(render("task1_classification_report.md.j2", **context))
     return path
