@@ -17,7 +17,7 @@ def _member(tmp_path, seed: int, input_norm: str = "per_image", lr: float = 3e-3
     torch.manual_seed(seed)
     model = create_classifier("cr_resnet_small", input_norm=input_norm)
     meta = {"arch": "cr_resnet_small", "input_norm": input_norm,
-            "train_config": {"arch": "cr_resnet_small", "seed": seed, "lr": lr, "input_norm": input_norm},
+            "train_config": {"arch": "cr_resnet_small", "seed": seed, "lr": lr, "input_norm": input_norm, "epochs": 20},
             "calibration": {"temperature": 1.0, "threshold": 0.5}, "train_seconds": 1.0}
     return save_checkpoint(model, tmp_path / f"m{seed}.safetensors", meta)
 
