@@ -31,6 +31,17 @@ def peak(m: np.ndarray) -> dict[str, Any]:
     return {"row": int(r), "col": int(c), "peak_over_median": float(a.max() / max(np.median(a), 1e-12))}
 
 
+# Image pixels that the network's 1x1 stride-2 shortcut chain reads into its final 2x2 map (stage-1
+# positions 0 and 8 of 14, behind the 3x3 stride-2 max-pool): rows and columns 0-2 and 15-17.
+LATTICE = np.r_[0:3, 15:18]
+
+
+def lattice_share(m: np.ndarray) -> float:
+    """Share of a map's total |value| on the shortcut lattice (36 of 784 pixels: 4.6% if spread evenly)."""
+    a = np.abs(m)
+    return float(a[np.ix_(LATTICE, LATTICE)].sum() / max(a.sum(), 1e-12))
+
+
 def mean_map(model: nn.Module, images: np.ndarray, method: str, batch: int = 16, stride: int = 2) -> np.ndarray:
     """The mean max-normalised SmoothGrad map, or the mean |occlusion| map (5x5 patches every ``stride``
     pixels), over ``images`` (uint8)."""

@@ -154,6 +154,8 @@ def _saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_i
             "smoothgrad_peak": explain.peak(sg),
             "occlusion_peak": explain.peak(occ),
             "random_smoothgrad_peak": explain.peak(maps[f"{name}, random weights: SmoothGrad"]),
+            "lattice_share": {"smoothgrad": explain.lattice_share(sg), "occlusion": explain.lattice_share(occ),
+                              "random_smoothgrad": explain.lattice_share(maps[f"{name}, random weights: SmoothGrad"])},
             "randomisation_spearman": {m: v["mean"] for m, v in check["spearman"].items()},
             "shift_consistency": explain.shift_consistency(clf.model, images),
         }
