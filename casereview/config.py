@@ -58,8 +58,10 @@ class TrainConfig(Section):
     class_weighting: Literal["balanced", "none"] = "balanced"
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     augment: bool = True
+    augment_preset: Literal["standard", "robust"] = "standard"  # see training/augment.py
+    input_norm: Literal["dataset", "per_image"] = "dataset"  # per_image: each image standardised inside the model
     ema_decay: float = Field(default=0.99, ge=0, lt=1)  # weight EMA that is validated and saved; 0 turns it off
-    early_stopping_metric: Literal["val_loss", "val_auc"] = "val_loss"
+    early_stopping_metric: Literal["val_loss", "val_auc", "none"] = "val_loss"  # none: fixed length, last epoch
     patience: int = Field(default=10, ge=1)
     seed: int = 0
     num_workers: int = Field(default=0, ge=0)

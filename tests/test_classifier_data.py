@@ -36,7 +36,7 @@ def test_subset_is_random_not_a_prefix_and_keeps_both_classes(data_root):
 
 
 def test_augmentation_keeps_shape_and_range_and_is_seeded(data_root):
-    x = torch.from_numpy(load_split("val", data_root).images[:32]).unsqueeze(1).float() / 255
+    x = torch.from_numpy(load_split("val", data_root).images[:32].copy()).unsqueeze(1).float() / 255
     a = augment_batch(x, torch.Generator().manual_seed(1))
     b = augment_batch(x, torch.Generator().manual_seed(1))
     c = augment_batch(x, torch.Generator().manual_seed(2))

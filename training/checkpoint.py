@@ -19,7 +19,7 @@ from torch import nn
 
 from casereview.devices import resolve_device
 from casereview.provenance import sha256_file
-from casereview.training.models import create_classifier
+from casereview.training.models import build_from_meta
 from casereview.errors import CaseReviewError
 
 META_KEY = "casereview"
@@ -94,7 +94,7 @@ def load_classifier(path: Path | str | None = None, device: str = "auto") -> Cla
         state = load_file(str(path))
     except (SafetensorError, OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} is not a readable casereview checkpoint ({exc})") from exc
-    model = create_classifier(meta["arch"])
+    model = build_from_meta(meta)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

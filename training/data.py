@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from casereview.data import Split, subset_indices
-from casereview.training.augment import augment_batch
+from casereview.training.augment import AugmentConfig, augment_batch
 
 # Mean and standard deviation of the train split's pixels (scaled to [0, 1]), kept as
 # constants so that a checkpoint's preprocessing never depends on which copy of the data is loaded.
@@ -61,7 +61,9 @@ def make_loader(
     )
 
 
-def prepare_batch(x: torch.Tensor, augment_gen: torch.Generator | None = None) -> torch.Tensor:
+def prepare_batch(
+    x: torch.Tensor, augment_gen: torch.Generator | None = None, augment_cfg: AugmentConfig = AugmentConfig()
+) -> torch.Tensor:
     """uint8 batch -> network input; augmented when a generator is given (training).
 
     Augmentations stay inside what a paediatric AP/PA chest film can look like:
@@ -73,5 +75,5 @@ def prepare_batch(x: torch.Tensor, augment_gen: torch.Generator | None = None) -
     """
     x = x.float() / 255.0
     if augment_gen is not None:
-        x = augment_batch(x, augment_gen)
+        x = augment_batch(x, augment_gen, augment_cfg)
     return normalize(x)

@@ -27,8 +27,10 @@ from casereview.training.metrics import (
     expected_calibration_error,
     sigmoid,
 )
+from casereview.training.models import single_view
 from casereview.training.predict import predict_logits
-from casereview.training.saliency import smoothgrad
+from casereview.training.failure import conformal_summary, outcomes, random_examples
+from casereview.training.saliency import occlusion, smoothgrad
 
 GALLERY_SIZE = 8  # failure cases of each kind shown in the gallery
 
@@ -51,6 +53,11 @@ def failure_cases(y: np.ndarray, prob: np.ndarray, threshold: float, n: int = GA
     }
 
 
+def _caption(split: str, i: int, y: np.ndarray, prob: np.ndarray, group: str | None = None) -> str:
+    head = f"{group} " if group else ""
+    return f"{head}{case_id(split, i)}\ntrue {CLASS_NAMES[y[i]]}, p={prob[i]:.2f}"
+
+
 def _figures(clf: Classifier, split: str, images: np.ndarray, y: np.ndarray, prob: np.ndarray,
              prob_raw: np.ndarray, eces: dict[str, float], failures: dict[str, list[int]], out: Path) -> dict[str, str]:
     thr = clf.threshold
@@ -67,18 +74,25 @@ def _figures(clf: Classifier, split: str, images: np.ndarray, y: np.ndarray, pro
     }
     if clf.meta.get("history"):
         paths["training_curves"] = figures.training_curves(clf.meta["history"], out / "training_curves.png")
-    gallery = failures["false_positives"] + failures["false_negatives"]
-    if gallery:
-        caps = [f"{case_id(split, i)}\n{CLASS_NAMES[y[i]]}, p={prob[i]:.2f}" for i in gallery]
-        paths["failures"] = figures.image_grid(images[gallery], caps, out / "failure_cases.png")
-    # Saliency for a fixed sample: the first two true positives, true negatives and each error kind.
-    pred = prob >= thr
-    sample = (np.flatnonzero(pred & (y == 1))[:2].tolist() + np.flatnonzero(~pred & (y == 0))[:2].tolist()
+    labelled = [("FP", i) for i in failures["false_positives"]] + [("FN", i) for i in failures["false_negatives"]]
+    if labelled:
+        caps = [_caption(split, i, y, prob, g) for g, i in labelled]
+        paths["failures"] = figures.image_grid(images[[i for _, i in labelled]], caps, out / "failure_cases.png")
+    groups = outcomes(y, prob, thr)
+    correct = [(g, i) for g in ("TP", "TN") for i in random_examples(groups, g, GALLERY_SIZE)]
+    if correct:
+        caps = [_caption(split, i, y, prob, g) for g, i in correct]
+        paths["correct"] = figures.image_grid(images[[i for _, i in correct]], caps, out / "correct_cases.png")
+    # Saliency for a fixed sample: two true positives, two true negatives and two of each error kind,
+    # by SmoothGrad (local gradient) and occlusion (what the logit loses without a region).
+    sample = (random_examples(groups, "TP", 2) + random_examples(groups, "TN", 2)
               + failures["false_positives"][:2] + failures["false_negatives"][:2])
     if sample:
-        maps = smoothgrad(clf.model, to_tensor(images[sample]).to(clf.device))
-        caps = [f"{case_id(split, i)} {CLASS_NAMES[y[i]]}\np={prob[i]:.2f}" for i in sample]
-        paths["saliency"] = figures.image_grid(images[sample], caps, out / "saliency.png", overlays=maps)
+        x = to_tensor(images[sample]).to(clf.device)
+        with single_view(clf.model) as model:
+            maps = {"SmoothGrad": smoothgrad(model, x), "occlusion (5x5)": occlusion(model, x, stride=2)}
+        caps = [_caption(split, i, y, prob, groups[i]) for i in sample]
+        paths["saliency"] = figures.map_panel(images[sample], caps, maps, out / "saliency.png")
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -115,6 +129,9 @@ def evaluate(settings: Settings, split: str, out: Path, figures: bool = True, n_
         "packages": package_versions(),
         "created": utc_now(),
     }
+    conformal = clf.meta.get("calibration", {}).get("conformal")
+    if conformal:  # reporting only: empirical coverage of the shipped sets on this split
+        metrics["conformal"] = conformal_summary(y, prob, thr, conformal)
     out.mkdir(parents=True, exist_ok=True)
     write_predictions(out / "predictions.csv", split, y, prob, logits, thr)
     if figures:

@@ -110,3 +110,74 @@ def seed_thresholds(rows: Sequence[dict], path: Path) -> Path:
     ax.set_title("Validation-chosen thresholds across seeds", fontsize=10)
     ax.legend(fontsize=8)
     return save(fig, path)
+
+
+def map_panel(images: np.ndarray, captions: Sequence[str], maps: dict[str, np.ndarray], path: Path) -> Path:
+    """One column per image: the film, then one row per saliency method.
+
+    Occlusion maps are signed logit drops (red: the region supports pneumonia, blue: normal),
+    shown on a symmetric scale per image; other maps are in [0, 1].
+    """
+    n, rows = len(images), 1 + len(maps)
+    fig, axes = plt.subplots(rows, n, figsize=(1.5 * n, 1.6 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for j in range(n):
+        axes[0, j].imshow(images[j], cmap="gray", vmin=0, vmax=255)
+        axes[0, j].set_title(captions[j], fontsize=6)
+        for i, (name, m) in enumerate(maps.items(), start=1):
+            axes[i, j].imshow(images[j], cmap="gray", vmin=0, vmax=255)
+            if "occlusion" in name:
+                lim = max(float(np.abs(m[j]).max()), 1e-6)
+                axes[i, j].imshow(m[j], cmap="bwr", vmin=-lim, vmax=lim, alpha=0.55)
+            else:
+                axes[i, j].imshow(m[j], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            if j == 0:
+                axes[i, j].set_ylabel(name, fontsize=7)
+    return save(fig, path)
+
+
+def mean_maps(maps: dict[str, np.ndarray], path: Path, title: str) -> Path:
+    """Saliency maps averaged over many films, one panel per (model, method)."""
+    fig, axes = plt.subplots(1, len(maps), figsize=(2.3 * len(maps), 2.6), squeeze=False)
+    for ax, (name, m) in zip(axes[0], maps.items()):
+        im = ax.imshow(m, cmap="magma")
+        ax.set_title(name, fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(title, fontsize=9)
+    return save(fig, path)
+
+
+def score_histograms(scores: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float, path: Path) -> Path:
+    """p(pneumonia) per class, validation vs test, with the shipped threshold."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=False)
+    bins = np.linspace(0, 1, 26)
+    for ax, cls in zip(axes, (0, 1)):
+        for split, (y, prob) in scores.items():
+            ax.hist(prob[y == cls], bins=bins, density=True, histtype="step", lw=1.6, label=f"{split} (n={(y == cls).sum()})")
+        ax.axvline(threshold, c="red", lw=1, label=f"threshold {threshold:.2f}")
+        ax.set_yscale("log")
+        ax.set_title(f"true class: {CLASS_NAMES[cls]}", fontsize=9)
+        ax.set_xlabel("calibrated p(pneumonia)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("density (log scale)")
+    return save(fig, path)
+
+
+def member_curves(histories: dict[str, Sequence[dict]], path: Path) -> Path:
+    """Validation loss and AUC per epoch of every ensemble member (fixed-length runs), by name."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name, h in histories.items():
+        ep = [r["epoch"] for r in h]
+        a.plot(ep, [r["val_loss"] for r in h], label=name)
+        b.plot(ep, [r["val_auc"] for r in h], label=name)
+    a.set_title("validation loss (class-weighted BCE)", fontsize=9)
+    b.set_title("validation ROC AUC", fontsize=9)
+    b.set_ylim(0.97, 1.0)
+    for ax in (a, b):
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    return save(fig, path)

@@ -7,6 +7,9 @@ All models output one logit: log-odds of pneumonia.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import timm
 import torch
 from timm.models import register_model
@@ -64,15 +67,114 @@ def cr_vit_tiny(pretrained: bool = False, in_chans: int = 1, num_classes: int = 
     )
 
 
-def create_classifier(arch: str, pretrained: bool = False) -> nn.Module:
+class PerImageStandardized(nn.Module):
+    """A classifier that sees every image standardised to zero mean and unit variance first.
+
+    The logit is then invariant to a film's overall brightness and contrast (any affine
+    change of its intensities, up to clipping), which vary with exposure and processing
+    rather than with disease. timm's ``forward_features``/``forward_head`` are kept, so
+    :func:`embed` and the callers of a plain timm model work unchanged.
+    """
+
+    def __init__(self, inner: nn.Module, eps: float = 1e-3):
+        super().__init__()
+        self.inner = inner
+        self.eps = eps  # a blank (constant) image stays finite: all zeros
+
+    def standardize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True)
+        return (x - mean) / (std + self.eps)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner.forward_features(self.standardize(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.inner.forward_head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class MeanLogitEnsemble(nn.Module):
+    """Members of one architecture; the logit is the mean of the members' logits.
+
+    ``forward_features`` stacks the members' feature maps on a new dimension 1, and
+    ``forward_head(pre_logits=True)`` concatenates each member's pre-logit vector after
+    L2-normalising it: the cosine similarity of two such embeddings is then the mean of the
+    members' cosine similarities (members trained from different seeds have unrelated
+    feature bases, so averaging the vectors themselves would mix incomparable coordinates).
+    """
+
+    def __init__(self, members: list[nn.Module], tta_shift: int = 0):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+        self.tta_shift = tta_shift  # > 0: the logit is also averaged over copies shifted by this many pixels
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.forward_features(x) for m in self.members], dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        outs = [m.forward_head(x[:, i], pre_logits=pre_logits) for i, m in enumerate(self.members)]
+        if pre_logits:
+            return torch.cat([nn.functional.normalize(o.flatten(1), dim=1) for o in outs], dim=1) / len(outs) ** 0.5
+        return torch.stack(outs, dim=0).mean(dim=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        views = shifted_views(x, self.tta_shift) if self.tta_shift else [x]
+        return torch.stack([m(v) for v in views for m in self.members], dim=0).mean(dim=0)
+
+
+@contextmanager
+def single_view(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` with its test-time augmentation switched off for the duration (saliency maps: one view)."""
+    shift = getattr(model, "tta_shift", 0)
+    if shift:
+        model.tta_shift = 0
+    try:
+        yield model
+    finally:
+        if shift:
+            model.tta_shift = shift
+
+
+def shifted_views(x: torch.Tensor, shift: int) -> list[torch.Tensor]:
+    """x and its four copies moved by ``shift`` pixels up, down, left and right (edges replicated)."""
+    h, w = x.shape[-2:]
+    padded = nn.functional.pad(x, (shift,) * 4, mode="replicate")
+    offsets = ((0, 0), (-shift, 0), (shift, 0), (0, -shift), (0, shift))
+    return [padded[..., shift + dy : shift + dy + h, shift + dx : shift + dx + w] for dy, dx in offsets]
+
+
+def create_classifier(arch: str, pretrained: bool = False, input_norm: str = "dataset") -> nn.Module:
     """Any timm architecture with one input channel and one output logit.
 
-    ``pretrained=True`` downloads ImageNet weights for stock timm names (timm adapts the
-    first convolution to one channel); it needs internet access.
+    ``input_norm="per_image"`` wraps it in :class:`PerImageStandardized`. ``pretrained=True``
+    downloads ImageNet weights for stock timm names (timm adapts the first convolution to one
+    channel); it needs internet access.
     """
     if arch not in timm.list_models() and arch not in timm.list_models(pretrained=True):
         raise ValueError(f"unknown architecture {arch!r}; try cr_resnet_small, cr_vit_tiny or a timm model name")
-    return timm.create_model(arch, pretrained=pretrained, in_chans=1, num_classes=1)
+    if input_norm not in ("dataset", "per_image"):
+        raise ValueError(f"unknown input_norm {input_norm!r}; use dataset or per_image")
+    model = timm.create_model(arch, pretrained=pretrained, in_chans=1, num_classes=1)
+    return PerImageStandardized(model) if input_norm == "per_image" else model
+
+
+def create_ensemble(member_arch: str, n_members: int, input_norm: str = "dataset", tta_shift: int = 0) -> MeanLogitEnsemble:
+    """An untrained ensemble skeleton whose state dict matches one saved by ``casereview ensemble``."""
+    members = [create_classifier(member_arch, input_norm=input_norm) for _ in range(n_members)]
+    return MeanLogitEnsemble(members, tta_shift=tta_shift)
+
+
+def build_from_meta(meta: dict) -> nn.Module:
+    """The (untrained) module a checkpoint's metadata describes: a single model or an ensemble."""
+    if meta["arch"] == "ensemble":
+        return create_ensemble(meta["member_arch"], int(meta["n_members"]), meta.get("input_norm", "dataset"),
+                               int(meta.get("tta_shift", 0)))
+    return create_classifier(meta["arch"], input_norm=meta.get("input_norm", "dataset"))
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""``casereview train``: fit a classifier, keep the best epoch on validation, calibrate on validation.
+"""``casereview train``: fit a classifier, keep the best (or last) epoch, calibrate on validation.
 
 Produces one safetensors checkpoint holding the weights, the exact config, the data file's
 checksum, the git commit, the per-epoch history, and the temperature and threshold fitted
@@ -26,6 +26,7 @@ from casereview.provenance import git_commit, package_versions, sha256_file, utc
 from casereview.devices import resolve_device
 from casereview.training.checkpoint import save_checkpoint
 from casereview.data import data_file, load_split
+from casereview.training.augment import PRESETS
 from casereview.training.data import PIXEL_MEAN, PIXEL_STD, make_loader, prepare_batch
 from casereview.training.metrics import (
     binary_metrics,
@@ -109,7 +110,7 @@ def _scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: in
 
 
 def _is_better(cfg: TrainConfig, row: dict[str, float], best: dict[str, float] | None) -> bool:
-    if best is None:
+    if best is None or cfg.early_stopping_metric == "none":  # fixed length: the last epoch is kept
         return True
     if cfg.early_stopping_metric == "val_auc":
         return (row["val_auc"], -row["val_loss"]) > (best["val_auc"], -best["val_loss"])
@@ -133,7 +134,8 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
     clean_train_loader = make_loader(train_split, 512, limit=cfg.limit)
     train_labels = train_loader.dataset.labels.numpy()
 
-    model = create_classifier(cfg.arch, pretrained=cfg.pretrained).to(device)
+    model = create_classifier(cfg.arch, pretrained=cfg.pretrained, input_norm=cfg.input_norm).to(device)
+    augment_cfg = PRESETS[cfg.augment_preset]
     pw = pos_weight(train_labels, cfg.class_weighting)
     criterion = nn.BCEWithLogitsLoss(pos_weight=None if pw is None else pw.to(device))
     opt = _optimizer(cfg, model)
@@ -149,13 +151,13 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
     best, best_state, bad_epochs = None, None, 0
     step = 0
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed) if cfg.augment else None
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     epochs = tqdm(range(1, cfg.epochs + 1), desc=f"train {cfg.arch} seed {cfg.seed}", disable=not show_progress)
     for epoch in epochs:
         model.train()
         running, seen = 0.0, 0
         for x, y in train_loader:
-            x, y = prepare_batch(x.to(device), aug_gen), y.to(device)
+            x, y = prepare_batch(x.to(device), aug_gen, augment_cfg), y.to(device)
             target = y * (1 - cfg.label_smoothing) + 0.5 * cfg.label_smoothing
             loss = criterion(model(x).reshape(-1), target)
             opt.zero_grad(set_to_none=True)
@@ -186,6 +188,8 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
                 log.info("early stop at epoch %d (best %d)", epoch, best["epoch"])
                 break
     train_seconds = time.perf_counter() - start
+    # CPU seconds of this process: on a shared machine the wall time above mostly measures the other jobs.
+    cpu_seconds = time.process_time() - cpu_start
     model = candidate
     model.load_state_dict(best_state)
 
@@ -208,6 +212,7 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
     }
     meta: dict[str, Any] = {
         "arch": cfg.arch,
+        "input_norm": cfg.input_norm,
         "num_parameters": count_parameters(model),
         "train_config": cfg.model_dump(mode="json"),
         "data_file": data_file(root).name,
@@ -219,6 +224,7 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
         "best_epoch": best["epoch"],
         "epochs_run": len(history),
         "train_seconds": round(train_seconds, 1),
+        "train_cpu_seconds": round(cpu_seconds, 1),
         "device": str(device),
         "calibration": calibration,
         "val_metrics": binary_metrics(val_y, val_prob, thr["threshold"]),

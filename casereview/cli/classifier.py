@@ -33,7 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class-weighting", choices=["balanced", "none"])
     p.add_argument("--no-augment", dest="augment", action="store_false", default=None, help="turn augmentation off")
     p.add_argument("--ema-decay", type=float, help="decay of the weight EMA that is validated and saved (0: off)")
-    p.add_argument("--early-stopping-metric", choices=["val_loss", "val_auc"])
+    p.add_argument("--augment-preset", choices=["standard", "robust"], help="augmentation strength (training/augment.py)")
+    p.add_argument("--input-norm", choices=["dataset", "per_image"], help="per_image: standardise each image in the model")
+    p.add_argument("--early-stopping-metric", choices=["val_loss", "val_auc", "none"],
+                   help="epoch selection on validation; none: fixed length, keep the last epoch")
     p.add_argument("--patience", type=int, help="epochs without improvement before stopping")
     p.add_argument("--seed", type=int)
     p.add_argument("--limit", type=int, help="use a fixed random subset of N images of train and val (smoke runs)")
@@ -99,11 +102,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_release)
 
 
+    p = sub.add_parser(
+        "ensemble",
+        help="combine the seeds of one recipe into one checkpoint (mean logit), calibrated on validation",
+        description=(
+            "Combine checkpoints trained with one recipe (only the seed differs) into one mean-logit ensemble "
+            "checkpoint. Shift test-time augmentation is kept only if it raises validation ROC AUC; the "
+            "temperature and threshold are fitted on validation part A and the conformal quantile on part B. "
+            "Never reads test."
+        ),
+    )
+    add_common_options(p)
+    p.add_argument("members", nargs="+", type=Path, help="member checkpoints written by `casereview train`")
+    p.add_argument("--out", type=Path, required=True, help="the ensemble checkpoint to write (.safetensors)")
+    p.set_defaults(func=run_ensemble)
+
+    p = sub.add_parser(
+        "robustness",
+        help="metrics under synthetic brightness, contrast, gamma, blur and noise shifts",
+        description=(
+            "Evaluate checkpoints on a split under synthetic acquisition shifts (training/robustness.py) with their "
+            "own temperature and threshold; writes a JSON table (one entry per --checkpoint NAME=PATH)."
+        ),
+    )
+    add_common_options(p)
+    p.add_argument("--checkpoint", dest="checkpoints", action="append", required=True, metavar="NAME=PATH",
+                   help="a named checkpoint; repeat to compare (PATH 'released' means the released one)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test")
+    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    p.set_defaults(func=run_robustness)
+
+
+def _named_checkpoints(pairs: list[str]) -> dict[str, Path | None]:
+    from casereview.errors import CaseReviewError
+
+    named: dict[str, Path | None] = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise CaseReviewError(f"--checkpoint expects NAME=PATH, got {pair!r}")
+        named[name] = None if path == "released" else Path(path)
+    return named
+
+
 def run_train(args: argparse.Namespace) -> int:
     from casereview.training.train import train
 
     keys = ("arch", "pretrained", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler",
-            "class_weighting", "augment", "ema_decay", "early_stopping_metric", "patience", "seed", "limit", "threads", "device")
+            "class_weighting", "augment", "augment_preset", "input_norm", "ema_decay", "early_stopping_metric", "patience", "seed", "limit", "threads", "device")
     settings = settings_from_args(args, train={k: getattr(args, k) for k in keys})
     path = train(settings, args.out)
     from casereview.training.checkpoint import read_meta
@@ -172,4 +218,37 @@ def run_release(args: argparse.Namespace) -> int:
 
     path = release(settings_from_args(args), args.checkpoint, args.eval_out)
     print(f"released {path} (model card: {path.parent / 'MODEL_CARD.md'})")
+    return 0
+
+
+def run_ensemble(args: argparse.Namespace) -> int:
+    from casereview.training.checkpoint import read_meta
+    from casereview.training.ensemble import build_ensemble
+
+    path = build_ensemble(settings_from_args(args), args.members, args.out)
+    meta = read_meta(path)
+    cal = meta["calibration"]
+    print(f"saved {path}: {meta['n_members']} x {meta['member_arch']}, TTA shift {meta['tta_shift']}; "
+          f"val AUC {meta['val_metrics']['roc_auc']:.4f}; temperature {cal['temperature']:.3f}; "
+          f"threshold {cal['threshold']:.3f}; conformal qhat {cal['conformal']['qhat']:.3f} "
+          f"(alpha {cal['conformal']['alpha']}, {cal['conformal']['fitted_on']})")
+    return 0
+
+
+def run_robustness(args: argparse.Namespace) -> int:
+    from casereview.data import load_split
+    from casereview.training.robustness import robustness_rows, summary
+
+    settings = settings_from_args(args)
+    data = load_split(args.split, settings.data.root, settings.data.download)
+    table = {}
+    for name, path in _named_checkpoints(args.checkpoints).items():
+        rows = robustness_rows(path, data.images, data.labels, settings.classifier.device)
+        table[name] = {"checkpoint": str(path or "released"), "rows": rows, "summary": summary(rows)}
+        s = table[name]["summary"]
+        print(f"{name}: mean AUC under shifts {s['mean_auc']:.4f}, min AUC {s['min_auc']:.4f}, "
+              f"min sensitivity {s['min_sensitivity']:.3f}, min specificity {s['min_specificity']:.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"split": args.split, "checkpoints": table}, indent=1))
+    print(f"wrote {args.out}")
     return 0
