@@ -19,7 +19,7 @@ from casereview.config import Settings
 from casereview.data import load_split
 from casereview.schemas import ClassifierResult
 from casereview.training.checkpoint import Classifier, load_classifier
-from casereview.training.metrics import conformal_qhat, prediction_set
+from casereview.training.conformal import conformal_qhat, prediction_set
 from casereview.training.predict import calibrated_proba, predict_logits_and_embeddings, predict_proba
 
 MEMO_SIZE = 64  # images remembered (more than the reviews a batch runs at once)

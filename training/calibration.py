@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from casereview.training.conformal import conformal_qhat
 from casereview.training.metrics import (
     binary_metrics,
     bootstrap_youden_threshold,
-    conformal_qhat,
     expected_calibration_error,
     fit_temperature,
     sigmoid,

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from casereview.training.metrics import prediction_set
+from casereview.training.conformal import prediction_set
 
 OUTCOMES = ("TP", "TN", "FP", "FN")
 DARK, BRIGHT = 10, 245  # uint8 levels counted as black border / saturated
