@@ -12,6 +12,7 @@ import logging
 import sys
 import warnings
 
+from casereview.cli.examples import add_examples
 from casereview.errors import CaseReviewError
 
 COMMAND_MODULES = ("classifier", "report", "review", "reporter", "index", "batch")
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"casereview.cli.{name}").register(sub)
+    add_examples(parser)
     return parser
 
 

@@ -1,0 +1,43 @@
+"""Examples shown at the end of every command's ``--help``: each runs as written for a user
+(tests parse every one), from a folder where ``casereview index build`` has run where it needs the index."""
+
+from __future__ import annotations
+
+import argparse
+
+EXAMPLES: dict[str, list[str]] = {
+    "train": ["casereview train --out runs/train",
+              "casereview train --config configs/classifier.yaml --seed 1 --out runs/ensemble/s1"],
+    "evaluate": ["casereview evaluate --split test --out runs/eval/test"],
+    "predict": ["casereview predict test:42 test:7", "casereview predict xray.png films/ --json"],
+    "study": ["casereview study --out runs/study --seeds 0 1 2"],
+    "ensemble": ["casereview ensemble runs/ensemble/s0/classifier.safetensors runs/ensemble/s1/classifier.safetensors "
+                 "runs/ensemble/s2/classifier.safetensors --out runs/ensemble/ensemble.safetensors"],
+    "release": ["casereview release runs/ensemble/ensemble.safetensors"],
+    "robustness": ["casereview robustness --split val --checkpoint released=released --out runs/robustness_val.json"],
+    "index list": ["casereview index list"],
+    "review": ["casereview review test:42", "casereview review xray.png --json",
+               "casereview review films/ --run-id ward3  # the same line again resumes the run",
+               "casereview review test:42 --step",
+               "casereview review test:42 --backend openai --base-url http://127.0.0.1:8000/v1 --model-id google/medgemma-4b-it"],
+    "graph": ["casereview graph", "casereview graph --mermaid"],
+    "schema": ["casereview schema > case_review.schema.json"],
+    "report": ["casereview report task1", "casereview report task3 --out reports"],
+    "batch": ["casereview batch --split val --sample 60 --seed 0 --out runs/batch/val60",
+              "casereview batch --split test --variants grounded,minimal --probe flip --out runs/batch/test",
+              "casereview batch --summarize runs/batch/test"],
+}
+
+
+def add_examples(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Append ``examples:`` to the help of every subcommand below ``parser`` that has none yet."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for name, sub in action.choices.items():
+            key = f"{path} {name}".strip()
+            if key in EXAMPLES:
+                lines = "\n".join(f"  {line}" for line in EXAMPLES[key])
+                sub.epilog = f"{sub.epilog}\n\nexamples:\n{lines}" if sub.epilog else f"examples:\n{lines}"
+                sub.formatter_class = argparse.RawDescriptionHelpFormatter
+            add_examples(sub, key)
