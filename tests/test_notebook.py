@@ -38,7 +38,7 @@ def text_of(nb) -> str:
 
 # cells that must show figures (found by a line of their source) -> how many
 FIGURE_CELLS = {
-    "task1": "task1 = evaluate(",  # confusion at the threshold and at 0.5, ROC/PR, reliability, failures, saliency
+    "task1": "task1 = evaluate(",  # confusion at the threshold and at 0.5, ROC/PR, reliability, errors, correct, saliency
     "image search": "image_search.png",
     "case image": 'state = run_until("load_case")',
     "neighbours": 'state = run_until("retrieve")',
@@ -100,7 +100,7 @@ def test_colab_notebook_runs_in_a_fresh_environment(tmp_path, data_root, random_
     pngs = [base64.b64decode(o["data"]["image/png"]) for o in outputs(nb) if "image/png" in o.get("data", {})]
     assert all(p.startswith(PNG) for p in pngs)
     figures = {key: pngs_of(nb, marker) for key, marker in FIGURE_CELLS.items()}
-    assert figures == {"task1": 6, "image search": 1, "case image": 1, "neighbours": 1}, figures
+    assert figures == {"task1": 7, "image search": 1, "case image": 1, "neighbours": 1}, figures
     markdown = [o["data"]["text/markdown"] for o in outputs(nb) if "text/markdown" in o.get("data", {})]
     case_md = next(m for m in markdown if m.startswith("# Case review: test:42"))
     for m in markdown:
