@@ -116,7 +116,7 @@ class GateModel:
     def ood_distance(self, features: np.ndarray) -> np.ndarray:
         """Distance to the nearer class of the train split (Mahalanobis, shared covariance)."""
         diff = features[:, None, :] - self.class_means[None]  # (N, 2, D)
-        d2 = np.einsum("ncd,de,nce->nc", diff, self.precision, diff)
+        d2 = ((diff @ self.precision) * diff).sum(axis=-1)  # a BLAS product; einsum's loop took 3 ms per case
         return np.sqrt(np.clip(d2.min(axis=1), 0, None))
 
     def save(self, path: Path) -> None:
