@@ -29,20 +29,26 @@ def md_inline(text: object) -> str:
     return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", html.escape(flat, quote=False))
 
 
-@lru_cache(maxsize=1)
-def markdown_env() -> jinja2.Environment:
+def _environment(**options: Any) -> jinja2.Environment:
+    """The templates folder under StrictUndefined, with the number filters every document uses."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(resources.files("casereview.templates"))),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,  # Markdown: untrusted text goes through `fence` or `md_inline`
+        **options,
     )
-    env.filters["fence"] = fence
-    env.filters["md_inline"] = md_inline
     env.filters["pct"] = lambda x, d=1: f"{100 * x:.{d}f}%"
     env.filters["f"] = lambda x, d=3: f"{x:.{d}f}"
+    return env
+
+
+@lru_cache(maxsize=1)
+def markdown_env() -> jinja2.Environment:
+    # Markdown: no autoescaping; untrusted text goes through `fence` or `md_inline`
+    env = _environment(keep_trailing_newline=True, autoescape=False)
+    env.filters["fence"] = fence
+    env.filters["md_inline"] = md_inline
     return env
 
 
@@ -55,15 +61,7 @@ def render(template: str, **context: Any) -> str:
 def html_env() -> jinja2.Environment:
     """Jinja for HTML pages: every value is escaped unless a template marks it safe (only our own
     markup, e.g. base64 figures, ever is), so model output can never become markup or script."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(resources.files("casereview.templates"))),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=True,
-    )
-    env.filters.update({k: markdown_env().filters[k] for k in ("pct", "f")})
-    return env
+    return _environment(autoescape=True)
 
 
 def render_html(template: str, **context: Any) -> str:

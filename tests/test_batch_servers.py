@@ -11,18 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from case_index_support import index_settings
+from server_support import free_port, http_ok, server
 from casereview.evaluation.batch_arms import plan_arms
 from casereview.evaluation.batch_metrics import summarize, without_latency
 from casereview.evaluation.batch_records import load_rows
@@ -34,41 +29,6 @@ from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)
 pytestmark = pytest.mark.slow
 LIMIT = 60
 RANDOM_NOTE = "tiny randomly initialised Gemma 3: a random model, its text is not a result"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def server(cmd: list[str], ready, log: Path, what: str, timeout: float = 120) -> Iterator[None]:
-    """Run ``cmd`` until the block ends (SIGTERM, then SIGKILL); wait until ``ready()`` is true."""
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=os.environ | {"HF_HUB_OFFLINE": "1"})
-    try:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"{what} did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def _chroma_ok(settings) -> bool:
@@ -86,7 +46,7 @@ def _with(settings, **sections):
 def test_openai_backend_on_transformers_serve_and_index_on_chroma_run(tmp_path, data_root, random_checkpoint, tiny_vlm_dir):  # noqa: F811
     exe = shutil.which("transformers", path=os.path.dirname(sys.executable))
     assert exe, "the `transformers` command is missing: pip install 'transformers[serving]'"
-    vlm_port, chroma_port = _free_port(), _free_port()
+    vlm_port, chroma_port = free_port(), free_port()
     settings = index_settings(tmp_path, data_root, checkpoint=random_checkpoint, limit=LIMIT, embedder="cnn",
                               chroma_url=f"http://127.0.0.1:{chroma_port}")
     settings = _with(settings, reporter={"backend": "openai", "base_url": f"http://127.0.0.1:{vlm_port}/v1",
@@ -96,7 +56,7 @@ def test_openai_backend_on_transformers_serve_and_index_on_chroma_run(tmp_path, 
     chroma = [str(Path(sys.executable).parent / "chroma"), "run", "--path", str(tmp_path / "chroma-server"),
               "--host", "127.0.0.1", "--port", str(chroma_port)]
     with server(chroma, lambda: _chroma_ok(settings), tmp_path / "chroma.log", "chroma run"), \
-         server(serve, lambda: _http_ok(f"http://127.0.0.1:{vlm_port}/health"), tmp_path / "serve.log", "transformers serve"):
+         server(serve, lambda: http_ok(f"http://127.0.0.1:{vlm_port}/health"), tmp_path / "serve.log", "transformers serve"):
         build_index(settings, progress=False)
         refs = split_refs(settings, "test", 6, seed=0)
         arms = plan_arms("openai", ["minimal", "grounded"], probe=False)

@@ -9,11 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,18 +21,13 @@ import pytest
 from casereview.config import ReporterConfig
 from casereview.tools.reporter import Evidence, ReporterError, generate_reports, render_prompt
 from casereview.tools.reporter.backends import MedGemmaBackend, OpenAIBackend
+from server_support import free_port, http_ok, server
 from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 
 KEY_ENV = "CASEREVIEW_TEST_API_KEY"
 SECRET = "sk-test-secret-4711"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cases(n: int) -> list[Evidence]:
@@ -48,36 +41,11 @@ def served_model(tiny_vlm_dir: Path, tmp_path_factory) -> Iterator[str]:  # noqa
     exe = shutil.which("transformers", path=os.path.dirname(sys.executable)) or shutil.which("transformers")
     if exe is None:
         pytest.fail("the `transformers` command is missing: pip install 'transformers[serving]'")
-    port = _free_port()
+    port = free_port()
+    cmd = [exe, "serve", str(tiny_vlm_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [exe, "serve", str(tiny_vlm_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-            stdout=fh, stderr=subprocess.STDOUT, env=env,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not come up in 90 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with server(cmd, lambda: http_ok(f"http://127.0.0.1:{port}/health"), log, "transformers serve", timeout=90):
         yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_chat_completion_with_image(served_model: str, tiny_vlm_dir: Path, monkeypatch) -> None:  # noqa: F811
@@ -100,7 +68,7 @@ def test_chat_completion_with_image(served_model: str, tiny_vlm_dir: Path, monke
 
 
 def test_server_down_is_a_clear_error() -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     cfg = ReporterConfig(backend="openai", base_url=f"http://127.0.0.1:{port}/v1", timeout_s=5, retries=1)
     start = time.monotonic()
     with pytest.raises(ReporterError, match=rf"cannot reach the OpenAI-compatible server at http://127.0.0.1:{port}/v1 \(2 attempt"):
@@ -113,16 +81,16 @@ def test_timeout_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.setenv(KEY_ENV, SECRET)
     requests: list[bytes] = []
     stop = threading.Event()
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    server.settimeout(0.2)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
 
     def silent() -> None:
         held = []
         while not stop.is_set():
             try:
-                conn, _ = server.accept()
+                conn, _ = listener.accept()
             except TimeoutError:
                 continue
             conn.settimeout(1)
@@ -136,7 +104,7 @@ def test_timeout_is_a_clear_error(monkeypatch) -> None:
 
     thread = threading.Thread(target=silent, daemon=True)
     thread.start()
-    port = server.getsockname()[1]
+    port = listener.getsockname()[1]
     cfg = ReporterConfig(
         backend="openai", base_url=f"http://127.0.0.1:{port}/v1", timeout_s=0.5, retries=1, api_key_env=KEY_ENV
     )
@@ -148,7 +116,7 @@ def test_timeout_is_a_clear_error(monkeypatch) -> None:
     finally:
         stop.set()
         thread.join(timeout=5)
-        server.close()
+        listener.close()
     assert len(requests) == 2  # the first try and one retry
     head = requests[0].decode("latin-1")
     assert f"Bearer {SECRET}" in head  # the key comes from the named environment variable...
