@@ -391,7 +391,7 @@ def test_case_markdown_escapes_model_output_and_names(settings, tmp_path):
     assert json.loads(json_path.read_text())["report"]["raw"] == hostile
     assert fence(hostile) in md and fence(hostile).startswith("````text\n")  # longer fence than the text's
     outside = md.replace(fence(hostile), "")
-    assert "<script>" not in outside and "<img" not in outside and "49" not in outside
+    assert "<script>" not in outside and "<img" not in outside and "7*7" not in outside  # nothing of it outside the fence
     assert "it's \\[a\\] film.png" in md  # an apostrophe stays an apostrophe; Markdown syntax is escaped
 
 
