@@ -8,7 +8,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import cohen_kappa_score
 
 from casereview.evaluation import batch_stats as st
-from casereview.evaluation.batch_metrics import compare, evidence_analysis, probe_analysis, retry_analysis, review_analysis
+from casereview.evaluation.batch_metrics import arm_metrics, compare, evidence_analysis, probe_analysis, retry_analysis, review_analysis
 from casereview.evaluation.batch_records import Row
 
 P, N, I = "pneumonia", "normal", "indeterminate"
@@ -103,6 +103,15 @@ def test_retry_and_review_analysis_by_hand():
     assert rv["needs_review_rate"] == 0.2 and rv["n_unflagged"] == 4
     assert rv["accuracy_unflagged"] == 0.75 and rv["accuracy_flagged"] == 0.0
     assert rv["errors_flagged_share"] == 0.5  # t:1 unflagged error, t:3 flagged error
+
+
+def test_lengths_per_report_count_only_what_the_backend_reported():
+    draws = np.zeros((1, 3), dtype=int)
+    counted = arm_metrics([row("t:0", P, P, tokens=6, chars=30), row("t:1", N, N, tokens=None, chars=None),
+                           row("t:2", N, N, tokens=3, chars=12)], draws, reference=False)
+    assert counted["tokens_per_report"] == 4.5 and counted["chars_per_report"] == 21.0
+    uncounted = arm_metrics([row("t:0", P, P), row("t:1", N, N)], draws[:, :2], reference=False)
+    assert uncounted["tokens_per_report"] is None and uncounted["chars_per_report"] == 10.0
 
 
 def test_compare_holm_and_evidence_by_hand():

@@ -70,6 +70,9 @@ def test_generates_for_28px_images_batched(backend: MedGemmaBackend, variant: st
     batched = backend.generate(prompts)  # one generate call, left-padded rows of different lengths
     singles = [backend.generate([p])[0] for p in prompts]
     assert [g.text for g in batched] == [g.text for g in singles]
+    # padding is not counted: a short row of a batch has as many tokens as when generated alone
+    assert [g.completion_tokens for g in batched] == [g.completion_tokens for g in singles]
+    assert all(1 <= g.completion_tokens <= 8 for g in batched)
     assert all(g.batch_size == 3 for g in batched) and all(g.batch_size == 1 for g in singles)
     assert backend.generate(prompts)[0].text == batched[0].text  # greedy: deterministic
 

@@ -63,8 +63,11 @@ def test_chat_completion_with_image(served_model: str, tiny_vlm_dir: Path, monke
     assert SECRET not in repr([r.model_dump() for r in results])
     # the server answers what the same model generates in process for the same messages
     local = MedGemmaBackend(cfg.model_copy(update={"backend": "medgemma", "model_id": str(tiny_vlm_dir), "device": "cpu"}))
-    expected = [g.text for g in local.generate([render_prompt("structured", ev) for ev in cases])]
-    assert [r.raw for r in results] == expected
+    expected = local.generate([render_prompt("structured", ev) for ev in cases])
+    assert [r.raw for r in results] == [g.text for g in expected]
+    # the server's usage counts are kept, and they count what the in-process backend counts
+    assert [r.provenance["completion_tokens"] for r in results] == [g.completion_tokens for g in expected]
+    assert all(1 <= g.completion_tokens <= 8 for g in expected)
 
 
 def test_server_down_is_a_clear_error() -> None:

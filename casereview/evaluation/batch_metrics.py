@@ -24,6 +24,12 @@ N_BOOT = 2000
 SEED = 0
 
 
+def _mean(values: list[float | None]) -> float | None:
+    """The mean of the values that are there; None when none is."""
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known else None
+
+
 def _rate(mask: list[bool] | np.ndarray) -> float | None:
     return float(np.mean(mask)) if len(mask) else None
 
@@ -95,8 +101,8 @@ def arm_metrics(rows: list[Row], draws: np.ndarray, reference: bool) -> dict[str
             "retry": retry_analysis(rows),
             "latency": {"generate_s": st.p50_p95([r.generate_s for r in rows]),
                         "graph_s": st.p50_p95([r.graph_s for r in rows])},
-            "chars_per_report": float(np.mean([r.chars for r in rows if r.chars is not None])) if rows else None,
-            "tokens_per_report": None,  # no backend reports token counts yet
+            "chars_per_report": _mean([r.chars for r in rows]),
+            "tokens_per_report": _mean([r.tokens for r in rows]),  # None: the backend counts no tokens
         }
     return out
 

@@ -40,6 +40,7 @@ class Row:
     generate_s: float | None
     graph_s: float | None
     chars: int | None  # length of the raw report
+    tokens: int | None = None  # tokens generated for the report, where the backend counts them
 
 
 def read_records(out: Path, arm: str, refs: list[str]) -> dict[str, dict[str, Any]]:
@@ -66,7 +67,7 @@ def model_row(ref: str, r: dict[str, Any], majority: float) -> Row:
         needs_review=r["needs_review"], classifier_label=clf["label"] if clf else None,
         classifier_uncertain=bool(clf and clf["uncertain"]), margin=abs(clf["prob_pneumonia"] - clf["threshold"]) if clf else 0.0, vote=_vote(r, majority),
         generate_s=r["provenance"]["reporter"].get("generate_s"), graph_s=r["provenance"].get("graph_total_s"),
-        chars=len(rep["raw"]) if rep else None,
+        chars=len(rep["raw"]) if rep else None, tokens=r["provenance"]["reporter"].get("completion_tokens"),
     )
 
 

@@ -31,6 +31,7 @@ class Generation(BaseModel):
     text: str
     seconds: float
     batch_size: int = 1
+    completion_tokens: int | None = None  # tokens generated, where the backend counts them
 
 
 class ReporterBackend(ABC):
@@ -222,8 +223,12 @@ class MedGemmaBackend(ReporterBackend):
             with torch.inference_mode():
                 ids = self._model.generate(**inputs, generation_config=self._gen)
             seconds = (time.perf_counter() - start) / len(batch)
-            texts_out = self._processor.batch_decode(ids[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            out += [Generation(text=t.strip(), seconds=seconds, batch_size=len(batch)) for t in texts_out]
+            new = ids[:, inputs["input_ids"].shape[1] :]
+            texts_out = self._processor.batch_decode(new, skip_special_tokens=True)
+            # rows that stop early are right-padded up to the longest row of the batch
+            counts = (new != self._gen.pad_token_id).sum(dim=1).tolist()
+            out += [Generation(text=t.strip(), seconds=seconds, batch_size=len(batch), completion_tokens=n)
+                    for t, n in zip(texts_out, counts, strict=True)]
         return out
 
 
@@ -290,7 +295,9 @@ class OpenAIBackend(ReporterBackend):
             raise ReporterError(f"{where} refused the request: HTTP {exc.status_code} {exc.message}") from exc
         if not resp.choices:
             raise ReporterError(f"{where} answered without a completion")
-        return Generation(text=(resp.choices[0].message.content or "").strip(), seconds=time.perf_counter() - start)
+        usage = getattr(resp, "usage", None)  # optional in the protocol; vLLM and transformers serve send it
+        return Generation(text=(resp.choices[0].message.content or "").strip(), seconds=time.perf_counter() - start,
+                          completion_tokens=getattr(usage, "completion_tokens", None))
 
     def generate(self, prompts: Sequence[RenderedPrompt]) -> list[Generation]:
         workers = max(1, min(self.cfg.batch_size, len(prompts)))

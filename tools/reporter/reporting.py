@@ -86,6 +86,7 @@ def generate(
                         "seed": backend.cfg.seed,
                         "generate_s": round(gen.seconds, 4),
                         "generate_batch_size": gen.batch_size,
+                        "completion_tokens": gen.completion_tokens,
                         "created": utc_now(),
                         "packages": _versions(),
                     },
