@@ -1,6 +1,6 @@
 """Is the saliency spot the method or the model? Measurements behind the report's saliency section.
 
-- :func:`mean_map`: SmoothGrad and occlusion averaged over many films; a peak at one position
+- :func:`mean_map`: SmoothGrad, Grad-CAM and occlusion averaged over many films; a peak at one position
   in the average means the maps follow position more than the individual film.
 - :func:`shift_consistency`: move the films by a few pixels; maps that follow the content
   move with it, maps tied to a position stay put.
@@ -19,7 +19,7 @@ from torch import nn
 
 from casereview.training.data import PIXEL_MEAN, to_tensor
 from casereview.training.metrics import binary_metrics, sigmoid
-from casereview.training.saliency import occlusion, smoothgrad
+from casereview.training.saliency import grad_cam, occlusion, smoothgrad
 
 MEAN_LEVEL = int(round(PIXEL_MEAN * 255))  # occlusion fill: the mean training intensity
 
@@ -43,13 +43,17 @@ def lattice_share(m: np.ndarray) -> float:
 
 
 def mean_map(model: nn.Module, images: np.ndarray, method: str, batch: int = 16, stride: int = 2) -> np.ndarray:
-    """The mean max-normalised SmoothGrad map, or the mean |occlusion| map (5x5 patches every ``stride``
-    pixels), over ``images`` (uint8)."""
+    """The mean max-normalised SmoothGrad or Grad-CAM map (``gradcam_<stage>``), or the mean |occlusion|
+    map (5x5 patches every ``stride`` pixels), over ``images`` (uint8)."""
     maps = []
     for i in range(0, len(images), batch):
         x = to_tensor(images[i : i + batch])
-        maps.append(smoothgrad(model, x, n_samples=8) if method == "smoothgrad"
-                    else np.abs(occlusion(model, x, stride=stride)))
+        if method == "smoothgrad":
+            maps.append(smoothgrad(model, x, n_samples=8))
+        elif method.startswith("gradcam_"):
+            maps.append(grad_cam(model, x, method.removeprefix("gradcam_")))
+        else:
+            maps.append(np.abs(occlusion(model, x, stride=stride)))
     return np.concatenate(maps).mean(0)
 
 
@@ -62,14 +66,15 @@ def _shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
-def shift_consistency(model: nn.Module, images: np.ndarray, shift: int = 3) -> dict[str, dict[str, Any]]:
+def shift_consistency(model: nn.Module, images: np.ndarray, shift: int = 3,
+                      methods: tuple[str, ...] = ("smoothgrad", "occlusion")) -> dict[str, dict[str, Any]]:
     """Where does each method's mean-map peak go when the films move by ``shift`` pixels?
 
     For each method and each of four directions: the peak of the mean map of the moved films, and
     whether it moved with the content (by about ``shift`` in that direction) or stayed where it was.
     """
     out = {}
-    for method in ("smoothgrad", "occlusion"):
+    for method in methods:
         base = peak(mean_map(model, images, method, stride=3))
         rows = []
         for dy, dx in ((shift, 0), (-shift, 0), (0, shift), (0, -shift)):

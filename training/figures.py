@@ -138,10 +138,14 @@ def map_panel(images: np.ndarray, captions: Sequence[str], maps: dict[str, np.nd
     return save(fig, path)
 
 
-def mean_maps(maps: dict[str, np.ndarray], path: Path, title: str) -> Path:
-    """Saliency maps averaged over many films, one panel per (model, method)."""
-    fig, axes = plt.subplots(1, len(maps), figsize=(2.3 * len(maps), 2.6), squeeze=False)
-    for ax, (name, m) in zip(axes[0], maps.items()):
+def mean_maps(maps: dict[str, np.ndarray], path: Path, title: str, cols: int = 5) -> Path:
+    """Saliency maps averaged over many films, one panel per (model, method), ``cols`` panels a row."""
+    cols = min(cols, len(maps))
+    rows = -(-len(maps) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.4 * rows + 0.3), squeeze=False)
+    for ax in axes.ravel()[len(maps):]:
+        ax.axis("off")
+    for ax, (name, m) in zip(axes.ravel(), maps.items()):
         im = ax.imshow(m, cmap="magma")
         ax.set_title(name, fontsize=7)
         ax.set_xticks([])

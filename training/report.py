@@ -24,12 +24,12 @@ from casereview.training.checkpoint import Classifier, load_classifier
 from casereview.training.data import to_tensor
 from casereview.training.ensemble import member_logits
 from casereview.training.evaluate import evaluate
-from casereview.training.failure import between, conformal_summary, outcomes, statistics_by_outcome
+from casereview.training.failure import between, conformal_summary, outcomes, random_examples, statistics_by_outcome
 from casereview.training.metrics import binary_metrics, sigmoid
 from casereview.training.models import build_from_meta, single_view
 from casereview.training.predict import embed_images, predict_logits
 from casereview.training.robustness import AUC_TOLERANCE, choose_recipe
-from casereview.training.saliency import randomisation_check
+from casereview.training.saliency import grad_cam, occlusion, randomisation_check, rank_correlation
 
 STUDY_FILE = "task1_study.json"  # casereview study: architecture comparison and the v1 seed study
 RECIPE_FILE = "task1_recipe_val.json"  # casereview robustness --split val over the recipe candidates
@@ -42,6 +42,7 @@ ANCHORS = (
     ("MedMNIST+, best end-to-end model at 28x28 (Doerrich et al., 2024), approx.", 0.97, 0.85),
     ("MedMNIST v2, Google AutoML Vision (Yang et al., 2023)", 0.991, 0.946),
 )
+GRADCAM_STAGES = {"layer2": "7×7", "layer1": "14×14"}  # Grad-CAM stages of cr_resnet_small and their map size
 PATIENCE = 10  # the early-stopping rule the schedule review replays on the members' histories
 
 
@@ -143,21 +144,36 @@ def saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_im
 def _saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_images: int) -> dict[str, Any]:
     images = val.images[:n_images]
     maps, result = {}, {}
+    cams = tuple(f"gradcam_{s}" for s in GRADCAM_STAGES)
     for name, clf in models.items():
         random_model = _random_copy(clf)
         sg, occ = explain.mean_map(clf.model, images, "smoothgrad"), explain.mean_map(clf.model, images, "occlusion")
         maps[f"{name}: SmoothGrad"], maps[f"{name}: |occlusion|"] = sg, occ
         maps[f"{name}, random weights: SmoothGrad"] = explain.mean_map(random_model, images, "smoothgrad")
         sample = test.images[:8]
-        check = randomisation_check(clf.model, random_model, to_tensor(sample))
+        check = randomisation_check(clf.model, random_model, to_tensor(sample), stages=tuple(GRADCAM_STAGES))
+        trained = check["maps"]["trained"]
+        gradcam = {}
+        for stage, size in GRADCAM_STAGES.items():
+            cam = maps[f"{name}: Grad-CAM {size}"] = explain.mean_map(clf.model, images, f"gradcam_{stage}")
+            random_cam = explain.mean_map(random_model, images, f"gradcam_{stage}")
+            gradcam[stage] = {"size": size, "peak": explain.peak(cam), "random_peak": explain.peak(random_cam),
+                              "lattice_share": explain.lattice_share(cam)}
         result[name] = {
+            "gradcam": gradcam,
+            # Per-film Spearman rho of each trained map with the occlusion map (8 test films): with |occlusion|,
+            # and with its pneumonia-supporting part only (Grad-CAM shows evidence for the logit, never against).
+            "agreement_with_occlusion": {m: {"abs": float(np.nanmean(rank_correlation(trained[m], trained["occlusion"]))),
+                                             "positive": float(np.nanmean(rank_correlation(
+                                                 trained[m], np.clip(trained["occlusion"], 0, None))))}
+                                         for m in ("smoothgrad", *cams)},
             "smoothgrad_peak": explain.peak(sg),
             "occlusion_peak": explain.peak(occ),
             "random_smoothgrad_peak": explain.peak(maps[f"{name}, random weights: SmoothGrad"]),
             "lattice_share": {"smoothgrad": explain.lattice_share(sg), "occlusion": explain.lattice_share(occ),
                               "random_smoothgrad": explain.lattice_share(maps[f"{name}, random weights: SmoothGrad"])},
             "randomisation_spearman": {m: v["mean"] for m, v in check["spearman"].items()},
-            "shift_consistency": explain.shift_consistency(clf.model, images),
+            "shift_consistency": explain.shift_consistency(clf.model, images, methods=("smoothgrad", "occlusion", *cams)),
         }
     spot = result[next(iter(models))]["smoothgrad_peak"]  # the v1 spot the maps showed
     positions = {f"spot ({spot['row']}, {spot['col']})": (spot["row"], spot["col"]),
@@ -170,6 +186,20 @@ def _saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_i
     path = figures.mean_maps(maps, fig_dir / "saliency_mean_maps.png",
                              f"mean over the first {n_images} validation films")
     return {"models": result, "positions": list(positions), "figure": path, "n_images": n_images}
+
+
+def gradcam_panel(clf: Classifier, test, prob: np.ndarray, failures: dict[str, list[int]], path: Path) -> Path:
+    """Occlusion and Grad-CAM at both stages for the films of the evaluation's saliency figure (the same
+    fixed sample: two TP, two TN, the two most confident FP and FN), one view."""
+    groups = outcomes(test.labels, prob, clf.threshold)
+    sample = (random_examples(groups, "TP", 2) + random_examples(groups, "TN", 2)
+              + failures["false_positives"][:2] + failures["false_negatives"][:2])
+    x = to_tensor(test.images[sample]).to(clf.device)
+    with single_view(clf.model) as model:
+        maps = {"occlusion (5x5)": occlusion(model, x, stride=2),
+                **{f"Grad-CAM {size} ({stage})": grad_cam(model, x, stage) for stage, size in GRADCAM_STAGES.items()}}
+    caps = [f"{groups[i]} {case_id('test', i)}\ntrue {CLASS_NAMES[test.labels[i]]}, p={prob[i]:.2f}" for i in sample]
+    return figures.map_panel(test.images[sample], caps, maps, path)
 
 
 def embedding_check(clf: Classifier, train, val, k: int = 5) -> dict[str, dict[str, float]]:
@@ -241,6 +271,7 @@ def write_task1_report(settings: Settings, out_dir: Path) -> Path:
     members = clf.meta["members"]
     curves = figures.member_curves({f"seed {m['seed']}": m["history"] for m in members}, fig_dir / "member_curves.png")
     saliency = saliency_study({"v1": v1, "ensemble": clf}, data["val"], data["test"], fig_dir)
+    gradcam_fig = gradcam_panel(clf, data["test"], scores["test"][1], test["failures"], fig_dir / "test" / "saliency_gradcam.png")
     failure = failure_analysis(clf, data["test"], scores["test"][1], fig_dir)
     embedding = embedding_check(clf, data["train"], data["val"])
     v1_on = {s: binary_metrics(data[s].labels, sigmoid(predict_logits(v1, data[s].images) / v1.temperature), v1.threshold)
@@ -256,6 +287,7 @@ def write_task1_report(settings: Settings, out_dir: Path) -> Path:
         fig={**{f"test_{k}": rel(v) for k, v in test["figures"].items()},
              **{f"val_{k}": rel(v) for k, v in val["figures"].items()},
              "sweep": rel(sweep_path), "hist": rel(hist), "curves": rel(curves), "mean_maps": rel(saliency["figure"]),
+             "gradcam": rel(gradcam_fig),
              "between": rel(failure["between_figure"]) if failure["between_figure"] else None},
         metric_names=METRICS,
     )
