@@ -76,8 +76,8 @@ class ClassifierConfig(Section):
     checkpoint: Path | None = None
     device: str = "auto"
     batch_size: int = Field(default=256, ge=1)
-    # torch CPU threads while reviewing: one image at a time gains nothing from a second thread, and
-    # on a shared 2-core machine two threads made one forward pass 50x slower (150 ms against 3 ms)
+    # torch and BLAS CPU threads while reviewing: one image at a time gains nothing from a second thread,
+    # and on a shared 2-core machine two threads made one forward pass 50x slower (150 ms against 3 ms)
     threads: int | None = Field(default=1, ge=1)
 
 

@@ -1,7 +1,7 @@
 """The data layer, below everything else: PneumoniaMNIST splits, cases and image files.
 
-- Splits come from ``medmnist`` (``pneumoniamnist.npz`` under the data root); when the file is
-  missing and the download is allowed, ``medmnist`` downloads it. Every command reaches the
+- Splits are read from medmnist's file (``pneumoniamnist.npz`` under the data root); when the file
+  is missing and the download is allowed, ``medmnist`` downloads it. Every command reaches the
   data through :func:`load_split`, so they all download (or fail) the same way.
 - A case is ``split:index`` (``test:42``) or an image file. Image files are decoded by one
   function, :func:`load_image_file`, into what the classifier sees: uint8 28x28 grayscale,
@@ -58,9 +58,9 @@ class Split:
 
 def data_file(root: Path | str | None) -> Path:
     """Where the dataset file is (or would be downloaded to): ``root`` or medmnist's default folder."""
-    import medmnist.info
-
-    return (Path(root) if root else Path(medmnist.info.DEFAULT_ROOT)) / DATA_FILE
+    # medmnist.info.DEFAULT_ROOT, without importing medmnist (which imports scikit-learn and pandas,
+    # about 2 s of every command's start); tests/test_classifier_data.py checks that they agree.
+    return (Path(root) if root else Path.home() / ".medmnist") / DATA_FILE
 
 
 def _missing_parents(folder: Path) -> list[Path]:
@@ -74,12 +74,12 @@ def _missing_parents(folder: Path) -> list[Path]:
 
 @lru_cache(maxsize=8)
 def _load_split(split: str, root: str | None, download: bool) -> Split:
-    import medmnist
-
     path = data_file(root)
     if not path.is_file():
         if not download:
             raise DataError(f"{path} not found: " + DATA_HINT.format(file=DATA_FILE))
+        import medmnist
+
         created = _missing_parents(path.parent)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -93,12 +93,13 @@ def _load_split(split: str, root: str | None, download: bool) -> Split:
                 f"Copy {DATA_FILE} there or set --data-root / CASEREVIEW_DATA_ROOT to the folder holding it."
             ) from exc
     try:
-        # download=False skips medmnist's MD5 check, which a re-ordered copy would fail.
-        ds = medmnist.PneumoniaMNIST(split=split, root=str(path.parent), download=False, size=SIZE)
+        # medmnist's own file layout ({split}_images, {split}_labels), read as medmnist.PneumoniaMNIST
+        # reads it with download=False (no MD5 check, which a re-ordered copy would fail).
+        with np.load(path) as npz:
+            images = np.asarray(npz[f"{split}_images"])
+            labels = np.asarray(npz[f"{split}_labels"]).reshape(-1).astype(np.int64)
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as exc:
         raise DataError(f"{path} is not a readable PneumoniaMNIST .npz file ({exc!s}).") from exc
-    images = np.asarray(ds.imgs)
-    labels = np.asarray(ds.labels).reshape(-1).astype(np.int64)
     if images.ndim != 3 or images.shape[1:] != (SIZE, SIZE) or images.dtype != np.uint8:
         raise DataError(f"{path}: {split}_images should be uint8 (N, 28, 28), got {images.dtype} {images.shape}")
     if len(images) != len(labels):

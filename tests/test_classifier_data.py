@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from PIL import Image
 
 from casereview.data import CaseError, load_case, load_image_file
 from casereview.training.augment import augment_batch
-from casereview.data import DataError, load_split, subset_indices
+from casereview.data import DATA_FILE, DataError, data_file, load_split, subset_indices
 from casereview.training.data import make_loader, prepare_batch
 
 
@@ -18,6 +20,17 @@ def test_splits_have_official_sizes(data_root, split, n, n_pneumonia):
     s = load_split(split, data_root)
     assert s.images.shape == (n, 28, 28) and s.images.dtype == np.uint8
     assert s.labels.shape == (n,) and int(s.labels.sum()) == n_pneumonia
+
+
+def test_splits_read_as_medmnist_reads_them(data_root):
+    """The data layer reads medmnist's file without importing medmnist; it must read what medmnist reads."""
+    import medmnist
+
+    assert data_file(None) == Path(medmnist.info.DEFAULT_ROOT) / DATA_FILE
+    for split in ("train", "val", "test"):
+        ds = medmnist.PneumoniaMNIST(split=split, root=str(data_root), download=False, size=28)
+        ours = load_split(split, data_root)
+        assert np.array_equal(ours.images, ds.imgs) and np.array_equal(ours.labels, ds.labels.reshape(-1))
 
 
 def test_loader_batches_uint8_and_prepare_normalises(data_root):

@@ -265,6 +265,31 @@ def test_one_decode_one_checkpoint_load_one_prompt(settings, tmp_path, monkeypat
     assert len(list((tmp_path / "out").glob("*.json"))) == 3  # no record overwrote another
 
 
+def test_prefetched_cases_share_one_forward_pass_and_one_query(settings, tmp_path, monkeypatch):
+    """`casereview review` with several dataset cases classifies them and queries the index in one
+    batched pass; each case's record is the one a review without the pass writes (numbers to 1e-5)."""
+    from casereview.tools.case_index import CaseIndex
+    from casereview.tools.classifier_tool import CaseClassifier
+
+    refs = ["test:3", "test:4", "val:7"]
+    alone = ReviewRun(settings, "alone", tmp_path / "alone")
+    expected = {ref: alone.review(ref) for ref in refs}
+    calls = {"analyse": [], "search": []}
+    analyse, search = CaseClassifier.analyse, CaseIndex.search_vectors
+    monkeypatch.setattr(CaseClassifier, "analyse", lambda self, images: calls["analyse"].append(len(images)) or analyse(self, images))
+    monkeypatch.setattr(CaseIndex, "search_vectors",
+                        lambda self, v, *a, **k: calls["search"].append(len(np.atleast_2d(v))) or search(self, v, *a, **k))
+    run = ReviewRun(settings, "prefetched", tmp_path / "prefetched")
+    run.prefetch(refs)
+    records = [run.review(ref) for ref in refs]
+    assert calls["analyse"] == [3] and sum(calls["search"]) == 3 and len(calls["search"]) <= 2  # one query per k
+    for ref, record in zip(refs, records):
+        want = expected[ref]
+        assert record["classifier"]["prob_pneumonia"] == pytest.approx(want["classifier"]["prob_pneumonia"], abs=1e-5)
+        assert [n["case_id"] for n in record["neighbours"]] == [n["case_id"] for n in want["neighbours"]]
+        assert record["report"]["impression"] == want["report"]["impression"]
+
+
 def test_review_cli_json(settings, capsys, monkeypatch):
     monkeypatch.setenv("CASEREVIEW_PATHS_WORKDIR", str(settings.paths.workdir))
     monkeypatch.setenv("CASEREVIEW_DATA_ROOT", str(settings.data.root))

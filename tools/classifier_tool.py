@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from casereview.config import Settings
 from casereview.data import load_split
@@ -102,6 +103,9 @@ def load_case_classifier(settings: Settings) -> CaseClassifier:
     c = settings.classifier
     if c.threads:
         torch.set_num_threads(c.threads)
+        # numpy's BLAS too, for the rest of the process (the input gate's distance is one small
+        # product per case): its idle threads stalled each call by ~10 ms on a busy machine.
+        threadpool_limits(limits=c.threads, user_api="blas")
     clf = load_classifier(c.checkpoint, c.device)
     qhat, centre = _conformal(clf, settings)
     return CaseClassifier(clf, qhat, settings.graph.conformal_alpha, centre)

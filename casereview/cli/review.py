@@ -85,6 +85,8 @@ def run_review(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise CaseReviewError(f"--out {out} is a file; give a folder for the records")
     run = ReviewRun(settings, run_id, out)
+    if not args.step:
+        run.prefetch(refs)
     records, failed = [], []
     for ref in refs:
         try:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
 
-from casereview.evaluation.batch_evidence import Delegating
+from casereview.tools.precomputed import Delegating
 from casereview.tools.reporter.backends import Generation, ReporterBackend
 from casereview.tools.reporter.prompts import RenderedPrompt
 

@@ -1,94 +1,14 @@
-"""Evidence for a batch: the classifier's opinions and the neighbours of every case computed in one
-batched pass, served to the review graph's nodes case by case; and the counterfactual evidence of
-the flip probe.
-
-A batch reviews each case once per arm (variant x backend); the classifier's forward pass (shared
-by check_input, classify and retrieve) and the index query would be repeated, one image at a time,
-for every arm. The wrappers below stand in for the run context's ``classifier`` and ``index``: the
-graph runs unchanged, each node makes the call it always makes, and the answer comes from the
-batched pass (an image or vector the pass did not see goes to the real resource).
-"""
+"""Counterfactual evidence for the flip probe of a batch: the classifier's opinion reversed, or the
+retrieved cases' labels swapped, served to the review graph's nodes in place of the real ones."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
 from casereview.schemas import ClassifierResult, Neighbour
-from casereview.tools.case_index import CaseIndex
-from casereview.tools.classifier_tool import CaseClassifier
+from casereview.tools.precomputed import Delegating
 
 OTHER = {"normal": "pneumonia", "pneumonia": "normal"}
-
-
-def _key(image: np.ndarray) -> bytes:
-    return np.ascontiguousarray(image, dtype=np.uint8).tobytes()
-
-
-class Delegating:
-    """Everything not overridden goes to the wrapped resource (``clf``, ``embedder_id``, ...)."""
-
-    def __init__(self, inner: Any):
-        self.inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
-class PrecomputedClassifier(Delegating):
-    """``analyse_one(image)`` (and so ``opinion`` and ``embedding``) from one batched forward pass over ``images``."""
-
-    def __init__(self, inner: CaseClassifier, images: np.ndarray):
-        super().__init__(inner)
-        opinions, embeddings = inner.analyse(images) if len(images) else ([], [])
-        self._hits = {_key(im): (op, emb) for im, op, emb in zip(images, opinions, embeddings)}
-
-    def analyse_one(self, image: np.ndarray) -> tuple[ClassifierResult, np.ndarray]:
-        hit = self._hits.get(_key(image))
-        return hit if hit is not None else self.inner.analyse_one(image)
-
-    def opinion(self, image: np.ndarray) -> ClassifierResult:
-        return self.analyse_one(image)[0]
-
-    def embedding(self, image: np.ndarray) -> np.ndarray:
-        return self.analyse_one(image)[1]
-
-
-def _vkey(vector: np.ndarray) -> bytes:
-    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
-
-
-class PrecomputedIndex(Delegating):
-    """``search_vectors`` from one batched query pass.
-
-    ``queries`` holds, per vector, the (k, split, excluded case id) that the retrieve node will ask
-    for, so every answer is the one the node would get from the index itself.
-    """
-
-    def __init__(self, inner: CaseIndex, vectors: np.ndarray, queries: list[tuple[int, str, str | None]]):
-        super().__init__(inner)
-        self._hits: dict[tuple, list[Neighbour]] = {}
-        for (k, split), rows in _group(queries).items():
-            found = inner.search_vectors(vectors[rows], k, split, [queries[i][2] for i in rows])
-            for i, hits in zip(rows, found):
-                self._hits[(_vkey(vectors[i]), *queries[i])] = hits
-
-    def search_vectors(self, vectors: np.ndarray, k: int, split: str | None = "train",
-                       exclude_case_ids: list[str | None] | None = None) -> list[list[Neighbour]]:
-        vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        exclude = list(exclude_case_ids) if exclude_case_ids is not None else [None] * len(vectors)
-        keys = [(_vkey(v), k, split, e) for v, e in zip(vectors, exclude)]
-        if all(key in self._hits for key in keys):
-            return [list(self._hits[key]) for key in keys]
-        return self.inner.search_vectors(vectors, k, split, exclude_case_ids)
-
-
-def _group(queries: list[tuple[int, str, str | None]]) -> dict[tuple[int, str], list[int]]:
-    groups: dict[tuple[int, str], list[int]] = {}
-    for i, (k, split, _) in enumerate(queries):
-        groups.setdefault((k, split), []).append(i)
-    return groups
 
 
 class FlippedClassifier(Delegating):

@@ -29,13 +29,12 @@ from casereview.data import load_case, load_split, parse_ref
 from casereview.errors import CaseReviewError
 from casereview.evaluation.batch_arms import Arm, arm_settings
 from casereview.evaluation.batch_collector import BatchingBackend
-from casereview.evaluation.batch_evidence import (
-    FlippedClassifier, PrecomputedClassifier, PrecomputedIndex, SwappedNeighbourIndex,
-)
+from casereview.evaluation.batch_evidence import FlippedClassifier, SwappedNeighbourIndex
 from casereview.graphs.review import ReviewRun
 from casereview.provenance import sha256_text
 from casereview.records import record_stem, write_atomic
 from casereview.tools.context import RunContext, fingerprint
+from casereview.tools.precomputed import precompute
 
 PLAN_FILE = "batch.json"
 ARMS_DIR = "arms"
@@ -126,18 +125,7 @@ def shared_context(settings: Settings, refs: list[str]) -> RunContext:
     embedding and neighbours computed in one batched pass (what the check_input, classify and
     retrieve nodes then ask for)."""
     ctx = RunContext(settings, "batch").open()
-    images = _images(settings, refs)
-    if not len(images):
-        return ctx
-    classifier = PrecomputedClassifier(ctx.classifier, images)
-    # The context's resources are cached properties: replacing the cached values is what `sharing` copies.
-    ctx.__dict__["classifier"] = classifier
-    vectors = np.stack([ctx.case_vector(im) for im in images])  # the classifier's embeddings for a cnn index
-    g = settings.graph
-    queries = [(g.k_uncertain if classifier.opinion(im).uncertain else g.k, g.case_base, ref if parse_ref(ref) else None)
-               for im, ref in zip(images, refs)]
-    ctx.__dict__["index"] = PrecomputedIndex(ctx.index, vectors, queries)
-    return ctx
+    return precompute(ctx, _images(settings, refs), [ref if parse_ref(ref) else None for ref in refs])
 
 
 @dataclass
