@@ -216,7 +216,7 @@ def evaluate_retrieval(
                 if hit5[i].mean() < 0.5
             ],
         }
-    test_images = load_split("test", settings.data.root).images
+    test_images = load_split("test", settings.data.root, settings.data.download).images
     meta = index.meta
     n_latency = min(latency_queries, int(meta["n_test"]))
     return {

@@ -39,12 +39,12 @@ CHROMA_DEFAULT_HNSW = {"m": 16, "ef_construction": 100, "ef_search": 100}  # chr
 
 def example_queries(settings: Settings) -> list[int]:
     """Test indices shown in the grids: the first ``EXAMPLES_PER_CLASS`` of each class."""
-    labels = load_split("test", settings.data.root).labels
+    labels = load_split("test", settings.data.root, settings.data.download).labels
     return [int(i) for c in range(len(CLASS_NAMES)) for i in np.flatnonzero(labels == c)[:EXAMPLES_PER_CLASS]]
 
 
 def _grid(settings: Settings, index: CaseIndex, queries: list[int], path: Path) -> str:
-    test = load_split("test", settings.data.root)
+    test = load_split("test", settings.data.root, settings.data.download)
     rows = [
         GridRow(f"test:{i} ({CLASS_NAMES[test.labels[i]]})", test.images[i], CLASS_NAMES[test.labels[i]],
                 index.search_image(test.images[i], GRID_K, split="train"))
@@ -58,7 +58,7 @@ def _grid(settings: Settings, index: CaseIndex, queries: list[int], path: Path) 
 def _failure_grid(settings: Settings, failures: list[dict[str, Any]], embedder: str, path: Path) -> str | None:
     if not failures:
         return None
-    test = load_split("test", settings.data.root)
+    test = load_split("test", settings.data.root, settings.data.download)
     rows = []
     for f in failures[:FAILURES_SHOWN]:
         i = int(f["case_id"].split(":")[1])
@@ -97,7 +97,7 @@ def classifier_agreement(settings: Settings, index: CaseIndex, k: int = GRID_K) 
 
     clf = index.embedder.classifier
     vectors, labels, case_ids = index.vectors("test")  # the indexed test images (a random subset under index.limit)
-    images = load_split("test", settings.data.root).images[case_indices(case_ids)]
+    images = load_split("test", settings.data.root, settings.data.download).images[case_indices(case_ids)]
     correct = (predict_proba(clf, images) >= clf.threshold).astype(np.int64) == labels
     hits = index.search_vectors(vectors, k, "train")
     precision = np.array([np.mean([n.label == CLASS_NAMES[y] for n in row]) for row, y in zip(hits, labels)])
