@@ -103,9 +103,12 @@ def test_task2_report_with_template_backend(data_root, random_checkpoint, small_
     """`casereview report task2`: samples with images, labelled template output, and the GPU command."""
     monkeypatch.setenv("CASEREVIEW_CLASSIFIER_CHECKPOINT", str(random_checkpoint))
     out = tmp_path / "reports"
+    out.mkdir()
+    (out / "task2_test_9999.png").write_bytes(b"an earlier run's sample")
     rc = main(["report", "task2", "--data-root", str(data_root), "--workdir", str(small_index), "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     md = (out / "task2_report_generation.md").read_text()
+    assert not (out / "task2_test_9999.png").exists()  # a regenerated report leaves no stale case image
     assert "**MedGemma could not run here.**" in md
     assert "CASEREVIEW_REPORTER_BACKEND=medgemma casereview report task2" in md and "../shared" not in md
     images = sorted(p.name for p in out.glob("task2_test_*.png"))

@@ -111,6 +111,9 @@ def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n
         name = f"task2_{ref.replace(':', '_')}.png"
         (out_dir / name).write_bytes(view_png(test.images[int(ref.split(":")[1])]))
         images[ref] = name
+    for stale in out_dir.glob("task2_*.png"):  # case images of an earlier run's samples
+        if stale.name not in images.values():
+            stale.unlink()
     example = PromptRecord(**samples["template"][refs[0]]["prompt"])
     prompts = [
         {"name": v, "description": variant_description(v), "sha": template_sha256(v)[:12]}
