@@ -11,6 +11,7 @@ from casereview.config import load_settings
 from casereview.training.checkpoint import CheckpointError, load_classifier, read_meta, save_checkpoint
 from casereview.training.models import PerImageStandardized, create_classifier, shifted_views
 from casereview.training.predict import embed_images, predict_logits, predict_proba
+from split_spy import splits_read
 
 
 def _member(tmp_path, seed: int, input_norm: str = "per_image", lr: float = 3e-3):
@@ -26,19 +27,9 @@ def _member(tmp_path, seed: int, input_norm: str = "per_image", lr: float = 3e-3
 def built(tmp_path_factory, data_root):
     tmp = tmp_path_factory.mktemp("ens")
     members = [_member(tmp, s) for s in (0, 1)]
-    seen = []
-    real = ensemble_mod.load_split
-
-    def spy(split, *a, **k):
-        seen.append(split)
-        return real(split, *a, **k)
-
-    ensemble_mod.load_split = spy
-    try:
+    with splits_read(ensemble_mod) as seen:
         settings = load_settings(overrides={"data": {"root": data_root}})
         path = ensemble_mod.build_ensemble(settings, members, tmp / "ensemble.safetensors")
-    finally:
-        ensemble_mod.load_split = real
     return path, members, seen
 
 

@@ -14,24 +14,15 @@ from casereview.config import load_settings
 from casereview.training.checkpoint import CheckpointError, load_classifier, read_meta
 from casereview.training.evaluate import evaluate
 from casereview.training.predict import embed_images, predict_proba
+from split_spy import splits_read
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_root):
     out = tmp_path_factory.mktemp("train")
-    seen_splits = []
-    real = train_mod.load_split
-
-    def spy(split, *a, **k):
-        seen_splits.append(split)
-        return real(split, *a, **k)
-
-    train_mod.load_split = spy
-    try:
+    with splits_read(train_mod) as seen_splits:
         settings = load_settings(overrides={"data": {"root": data_root}, "train": {"epochs": 1, "limit": 256, "batch_size": 64}})
         path = train_mod.train(settings, out, show_progress=False)
-    finally:
-        train_mod.load_split = real
     return path, seen_splits
 
 
