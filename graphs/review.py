@@ -12,13 +12,13 @@ from typing import IO, Any, Callable
 import numpy as np
 
 from casereview.config import Settings
-from casereview.data import check_refs, expand_folders, load_case, parse_ref
+from casereview.data import check_refs, expand_folders, parse_ref
 from casereview.errors import CaseReviewError
 from casereview.graphs.graph import NODE_ORDER, build_graph, make_checkpointer, thread_config
 from casereview.provenance import sha256_text, utc_now
 from casereview.records import record_stem, save_case_record
 from casereview.tools.context import RunContext, fingerprint
-from casereview.tools.precomputed import precompute
+from casereview.tools.precomputed import case_images, precompute
 
 STEP_SHOW_CHARS = 600  # per state value shown while stepping
 
@@ -92,9 +92,7 @@ class ReviewRun:
         forward pass and one query each. Image files are left to the graph (decoded once, there)."""
         dataset = [ref for ref in refs if parse_ref(ref)]
         if len(dataset) > 1:
-            images = np.stack([load_case(ref, self.settings.data.root, self.settings.data.download).image
-                               for ref in dataset])
-            self.context = precompute(self.context, images, dataset)
+            self.context = precompute(self.context, case_images(self.settings, dataset), dataset)
 
     def _check_settings(self, values: dict[str, Any], ref: str) -> None:
         if "settings" not in values:

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from casereview.config import Settings
+from casereview.data import load_case
 from casereview.schemas import ClassifierResult, Neighbour
 from casereview.tools.case_index import CaseIndex
 from casereview.tools.classifier_tool import CaseClassifier
@@ -87,6 +89,12 @@ def _group(queries: list[tuple[int, str, str | None]]) -> dict[tuple[int, str], 
     for i, (k, split, _) in enumerate(queries):
         groups.setdefault((k, split), []).append(i)
     return groups
+
+
+def case_images(settings: Settings, refs: list[str]) -> np.ndarray:
+    """The 28x28 images of the cases, decoded as ``load_case`` (and so the graph) decodes them."""
+    images = [load_case(ref, settings.data.root, settings.data.download).image for ref in refs]
+    return np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
 
 
 def precompute(ctx: RunContext, images: np.ndarray, refs: list[str | None]) -> RunContext:

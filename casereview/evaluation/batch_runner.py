@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from casereview.config import Settings
-from casereview.data import load_case, load_split, parse_ref
+from casereview.data import load_split, parse_ref
 from casereview.errors import CaseReviewError
 from casereview.evaluation.batch_arms import Arm, arm_settings
 from casereview.evaluation.batch_collector import BatchingBackend
@@ -34,7 +34,7 @@ from casereview.graphs.review import ReviewRun
 from casereview.provenance import sha256_text
 from casereview.records import record_stem, write_atomic
 from casereview.tools.context import RunContext, fingerprint
-from casereview.tools.precomputed import precompute
+from casereview.tools.precomputed import case_images, precompute
 
 PLAN_FILE = "batch.json"
 ARMS_DIR = "arms"
@@ -108,24 +108,12 @@ def load_plan(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _images(settings: Settings, refs: list[str]) -> np.ndarray:
-    """The 28x28 images of the cases, decoded as ``load_case`` (and so the graph) decodes them."""
-    images = []
-    for ref in refs:
-        parsed = parse_ref(ref)
-        if parsed:
-            images.append(load_split(parsed[0], settings.data.root, settings.data.download).images[parsed[1]])
-        else:
-            images.append(load_case(ref, settings.data.root, settings.data.download).image)
-    return np.stack(images) if images else np.zeros((0, 28, 28), np.uint8)
-
-
 def shared_context(settings: Settings, refs: list[str]) -> RunContext:
     """One context for every arm: the classifier, gate and index loaded once, and every case's opinion,
     embedding and neighbours computed in one batched pass (what the check_input, classify and
     retrieve nodes then ask for)."""
     ctx = RunContext(settings, "batch").open()
-    return precompute(ctx, _images(settings, refs), [ref if parse_ref(ref) else None for ref in refs])
+    return precompute(ctx, case_images(settings, refs), [ref if parse_ref(ref) else None for ref in refs])
 
 
 @dataclass
