@@ -301,8 +301,12 @@ def test_incomplete_index_is_reported(tmp_path, data_root):
     settings = index_settings(tmp_path, data_root, limit=5, embedder="pixels")
     build_index(settings, progress=False)
     open_index(settings).collections["val"].delete(ids=[f"val:{subset_indices(524, 5)[2]}"])
+    index = open_index(settings)  # counts are checked per split, on first use
+    assert len(index.search_vectors(index.vectors("train")[0][:1], 2, "train")[0]) == 2
     with pytest.raises(IndexMissingError, match="incomplete.*4 of 5 val items.*casereview index build --embedder pixels"):
-        open_index(settings)
+        index.search_vectors(index.vectors("train")[0][:1], 2, "val")
+    with pytest.raises(IndexMissingError, match="incomplete.*4 of 5 val items"):
+        open_index(settings).verify()  # what a review run calls at start for its case-base splits
     assert build_index(settings, progress=False).built  # the build repairs it
     assert sum(c.count() for c in open_index(settings).collections.values()) == 15
 

@@ -266,16 +266,19 @@ def test_one_decode_one_checkpoint_load_one_prompt(settings, tmp_path, monkeypat
 
 
 def test_prefetched_cases_share_one_forward_pass_and_one_query(settings, tmp_path, monkeypatch):
-    """`casereview review` with several dataset cases classifies them and queries the index in one
-    batched pass; each case's record is the one a review without the pass writes (numbers to 1e-5)."""
+    """`casereview review` with several dataset cases classifies them, measures them for the input
+    gate and queries the index in one batched pass; each case's record is the one a review without
+    the pass writes (numbers to 1e-5)."""
     from casereview.tools.case_index import CaseIndex
     from casereview.tools.classifier_tool import CaseClassifier
+    from casereview.tools.input_gate import GateModel
 
     refs = ["test:3", "test:4", "val:7"]
     alone = ReviewRun(settings, "alone", tmp_path / "alone")
     expected = {ref: alone.review(ref) for ref in refs}
-    calls = {"analyse": [], "search": []}
-    analyse, search = CaseClassifier.analyse, CaseIndex.search_vectors
+    calls = {"analyse": [], "search": [], "ood": []}
+    analyse, search, ood = CaseClassifier.analyse, CaseIndex.search_vectors, GateModel.ood_distance
+    monkeypatch.setattr(GateModel, "ood_distance", lambda self, f: calls["ood"].append(len(f)) or ood(self, f))
     monkeypatch.setattr(CaseClassifier, "analyse", lambda self, images: calls["analyse"].append(len(images)) or analyse(self, images))
     monkeypatch.setattr(CaseIndex, "search_vectors",
                         lambda self, v, *a, **k: calls["search"].append(len(np.atleast_2d(v))) or search(self, v, *a, **k))
@@ -283,8 +286,11 @@ def test_prefetched_cases_share_one_forward_pass_and_one_query(settings, tmp_pat
     run.prefetch(refs)
     records = [run.review(ref) for ref in refs]
     assert calls["analyse"] == [3] and sum(calls["search"]) == 3 and len(calls["search"]) <= 2  # one query per k
+    assert calls["ood"] == [3]
     for ref, record in zip(refs, records):
         want = expected[ref]
+        assert record["input_check"]["ood_distance"] == pytest.approx(want["input_check"]["ood_distance"], rel=1e-4)
+        assert record["input_check"]["flagged"] == want["input_check"]["flagged"]
         assert record["classifier"]["prob_pneumonia"] == pytest.approx(want["classifier"]["prob_pneumonia"], abs=1e-5)
         assert [n["case_id"] for n in record["neighbours"]] == [n["case_id"] for n in want["neighbours"]]
         assert record["report"]["impression"] == want["report"]["impression"]

@@ -156,6 +156,23 @@ class CaseIndex:
     meta: dict[str, Any]  # the manifest
     embedder: Embedder
     location: str
+    _verified: set[str] = field(default_factory=set, repr=False)
+
+    def verify(self, splits: tuple[str, ...] | list[str] = SPLITS) -> None:
+        """Check that each split's collection holds the items the manifest promises, once per split.
+
+        Counting loads a collection's segment (about 0.1 s each), so it happens on first use of a
+        split, or here when the caller wants a broken index to fail before any work starts."""
+        for s in splits:
+            if s in self._verified:
+                continue
+            found = self.collections[s].count()
+            if found != self.count(s):
+                raise IndexMissingError(
+                    f"the index {self.name} at {self.location} is incomplete ({found} of {self.count(s)} {s} items); "
+                    f"rebuild it with `{build_command(self.embedder.name)}`"
+                )
+            self._verified.add(s)
 
     @property
     def embedder_id(self) -> str:
@@ -212,6 +229,7 @@ class CaseIndex:
         """The n nearest items of one split collection per query, in chunks that stay below SQLite's variable limit."""
         out: list[list[Neighbour]] = []
         step = max(1, SQL_VARIABLES // n)
+        self.verify([split])
         for start in range(0, len(vectors), step):
             res = self.collections[split].query(
                 query_embeddings=vectors[start : start + step], n_results=n, include=["metadatas", "distances"]
@@ -238,6 +256,7 @@ class CaseIndex:
         """Stored vectors of one split in index order: (vectors (N, D), labels (N,) 0/1, case ids)."""
         if split not in SPLITS:
             raise QueryError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+        self.verify([split])
         got = self.collections[split].get(include=["embeddings", "metadatas"])
         order = np.argsort([m["index"] for m in got["metadatas"]])
         metas = [got["metadatas"][i] for i in order]
@@ -298,7 +317,7 @@ def _index_names(client: ClientAPI, embedder_name: str = r"[a-z]+") -> list[str]
 
 
 def _split_collections(client: ClientAPI, name: str, meta: dict[str, Any], location: str, command: str) -> dict[str, Collection]:
-    """The manifest's split collections, each checked against its item count in the manifest."""
+    """The manifest's split collections (their item counts are checked by :meth:`CaseIndex.verify`)."""
     if "build" not in meta:
         raise IndexMissingError(
             f"the index {name} at {location} was built by an earlier casereview (one collection for every "
@@ -307,12 +326,8 @@ def _split_collections(client: ClientAPI, name: str, meta: dict[str, Any], locat
     out = {}
     for s in SPLITS:
         collection = _get(client, split_collection_name(name, meta["build"], s))
-        found = 0 if collection is None else collection.count()
-        if collection is None or found != meta[f"n_{s}"]:
-            raise IndexMissingError(
-                f"the index {name} at {location} is incomplete ({found} of {meta[f'n_{s}']} {s} items); "
-                f"rebuild it with `{command}`"
-            )
+        if collection is None:
+            raise IndexMissingError(f"the index {name} at {location} has no {s} collection; rebuild it with `{command}`")
         out[s] = collection
     return out
 
@@ -374,7 +389,7 @@ def build_index(
     _drop(client, _other_builds(client, iname, current.get("build")))  # left by an interrupted build
     if manifest is not None and not rebuild and _same_build(current, expected):
         try:
-            _split_collections(client, iname, current, location, command)
+            CaseIndex(iname, _split_collections(client, iname, current, location, command), current, emb, location).verify()
             timings = {k: float(current[k]) for k in TIMINGS if k in current}
             return BuildReport(iname, location, int(current["n_items"]), False, timings, others, pruned)
         except IndexMissingError:

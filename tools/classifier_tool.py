@@ -9,6 +9,9 @@ under the workdir so that later processes start without predicting the validatio
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +99,18 @@ def _conformal(clf: Classifier, settings: Settings) -> tuple[float, float]:
     tmp.write_text(json.dumps({"qhat": qhat, "centre": clf.threshold, "alpha": alpha, "fitted_on": "val"}))
     tmp.replace(cache)
     return qhat, clf.threshold
+
+
+@contextmanager
+def all_cores() -> Iterator[None]:
+    """torch on every core for a batched pass, then back to the review path's thread count
+    (``classifier.threads``, which suits one image at a time)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_case_classifier(settings: Settings) -> CaseClassifier:

@@ -20,7 +20,7 @@ from langchain_core.tools import BaseTool
 
 from casereview.config import Settings
 from casereview.provenance import sha256_file, sha256_text
-from casereview.tools.case_index import CaseIndex, open_index
+from casereview.tools.case_index import CaseIndex, open_index, parse_splits
 from casereview.tools.classifier_tool import CaseClassifier, load_case_classifier
 from casereview.tools.input_gate import InputGate, load_input_gate
 from casereview.tools.reporter.backends import ReporterBackend, get_backend
@@ -63,7 +63,8 @@ class RunContext:
     def open(self) -> RunContext:
         """Load the classifier and its input gate and open the case index now, so that a missing checkpoint or index
         fails before any case starts (the reporter backend still loads on first use)."""
-        _ = self.classifier, self.gate, self.index
+        _ = self.classifier, self.gate
+        self.index.verify(parse_splits(self.settings.graph.case_base))  # the splits the reviews will search
         return self
 
     def sharing(self, settings: Settings, run_id: str) -> RunContext:

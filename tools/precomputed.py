@@ -1,9 +1,9 @@
 """Evidence computed ahead in one batched pass and served to the review graph's nodes case by case.
 
 Reviewing many cases one at a time runs the classifier's forward pass (shared by check_input,
-classify and retrieve) and the index query once per case, one image at a time. The wrappers below
-stand in for the run context's ``classifier`` and ``index``: the graph runs unchanged, each node
-makes the call it always makes, and the answer comes from the batched pass (an image or vector the
+classify and retrieve), the input gate's distance and the index query once per case, one image at
+a time. The wrappers below stand in for the run context's ``classifier``, ``gate`` and ``index``:
+the graph runs unchanged, each node makes the call it always makes, and the answer comes from the batched pass (an image or vector the
 pass did not see goes to the real resource). ``casereview review`` uses them for the dataset cases
 of a run, ``casereview batch`` for every case of a batch (once for all its arms).
 """
@@ -16,10 +16,11 @@ import numpy as np
 
 from casereview.config import Settings
 from casereview.data import load_case
-from casereview.schemas import ClassifierResult, Neighbour
+from casereview.schemas import ClassifierResult, GateMeasure, Neighbour
 from casereview.tools.case_index import CaseIndex
-from casereview.tools.classifier_tool import CaseClassifier
+from casereview.tools.classifier_tool import CaseClassifier, all_cores
 from casereview.tools.context import RunContext
+from casereview.tools.input_gate import InputGate
 
 
 def _key(image: np.ndarray) -> bytes:
@@ -41,7 +42,8 @@ class PrecomputedClassifier(Delegating):
 
     def __init__(self, inner: CaseClassifier, images: np.ndarray):
         super().__init__(inner)
-        opinions, embeddings = inner.analyse(images) if len(images) else ([], [])
+        with all_cores():
+            opinions, embeddings = inner.analyse(images) if len(images) else ([], [])
         self._hits = {_key(im): (op, emb) for im, op, emb in zip(images, opinions, embeddings)}
 
     def analyse_one(self, image: np.ndarray) -> tuple[ClassifierResult, np.ndarray]:
@@ -53,6 +55,19 @@ class PrecomputedClassifier(Delegating):
 
     def embedding(self, image: np.ndarray) -> np.ndarray:
         return self.analyse_one(image)[1]
+
+
+class PrecomputedGate(Delegating):
+    """``measure(image)`` of a 28x28 case from one batched pass over ``images`` (a file's resize views
+    still go to the real gate)."""
+
+    def __init__(self, inner: InputGate, images: np.ndarray, embeddings: np.ndarray):
+        super().__init__(inner)
+        self._hits = {_key(im): m for im, m in zip(images, inner.measures(images, embeddings=embeddings))}
+
+    def measure(self, image: np.ndarray, views: np.ndarray | None = None, embedding: np.ndarray | None = None) -> GateMeasure:
+        hit = self._hits.get(_key(image)) if views is None else None
+        return hit if hit is not None else self.inner.measure(image, views, embedding)
 
 
 def _vkey(vector: np.ndarray) -> bytes:
@@ -98,7 +113,7 @@ def case_images(settings: Settings, refs: list[str]) -> np.ndarray:
 
 
 def precompute(ctx: RunContext, images: np.ndarray, refs: list[str | None]) -> RunContext:
-    """``ctx`` with its classifier and index answering from one batched pass over ``images``.
+    """``ctx`` with its classifier, input gate and index answering from one batched pass over ``images``.
 
     ``refs``: each image's dataset case id (``test:42``, which the index never returns for
     itself), or None for an image file. The queries are the ones the retrieve node will make:
@@ -109,6 +124,7 @@ def precompute(ctx: RunContext, images: np.ndarray, refs: list[str | None]) -> R
     classifier = PrecomputedClassifier(ctx.classifier, images)
     # The context's resources are cached properties: replacing the cached values is what `sharing` copies.
     ctx.__dict__["classifier"] = classifier
+    ctx.__dict__["gate"] = PrecomputedGate(ctx.gate, images, np.stack([classifier.embedding(im) for im in images]))
     vectors = np.stack([ctx.case_vector(im) for im in images])  # the classifier's embeddings for a cnn index
     g = ctx.settings.graph
     queries = [(g.k_uncertain if classifier.opinion(im).uncertain else g.k, g.case_base, ref)
