@@ -32,6 +32,7 @@ from casereview.config import Settings
 from casereview.data import SIZE, load_split, resize_views, subset_indices
 from casereview.provenance import sha256_text
 from casereview.schemas import GateMeasure
+from casereview.tools.classifier_tool import all_cores
 from casereview.training.checkpoint import Classifier
 from casereview.training.predict import embed_images, predict_proba
 
@@ -223,6 +224,7 @@ def load_input_gate(settings: Settings, clf: Classifier) -> InputGate:
     cache = Path(settings.paths.workdir) / "cache" / f"gate-{clf.sha256[:16]}-{gate_key(clf, settings)}.npz"
     if cache.is_file():
         return InputGate(clf, GateModel.load(cache))
-    model = fit_gate(clf, settings)
+    with all_cores():  # ~8,000 forward passes, once per checkpoint: the review path's single thread would double it
+        model = fit_gate(clf, settings)
     model.save(cache)
     return InputGate(clf, model)
