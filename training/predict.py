@@ -21,11 +21,16 @@ def _check_images(images: np.ndarray) -> np.ndarray:
     return images
 
 
+def _input(clf: Classifier, images: np.ndarray) -> torch.Tensor:
+    """A batch as the loaded model takes it: on its device, channels-last like its weights."""
+    return to_tensor(images).to(clf.device, memory_format=torch.channels_last)
+
+
 @torch.no_grad()
 def _batched(clf: Classifier, images: np.ndarray, fn, batch_size: int) -> np.ndarray:
     images = _check_images(images)
     out = [
-        fn(to_tensor(images[i : i + batch_size]).to(clf.device)).float().cpu().numpy()
+        fn(_input(clf, images[i : i + batch_size])).float().cpu().numpy()
         for i in range(0, len(images), batch_size)
     ]
     return np.concatenate(out) if out else np.zeros((0,), dtype=np.float32)
@@ -61,7 +66,7 @@ def predict_logits_and_embeddings(clf: Classifier, images: np.ndarray, batch_siz
     logits, feats = [], []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            x = to_tensor(images[i : i + batch_size]).to(clf.device)
+            x = _input(clf, images[i : i + batch_size])
             features = clf.model.forward_features(x)
             pooled = clf.model.forward_head(features, pre_logits=True)
             tta = getattr(clf.model, "tta_shift", 0)
