@@ -3,9 +3,10 @@
 Reviewing many cases one at a time runs the classifier's forward pass (shared by check_input,
 classify and retrieve), the input gate's distance and the index query once per case, one image at
 a time. The wrappers below stand in for the run context's ``classifier``, ``gate`` and ``index``:
-the graph runs unchanged, each node makes the call it always makes, and the answer comes from the batched pass (an image or vector the
-pass did not see goes to the real resource). ``casereview review`` uses them for the dataset cases
-of a run, ``casereview batch`` for every case of a batch (once for all its arms).
+the graph runs unchanged, each node makes the call it always makes, and the answer comes from the
+batched pass (an image or vector the pass did not see goes to the real resource). ``casereview
+review`` uses them for the dataset cases of a run, ``casereview batch`` for every case of a batch
+(once for all its arms).
 """
 
 from __future__ import annotations
