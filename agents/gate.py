@@ -6,10 +6,8 @@ validation); here they become a decision a reader can follow, one reason per fin
 
 from __future__ import annotations
 
-from typing import Any
-
 from casereview.agents.verify import neighbour_vote
-from casereview.schemas import GateMeasure, InputCheck
+from casereview.schemas import CaseState, ClassifierResult, GateMeasure, InputCheck, Neighbour
 
 # Below this standard deviation (gray levels) an image is blank or near-constant: there is no
 # film to judge. The least contrasted of the 4,708 training images has 6.3.
@@ -49,33 +47,33 @@ def check_input(m: GateMeasure) -> InputCheck:
     return InputCheck(**m.model_dump(), judgeable=judgeable, flagged=bool(reasons), reasons=reasons)
 
 
-def disagreement(classifier: dict[str, Any], neighbours: list[dict[str, Any]], majority: float) -> str | None:
+def disagreement(classifier: ClassifierResult, neighbours: list[Neighbour], majority: float) -> str | None:
     """A reason when the neighbours' clear majority differs from the classifier's label.
 
     With the cnn embedder the neighbours come from the classifier's own features: agreement is
     weak confirmation, but disagreement still marks a case near the decision boundary."""
     label, share = neighbour_vote(neighbours, majority)
-    if label is None or label == classifier["label"]:
+    if label is None or label == classifier.label:
         return None
-    return (f"the classifier says {classifier['label']} (p={classifier['prob_pneumonia']:.2f}) but "
+    return (f"the classifier says {classifier.label} (p={classifier.prob_pneumonia:.2f}) but "
             f"{share:.0%} of {len(neighbours)} similar cases are {label}")
 
 
-def review_reasons(state: dict[str, Any], majority: float) -> list[str]:
+def review_reasons(state: CaseState, majority: float) -> list[str]:
     """Every reason the finished case needs a human: the gate, the classifier's uncertainty, the
     classifier against the neighbours, and the verification of the report."""
-    reasons = list(state["input_check"]["reasons"])
-    clf = state.get("classifier")
-    if clf is None:  # not judged: the gate's reason says why
+    reasons = list(state["input_check"].reasons)
+    if not state["input_check"].judgeable:  # not judged: the gate's reason says why
         return reasons
-    if clf["uncertain"]:
-        reasons.append(f"classifier uncertain: conformal set {' + '.join(clf['prediction_set']) or 'empty'} "
-                       f"at alpha {clf['conformal_alpha']} (p={clf['prob_pneumonia']:.2f})")
+    clf = state["classifier"]
+    if clf.uncertain:
+        reasons.append(f"classifier uncertain: conformal set {' + '.join(clf.prediction_set) or 'empty'} "
+                       f"at alpha {clf.conformal_alpha} (p={clf.prob_pneumonia:.2f})")
     if (reason := disagreement(clf, state["neighbours"], majority)) is not None:
         reasons.append(reason)
     v = state["verification"]
-    if v["verdict"] != "agree":
-        reasons.append(f"verification {v['verdict']}: {'; '.join(v['reasons'])}")
-    elif v["report_impression"] == "indeterminate":
+    if v.verdict != "agree":
+        reasons.append(f"verification {v.verdict}: {'; '.join(v.reasons)}")
+    elif v.report_impression == "indeterminate":
         reasons.append("the report is indeterminate")
     return reasons

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
-
-from casereview.schemas import Verification
+from casereview.schemas import ClassifierResult, Neighbour, Verification
 
 
-def neighbour_vote(neighbours: list[dict[str, Any]], majority: float) -> tuple[str | None, float]:
+def neighbour_vote(neighbours: list[Neighbour], majority: float) -> tuple[str | None, float]:
     """The neighbours' majority label and its share; label ``None`` when the share is below ``majority``."""
     if not neighbours:
         return None, 0.0
-    label, count = Counter(n["label"] for n in neighbours).most_common(1)[0]
+    label, count = Counter(n.label for n in neighbours).most_common(1)[0]
     share = count / len(neighbours)
     return (label if share >= majority else None), share
 
 
 def verify_report(
-    impression: str | None, classifier: dict[str, Any], neighbours: list[dict[str, Any]], majority: float
+    impression: str | None, classifier: ClassifierResult, neighbours: list[Neighbour], majority: float
 ) -> Verification:
     """Compare the report's impression with the calibrated classifier and the neighbours' vote.
 
@@ -29,18 +27,18 @@ def verify_report(
     An uncertain classifier (conformal set not a single label) is not contradicted by either label.
     """
     n_label, share = neighbour_vote(neighbours, majority)
-    base = {"report_impression": impression, "classifier_label": classifier["label"],
+    base = {"report_impression": impression, "classifier_label": classifier.label,
             "neighbour_label": n_label, "neighbour_share": round(share, 3)}
     if impression is None:
         return Verification(verdict="unparseable", reasons=["the report has no IMPRESSION line that could be read"], **base)
     if impression == "indeterminate":
         return Verification(verdict="agree", reasons=["the report is indeterminate; it contradicts no evidence"], **base)
-    against_classifier = not classifier["uncertain"] and impression != classifier["label"]
+    against_classifier = not classifier.uncertain and impression != classifier.label
     against_neighbours = n_label is not None and impression != n_label
     reasons = []
     if against_classifier:
-        reasons.append(f"report says {impression}, classifier says {classifier['label']} "
-                       f"(p={classifier['prob_pneumonia']:.2f}, threshold {classifier['threshold']:.2f})")
+        reasons.append(f"report says {impression}, classifier says {classifier.label} "
+                       f"(p={classifier.prob_pneumonia:.2f}, threshold {classifier.threshold:.2f})")
     if against_neighbours:
         reasons.append(f"report says {impression}, {share:.0%} of {len(neighbours)} similar cases are {n_label}")
     if against_classifier:

@@ -160,40 +160,50 @@ def merge_dicts(left: dict[str, float] | None, right: dict[str, float] | None) -
 
 
 class CaseState(TypedDict, total=False):
-    """The state of one case review as it moves through the graph.
+    """The state of one case review as it moves through the graph: the evidence itself.
 
-    Values are plain JSON-able data (records as ``model_dump()`` dicts) so that any
-    checkpointer can save and restore them. Nodes return partial updates; ``timings`` and
-    ``attempt_log`` are merged/appended by their reducers, every other key is overwritten.
+    Records are the pydantic models above (the checkpointers serialise them; see
+    ``STATE_TYPES``). Nodes return partial updates; ``timings``, ``attempt_log`` and ``errors``
+    are merged/appended by their reducers, every other key is overwritten. The evidence keys
+    (``opinion``, ``embedding``, ``gate``, ``neighbours``) may also be given as input (a batch
+    computes them for many cases in one pass; a probe transforms them): a node skips the work
+    whose result is already present.
     """
 
     # input
     case_ref: str  # "test:42" or an image path
     # load_case
-    settings: dict[str, Any]  # what shapes the result (see RunContext.fingerprint_fields), fixed per thread
+    settings: dict[str, Any]  # what shapes the result (see tools.context.fingerprint_fields), fixed per thread
     fingerprint: str  # hash of ``settings``: a resume with other settings is refused
     case_id: str
     image: list[list[int]]  # 28x28 uint8 as nested lists, decoded once
     ground_truth: Label | None
     notes: list[str]
     views: list[list[list[int]]] | None  # image files of another size: the other resize views
-    # check_input
-    input_check: dict[str, Any]  # InputCheck
+    # check_input: the classifier's one forward pass and the gate (or given as input)
+    opinion: ClassifierResult
+    embedding: list[float]  # the classifier's unit penultimate features (what the cnn index stores)
+    gate: GateMeasure
+    input_check: InputCheck  # the gate's decision
     # classify
-    classifier: dict[str, Any]  # ClassifierResult
-    # retrieve
-    neighbours: list[dict[str, Any]]  # Neighbour records
+    classifier: ClassifierResult
+    # retrieve (or given as input)
+    neighbours: list[Neighbour]
     # compose_prompt / report / verify (repeated on a retry)
     variant: str
-    prompt: dict[str, Any]  # PromptRecord: exactly what the report node sends
-    report: dict[str, Any]  # ReportRecord
+    prompt: PromptRecord  # exactly what the report node sends
+    report: ReportRecord
     reporter: dict[str, Any]  # the backend's provenance for that report
-    verification: dict[str, Any]  # Verification
+    verification: Verification
     attempts: int
-    attempt_log: Annotated[list[dict[str, Any]], operator.add]
+    attempt_log: Annotated[list[Attempt], operator.add]
     # bookkeeping
     errors: Annotated[list[str], operator.add]  # failures of earlier tries of this case (resumed since)
     timings: Annotated[dict[str, float], merge_dicts]
-    needs_review: bool  # finalize
-    review_reasons: list[str]  # finalize
-    record: dict[str, Any]  # finalize: the CaseReview
+    record: CaseReview  # finalize
+
+
+# The record types a checkpoint may hold: the checkpointers' serialiser restores these (and only these)
+# from their module and class name.
+STATE_TYPES = (ClassifierResult, GateMeasure, InputCheck, Neighbour, PromptRecord, ReportRecord, Verification,
+               Attempt, Provenance, CaseReview)

@@ -1,5 +1,10 @@
 """The case-review graph: load -> check_input -> (blank: finalize) -> classify -> retrieve -> compose_prompt
--> report -> verify -> (contradiction and attempts left: compose_prompt with the stricter variant) -> finalize."""
+-> report -> verify -> (contradiction and attempts left: compose_prompt with the stricter variant) -> finalize.
+
+``graph`` is the compiled graph that ``langgraph.json`` names (LangGraph's server brings its own
+checkpointer, and the nodes then use the server process's context); the CLI, batch and notebook
+compile the same wiring with their checkpointer and pass their own context.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,12 @@ from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from casereview.agents import nodes
-from casereview.schemas import CaseState
+from casereview.schemas import STATE_TYPES, CaseState
 from casereview.tools.context import RunContext
 
 NODE_ORDER = ("load_case", "check_input", "classify", "retrieve", "compose_prompt", "report", "verify", "finalize")
@@ -34,6 +40,10 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStat
     return g.compile(checkpointer=checkpointer)
 
 
+# The state's records are restored from checkpoints by module and class name: these and no others.
+SERDE = JsonPlusSerializer(allowed_msgpack_modules=[(t.__module__, t.__name__) for t in STATE_TYPES])
+
+
 def sqlite_checkpointer(path: Path) -> BaseCheckpointSaver:
     """A SQLite checkpointer (runs can be inspected and resumed after the process ends)."""
     from langgraph.checkpoint.sqlite import SqliteSaver
@@ -45,13 +55,17 @@ def sqlite_checkpointer(path: Path) -> BaseCheckpointSaver:
     # fraction of the rollback journal's, and a review commits one checkpoint per node.
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")
-    return SqliteSaver(connection)
+    return SqliteSaver(connection, serde=SERDE)
 
 
 def make_checkpointer(kind: str, path: Path) -> BaseCheckpointSaver | None:
-    return {"sqlite": lambda: sqlite_checkpointer(path), "memory": InMemorySaver, "none": lambda: None}[kind]()
+    return {"sqlite": lambda: sqlite_checkpointer(path), "memory": lambda: InMemorySaver(serde=SERDE),
+            "none": lambda: None}[kind]()
 
 
 def thread_config(run_id: str, case_ref: str) -> dict[str, Any]:
     """One checkpoint thread per (run, case): a run can be resumed case by case."""
     return {"configurable": {"thread_id": f"{run_id}/{case_ref}"}}
+
+
+graph = build_graph()

@@ -7,18 +7,22 @@ import json
 import os
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import IO, Any, Callable
 
 import numpy as np
+from langchain_core.callbacks import BaseCallbackHandler
 
+from casereview.agents.evidence import batch_evidence
+from casereview.agents.nodes import rendered_prompt, report_update
 from casereview.config import Settings
-from casereview.data import check_refs, expand_folders, parse_ref
+from casereview.data import check_refs, expand_folders, load_case, parse_ref
 from casereview.errors import CaseReviewError
 from casereview.graphs.graph import NODE_ORDER, build_graph, make_checkpointer, thread_config
 from casereview.provenance import sha256_text, utc_now
 from casereview.records import record_stem, save_case_record
-from casereview.tools.context import RunContext, fingerprint
-from casereview.tools.precomputed import case_images, precompute
+from casereview.tools.context import RunContext, build_context, fingerprint, fingerprint_fields
+from casereview.tools.reporter.reporting import generate
 
 STEP_SHOW_CHARS = 600  # per state value shown while stepping
 
@@ -75,29 +79,46 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
+class GraphClock(BaseCallbackHandler):
+    """The wall time of one graph run (its outermost chain), for the record's ``graph_total_s``."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.seconds: float | None = None
+
+    def on_chain_start(self, serialized: Any, inputs: Any, *, parent_run_id: Any = None, **kwargs: Any) -> None:
+        if parent_run_id is None and self.start is None:
+            self.start = time.perf_counter()
+
+    def on_chain_end(self, outputs: Any, *, parent_run_id: Any = None, **kwargs: Any) -> None:
+        if parent_run_id is None and self.start is not None:
+            self.seconds = round(time.perf_counter() - self.start, 4)
+
+
 class ReviewRun:
     """One run (run id) of the review graph over any number of cases, checkpointed per case."""
 
     def __init__(self, settings: Settings, run_id: str, out: Path, context: RunContext | None = None):
         self.settings, self.run_id, self.out = settings, run_id, out
         lock_run(settings.paths.workdir, run_id)  # before any model loads: a second process exits at once
-        kind = settings.graph.checkpointer
-        self.context = (context or RunContext(settings, run_id)).open()
-        self.checkpointer = make_checkpointer(kind, settings.paths.workdir / "checkpoints.sqlite")
+        self.context = context or build_context(settings, run_id)
+        self.checkpointer = make_checkpointer(settings.graph.checkpointer, settings.paths.workdir / "checkpoints.sqlite")
         self.graph = build_graph(self.checkpointer)
+        self.evidence: dict[str, dict[str, Any]] = {}  # graph input computed ahead, per case ref
 
     def prefetch(self, refs: list[str]) -> None:
         """Classify the dataset cases among ``refs`` and retrieve their neighbours in one batched pass
-        ahead of their reviews; each review's nodes then get these answers instead of running one
-        forward pass and one query each. Image files are left to the graph (decoded once, there)."""
+        ahead of their reviews, as graph input (each review's nodes then skip that work). Image files
+        are left to the graph (decoded once, there)."""
         dataset = [ref for ref in refs if parse_ref(ref)]
         if len(dataset) > 1:
-            self.context = precompute(self.context, case_images(self.settings, dataset), dataset)
+            cases = [load_case(ref, self.settings.data.root, self.settings.data.download) for ref in dataset]
+            self.evidence = dict(zip(dataset, batch_evidence(self.context, cases)))
 
     def _check_settings(self, values: dict[str, Any], ref: str) -> None:
         if "settings" not in values:
             return
-        now = self.context.fingerprint_fields()
+        now = fingerprint_fields(self.context.settings)
         if values.get("fingerprint") != fingerprint(now):
             fields = changed_fields(values["settings"], now)
             raise SettingsChangedError(
@@ -105,35 +126,97 @@ class ReviewRun:
                 "rerun with the run's original settings, or start a new run (omit --run-id)"
             )
 
-    def review(self, ref: str) -> dict[str, Any]:
-        """Review one case. A case already finished in this run is returned as saved (and its files
-        written if they are missing); one interrupted mid-way resumes from its last checkpoint."""
-        start = time.perf_counter()
-        if self.checkpointer is None:
-            state = self.graph.invoke({"case_ref": ref}, context=self.context)
-        else:
-            cfg = thread_config(self.run_id, ref)
-            values = self.graph.get_state(cfg).values
-            self._check_settings(values, ref)
-            if values.get("record"):
-                self.ensure_saved(values["record"], values["image"])
-                return values["record"]
-            inp = None if values else {"case_ref": ref}
+    def review(self, ref: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Review one case (see :meth:`review_many`); a failure raises."""
+        for _, outcome in self.review_many([ref], {ref: extra} if extra else None):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        raise AssertionError("unreachable")
+
+    def review_many(self, refs: list[str], inputs: dict[str, dict[str, Any]] | None = None,
+                    concurrency: int = 1) -> Iterator[tuple[str, dict[str, Any] | CaseReviewError]]:
+        """Review cases, ``concurrency`` at a time (LangGraph's ``batch``), yielding each case's saved
+        record, or its :class:`CaseReviewError`, as it finishes. ``inputs[ref]``: evidence given as
+        graph input (default: what :meth:`prefetch` computed). A case already finished in this run is
+        returned as saved (and its files written if they are missing); one interrupted mid-way resumes
+        from its last checkpoint."""
+        inputs = self.evidence if inputs is None else inputs
+        todo: list[tuple[str, dict[str, Any] | None, dict[str, Any]]] = []
+        for ref in refs:
+            cfg = self._config(ref, concurrency)
+            values = self.graph.get_state(cfg).values if self.checkpointer is not None else {}
             try:
-                # Checkpoint when the graph exits (finished, failed or interrupted), not after every node:
-                # a failure still resumes at the failed node; a kill -9 loses only the case in flight,
-                # which reruns from its start. Per-node writes were a third of a review's time.
-                state = self.graph.invoke(inp, cfg, context=self.context, durability="exit")
+                self._check_settings(values, ref)
             except CaseReviewError as exc:
+                yield ref, exc
+                continue
+            if values.get("record"):
+                record = values["record"].model_dump()
+                self.ensure_saved(record, values["image"])
+                yield ref, record
+                continue
+            todo.append((ref, None if values else {"case_ref": ref} | inputs.get(ref, {}), cfg))
+        if not todo:
+            return
+        # Checkpoint when the graph exits (finished, failed or interrupted), not after every node:
+        # a failure still resumes at the failed node; a kill -9 loses only the cases in flight,
+        # which rerun from their start. Per-node writes were a third of a review's time.
+        backend = self.context.backend
+        if backend.name == "medgemma" and backend.cfg.batch_size > 1 and len(todo) > 1:
+            done = self._in_rounds([i for _, i, _ in todo], [c for _, _, c in todo])
+        else:
+            done = self.graph.batch_as_completed([i for _, i, _ in todo], [c for _, _, c in todo],
+                                                 context=self.context, durability="exit", return_exceptions=True)
+        for i, state in done:
+            ref, _, cfg = todo[i]
+            if isinstance(state, CaseReviewError):
                 # Keep the failure in the case's thread: a rerun with the same run id resumes at the
                 # node that failed (its predecessors' results are checkpointed) and the record lists it.
-                if self.graph.get_state(cfg).next:
-                    self.graph.update_state(cfg, {"errors": [f"{utc_now()} {type(exc).__name__}: {exc}"]})
-                raise
-        record = state["record"]
-        record["provenance"]["graph_total_s"] = round(time.perf_counter() - start, 4)
-        self.save(record, state["image"])
-        return record
+                if self.checkpointer is not None and self.graph.get_state(cfg).next:
+                    self.graph.update_state(cfg, {"errors": [f"{utc_now()} {type(state).__name__}: {state}"]})
+                yield ref, state
+                continue
+            if isinstance(state, BaseException):
+                raise state
+            record = state["record"].model_dump()
+            record["provenance"]["graph_total_s"] = cfg["callbacks"][0].seconds
+            self.save(record, state["image"])
+            yield ref, record
+
+    def _in_rounds(self, inputs: list[dict[str, Any] | None], configs: list[dict[str, Any]]) -> Iterator[tuple[int, Any]]:
+        """A local model generates the waiting prompts together: every case runs to the report node and
+        pauses there; the prompts are generated in batches of ``reporter.batch_size`` and written into
+        each case's state as the report node's update; the cases resume, in rounds (a retry is a
+        round more) until each is final. Yields (position, final state or error)."""
+        if self.checkpointer is None:  # pausing needs one; this run's threads need not outlive it
+            self.checkpointer = make_checkpointer("memory", Path())
+            self.graph = build_graph(self.checkpointer)
+        active = list(range(len(inputs)))
+        while active:
+            outs = self.graph.batch([inputs[i] for i in active], [configs[i] for i in active], context=self.context,
+                                    interrupt_before=["report"], durability="exit", return_exceptions=True)
+            waiting = []
+            for i, out in zip(active, outs):
+                snap = None if isinstance(out, BaseException) else self.graph.get_state(configs[i])
+                if snap is not None and snap.next == ("report",):
+                    waiting.append((i, snap.values))
+                else:
+                    yield i, out
+            try:
+                results = generate(self.context.backend, [rendered_prompt(v, self.context) for _, v in waiting])
+            except CaseReviewError as exc:
+                for i, _ in waiting:
+                    yield i, exc
+                return
+            for (i, values), result in zip(waiting, results):
+                update = report_update(values, result) | {"timings": {"report": result.provenance["generate_s"]}}
+                self.graph.update_state(configs[i], update, as_node="report")
+                inputs[i] = None
+            active = [i for i, _ in waiting]
+
+    def _config(self, ref: str, concurrency: int) -> dict[str, Any]:
+        return thread_config(self.run_id, ref) | {"callbacks": [GraphClock()], "max_concurrency": concurrency}
 
     def step_through(self, ref: str, pause: Callable[[str], str], show: Callable[[str], None] = print) -> dict[str, Any] | None:
         """Run one case pausing before every node; ``show`` gets what each node added, ``pause`` a
@@ -157,7 +240,7 @@ class ReviewRun:
                 break
             if pause(f"[Enter] run {snap.next[0]}, q to stop: ").strip().lower() == "q":
                 return None
-        record = snap.values["record"]
+        record = snap.values["record"].model_dump()
         self.save(record, snap.values["image"])
         return record
 
@@ -214,7 +297,7 @@ def describe_update(node: str, update: dict[str, Any]) -> str:
         elif key == "timings":
             text = ", ".join(f"{k}={v:.4f}s" for k, v in value.items())
         else:
-            text = json.dumps(value, default=str)
+            text = json.dumps(value, default=lambda v: v.model_dump() if hasattr(v, "model_dump") else str(v))
             if len(text) > STEP_SHOW_CHARS:
                 text = text[:STEP_SHOW_CHARS] + f" ... [cut: {len(text) - STEP_SHOW_CHARS} more characters]"
         lines.append(f"  {key}: {text}")

@@ -20,8 +20,9 @@ from casereview.data import CLASS_NAMES, CaseError, load_split
 from casereview.cli import main
 from casereview.graphs.graph import NODE_ORDER, build_graph, make_checkpointer, thread_config
 from casereview.graphs.review import ReviewRun, SettingsChangedError, expand_case_refs
-from casereview.schemas import CaseReview
-from casereview.tools.context import RunContext
+from casereview.schemas import CaseReview, ClassifierResult, Neighbour, Verification
+from casereview.tools.agent_tools import make_tools
+from casereview.tools.context import build_context
 from casereview.tools.case_index import build_index, chroma_path
 
 LIMIT = 60  # images per split in the test index
@@ -40,16 +41,21 @@ def settings(tmp_path_factory, data_root, random_checkpoint):
 
 
 def runtime(settings) -> Runtime:
-    return Runtime(context=RunContext(settings))
+    return Runtime(context=build_context(settings))
 
 
 def opinion(label="pneumonia", p=0.9, uncertain=False):
-    return {"prob_pneumonia": p, "label": label, "threshold": 0.5, "temperature": 1.0, "uncertain": uncertain,
-            "checkpoint_sha256": "x" * 64, "prediction_set": [label], "conformal_alpha": 0.05, "arch": "cr_resnet_small"}
+    return ClassifierResult(prob_pneumonia=p, label=label, threshold=0.5, temperature=1.0, uncertain=uncertain,
+                            checkpoint_sha256="x" * 64, prediction_set=[label], conformal_alpha=0.05, arch="cr_resnet_small")
 
 
 def nbs(*labels):
-    return [{"case_id": f"train:{i}", "split": "train", "index": i, "label": lab, "similarity": 0.9} for i, lab in enumerate(labels)]
+    return [Neighbour(case_id=f"train:{i}", split="train", index=i, label=lab, similarity=0.9) for i, lab in enumerate(labels)]
+
+
+def verification(verdict):
+    return Verification(verdict=verdict, reasons=[], report_impression=None, classifier_label="normal",
+                        neighbour_label=None, neighbour_share=0.0)
 
 
 # --- pure pieces -------------------------------------------------------------------------------
@@ -79,15 +85,15 @@ def test_neighbour_vote():
 
 def test_router_caps_retries(settings):
     rt = runtime(with_overrides(settings, graph={"max_attempts": 2}))
-    contra = {"verification": {"verdict": "contradicts_classifier"}}
+    contra = {"verification": verification("contradicts_classifier")}
     assert nodes.route_after_verify({**contra, "attempts": 1}, rt) == "compose_prompt"
     assert nodes.route_after_verify({**contra, "attempts": 2}, rt) == "finalize"
-    assert nodes.route_after_verify({"verification": {"verdict": "agree"}, "attempts": 1}, rt) == "finalize"
-    assert nodes.route_after_verify({"verification": {"verdict": "unparseable"}, "attempts": 1}, rt) == "finalize"
+    assert nodes.route_after_verify({"verification": verification("agree"), "attempts": 1}, rt) == "finalize"
+    assert nodes.route_after_verify({"verification": verification("unparseable"), "attempts": 1}, rt) == "finalize"
 
 
 def test_retry_uses_the_strict_variant(settings):
-    ctx = RunContext(settings)
+    ctx = build_context(settings)
     assert nodes.next_variant({"attempts": 0}, ctx) == settings.reporter.variant
     assert nodes.next_variant({"attempts": 1}, ctx) == settings.graph.strict_variant
 
@@ -95,10 +101,11 @@ def test_retry_uses_the_strict_variant(settings):
 def test_uncertain_cases_get_more_neighbours(settings):
     rt = runtime(settings)
     loaded = nodes.load_case({"case_ref": "test:3"}, rt)
+    checked = nodes.check_input(loaded, rt)
     for uncertain, k in ((False, settings.graph.k), (True, settings.graph.k_uncertain)):
-        update = nodes.retrieve({**loaded, "classifier": opinion(uncertain=uncertain)}, rt)
+        update = nodes.retrieve({**loaded, **checked, "classifier": opinion(uncertain=uncertain)}, rt)
         assert len(update["neighbours"]) == k
-        assert {n["split"] for n in update["neighbours"]} == {"train"}  # never test cases as evidence
+        assert {n.split for n in update["neighbours"]} == {"train"}  # never test cases as evidence
         assert "retrieve" in update["timings"]
 
 
@@ -145,8 +152,8 @@ def test_full_run_with_tiny_gemma(settings, tiny_vlm_dir, tmp_path):  # noqa: F8
     CaseReview.model_validate(record)
     assert record["report"]["backend"] == "medgemma" and record["report"]["model_id"] == str(tiny_vlm_dir)
     assert record["provenance"]["reporter"]["dtype"] == "float32"  # CPU
-    expected = verify_report(record["report"]["impression"], record["classifier"], record["neighbours"],
-                             s.graph.neighbour_majority)
+    expected = verify_report(record["report"]["impression"], ClassifierResult(**record["classifier"]),
+                             [Neighbour(**n) for n in record["neighbours"]], s.graph.neighbour_majority)
     assert record["verification"] == expected.model_dump()
     assert len(record["attempt_log"]) == record["attempts"]
     assert record["retried_with_strict_variant"] == (record["attempts"] == 2)
@@ -154,14 +161,14 @@ def test_full_run_with_tiny_gemma(settings, tiny_vlm_dir, tmp_path):  # noqa: F8
 
 def test_step_before_each_node(settings):
     graph = build_graph(InMemorySaver())
-    cfg, ctx = thread_config("step", "test:5"), RunContext(settings)
+    cfg, ctx = thread_config("step", "test:5"), build_context(settings)
     graph.invoke({"case_ref": "test:5"}, cfg, context=ctx, interrupt_before=list(NODE_ORDER))
     visited = []
     while graph.get_state(cfg).next:
         visited.append(graph.get_state(cfg).next[0])
         graph.invoke(None, cfg, context=ctx, interrupt_before=list(NODE_ORDER))
     assert visited == list(NODE_ORDER)  # the template agrees with its evidence: no retry
-    assert graph.get_state(cfg).values["record"]["case_id"] == "test:5"
+    assert graph.get_state(cfg).values["record"].case_id == "test:5"
 
 
 def test_cli_step_mode_pauses_and_finishes(settings, tmp_path, monkeypatch, capsys):
@@ -199,7 +206,7 @@ def test_interrupted_run_resumes_without_rerunning(settings, tmp_path):
     cp = make_checkpointer("sqlite", tmp_path / "checkpoints.sqlite")
     half = build_graph(cp)
     cfg = thread_config("crash", "test:8")
-    half.invoke({"case_ref": "test:8"}, cfg, context=RunContext(s), durability="sync", interrupt_before=["report"])
+    half.invoke({"case_ref": "test:8"}, cfg, context=build_context(s), durability="sync", interrupt_before=["report"])
     assert half.get_state(cfg).next == ("report",)
     # a new process (new graph, same SQLite file) picks the case up where it stopped
     run = ReviewRun(s, "crash", tmp_path / "out")
@@ -215,7 +222,7 @@ def test_resume_with_other_settings_is_refused(settings, tmp_path):
                        index={"chroma_path": chroma_path(settings)})
     cfg = thread_config("fp", "test:12")
     build_graph(make_checkpointer("sqlite", tmp_path / "checkpoints.sqlite")).invoke(
-        {"case_ref": "test:12"}, cfg, context=RunContext(s), durability="sync", interrupt_before=["report"])
+        {"case_ref": "test:12"}, cfg, context=build_context(s), durability="sync", interrupt_before=["report"])
     other = with_overrides(s, graph={"k": 7}, reporter={"variant": "minimal"})
     with pytest.raises(SettingsChangedError, match=r"\(k, variant differ\)"):
         ReviewRun(other, "fp", tmp_path / "out").review("test:12")
@@ -241,14 +248,14 @@ def test_one_decode_one_checkpoint_load_one_prompt(settings, tmp_path, monkeypat
     monkeypatch.setattr(casereview.data, "decode_image", counting("decode", casereview.data.decode_image))
     load = counting("load", casereview.training.checkpoint.load_classifier)
     monkeypatch.setattr(casereview.training.checkpoint, "load_classifier", load)
-    monkeypatch.setattr("casereview.tools.classifier_tool.load_classifier", load)
+    monkeypatch.setattr("casereview.tools.case_classifier.load_classifier", load)
     files = []
     films = load_split("val", settings.data.root).images
     for i, name in enumerate(("a b.png", "a_b.png")):  # names that a naive stem would merge
         files.append(tmp_path / name)
         Image.fromarray(films[i]).resize((64, 64), Image.Resampling.BICUBIC).save(files[-1])
     run = ReviewRun(settings, "counts", tmp_path / "out")
-    from casereview.tools.classifier_tool import CaseClassifier
+    from casereview.tools.case_classifier import CaseClassifier
 
     monkeypatch.setattr(CaseClassifier, "analyse", counting("forward", CaseClassifier.analyse))
     monkeypatch.setattr(run.context.index.embedder, "embed_images",
@@ -270,7 +277,7 @@ def test_prefetched_cases_share_one_forward_pass_and_one_query(settings, tmp_pat
     gate and queries the index in one batched pass; each case's record is the one a review without
     the pass writes (numbers to 1e-5)."""
     from casereview.tools.case_index import CaseIndex
-    from casereview.tools.classifier_tool import CaseClassifier
+    from casereview.tools.case_classifier import CaseClassifier
     from casereview.tools.input_gate import GateModel
 
     refs = ["test:3", "test:4", "val:7"]
@@ -360,17 +367,18 @@ def test_contradicting_backend_triggers_one_strict_retry(tmp_path_factory, data_
     build_index(s, progress=False)
     s = with_overrides(s, graph={"checkpointer": "memory", "max_attempts": 2},
                        reporter={"backend": "template", "template_follows": "neighbours"})
-    ctx = RunContext(s)
+    ctx = build_context(s)
+    tools = make_tools(ctx)
     for i in range(100):  # the first test case where a confident classifier and the neighbours disagree
         ref = f"test:{i}"
-        clf = ctx.tool("classify_case").invoke({"case_ref": ref})
-        hits = ctx.tool("search_similar_cases").invoke({"case_ref": ref, "k": s.graph.k, "case_base": "train"})
-        majority, _ = neighbour_vote(hits, s.graph.neighbour_majority)
+        clf = tools["classify_case"].invoke({"case_ref": ref})
+        hits = tools["search_similar_cases"].invoke({"case_ref": ref, "k": s.graph.k, "case_base": "train"})
+        majority, _ = neighbour_vote([Neighbour(**h) for h in hits], s.graph.neighbour_majority)
         if not clf["uncertain"] and majority is not None and majority != clf["label"]:
             break
     else:
         pytest.fail("no test case among the first 100 where the classifier and the neighbours disagree")
-    record = build_graph().invoke({"case_ref": ref}, context=ctx)["record"]
+    record = build_graph().invoke({"case_ref": ref}, context=ctx)["record"].model_dump()
     assert record["attempts"] == 2 and record["retried_with_strict_variant"]
     assert [a["variant"] for a in record["attempt_log"]] == ["grounded", "grounded_skeptical"]
     assert all(a["verdict"] == "contradicts_classifier" for a in record["attempt_log"])
@@ -427,12 +435,12 @@ def test_case_markdown_escapes_model_output_and_names(settings, tmp_path):
 
 
 def test_capabilities_are_langchain_tools_over_the_run_resources(settings):
-    ctx = RunContext(settings)
-    classify, search, write = (ctx.tool(n) for n in ("classify_case", "search_similar_cases", "write_report"))
+    ctx = build_context(settings)
+    classify, search, write = (make_tools(ctx)[n] for n in ("classify_case", "search_similar_cases", "write_report"))
     by_ref = classify.invoke({"case_ref": "test:0"})
     image = np.asarray(nodes.load_case({"case_ref": "test:0"}, Runtime(context=ctx))["image"]).tolist()
     assert classify.invoke({"image": image}) == by_ref
-    assert by_ref == ctx.classifier.opinion(np.asarray(image, np.uint8)).model_dump()
+    assert by_ref == ctx.classifier.analyse_one(np.asarray(image, np.uint8))[0].model_dump()
     hits = search.invoke({"case_ref": "train:0", "k": 3})
     assert len(hits) == 3 and "train:0" not in {h["case_id"] for h in hits}  # never itself
     assert {h["split"] for h in search.invoke({"image": image, "k": 4, "case_base": "train+val"})} <= {"train", "val"}
@@ -479,7 +487,7 @@ def test_input_outside_training_is_flagged_yet_classified(settings, tmp_path):
 def test_an_ordinary_case_passes_the_gate(settings, tmp_path):
     record = ReviewRun(settings, "plain", tmp_path).review("test:3")
     gate = record["input_check"]
-    assert gate["judgeable"] and gate["gate_id"] == RunContext(settings).gate.model.gate_id
+    assert gate["judgeable"] and gate["gate_id"] == build_context(settings).gate.model.gate_id
     assert gate["resize_spread"] is None  # a 28x28 dataset case has no resize to be unstable under
     assert record["needs_review"] == bool(record["review_reasons"])
 

@@ -7,8 +7,7 @@ reporter backend per process) and takes a case reference (``test:42``, an image 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from langchain_core.tools import BaseTool, tool
 from pydantic import BaseModel, Field
@@ -17,15 +16,12 @@ from casereview.config import Settings
 from casereview.data import Case, case_from_input, load_split
 from casereview.schemas import ClassifierOpinion, ClassifierResult, Neighbour
 from casereview.tools.case_index import CaseIndex
-from casereview.tools.classifier_tool import CaseClassifier
+from casereview.tools.case_classifier import CaseClassifier
+from casereview.tools.context import RunContext
 from casereview.tools.reporter.backends import ReporterBackend
 from casereview.tools.reporter.evidence import Evidence
 from casereview.tools.reporter.prompts import render_prompt
 from casereview.tools.reporter.reporting import generate
-
-if TYPE_CHECKING:
-    from casereview.tools.context import RunContext
-
 
 class CaseInput(BaseModel):
     case_ref: str | None = Field(default=None, description="the case: split:index (e.g. test:42) or an image file path")
@@ -59,7 +55,7 @@ def make_classifier_tool(settings: Settings, classifier: CaseClassifier) -> Base
     def classify_case(case_ref: str | None = None, image: list[list[int]] | None = None) -> dict[str, Any]:
         """Classify one paediatric chest X-ray: calibrated p(pneumonia), the label at the validation
         threshold, and whether the case is uncertain (split-conformal prediction set on validation)."""
-        return classifier.opinion(_case(settings, case_ref, image).image).model_dump()
+        return classifier.analyse_one(_case(settings, case_ref, image).image)[0].model_dump()
 
     return classify_case
 
@@ -97,8 +93,8 @@ def make_report_tool(settings: Settings, backend: ReporterBackend) -> BaseTool:
     return write_report
 
 
-TOOL_FACTORIES: dict[str, Callable[[RunContext], BaseTool]] = {
-    "classify_case": lambda ctx: make_classifier_tool(ctx.settings, ctx.classifier),
-    "search_similar_cases": lambda ctx: make_case_search_tool(ctx.settings, ctx.index),
-    "write_report": lambda ctx: make_report_tool(ctx.settings, ctx.backend),
-}
+def make_tools(ctx: RunContext) -> dict[str, BaseTool]:
+    """classify_case, search_similar_cases and write_report over the run's own resources, by name."""
+    tools = (make_classifier_tool(ctx.settings, ctx.classifier), make_case_search_tool(ctx.settings, ctx.index),
+             make_report_tool(ctx.settings, ctx.backend))
+    return {t.name: t for t in tools}

@@ -32,7 +32,7 @@ from casereview.config import Settings
 from casereview.data import SIZE, load_split, resize_views, subset_indices
 from casereview.provenance import sha256_text
 from casereview.schemas import GateMeasure
-from casereview.tools.classifier_tool import all_cores
+from casereview.tools.case_classifier import all_cores
 from casereview.training.checkpoint import Classifier
 from casereview.training.predict import embed_images, predict_proba
 

@@ -92,13 +92,12 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or settings.paths.workdir / "reports" / run_id
     run = ReviewRun(settings, run_id, out)
     picked = pick_cases(run.context, args.split, args.pick) if refs is None else [(r, None) for r in refs]
-    failed = 0
-    for ref, why in picked:
-        try:
-            rec = run.review(ref)
-        except CaseReviewError as exc:
+    failed, why_picked = 0, dict(picked)
+    for ref, rec in run.review_many(list(why_picked)):  # a local model generates the prompts batch_size at a time
+        why = why_picked[ref]
+        if isinstance(rec, CaseReviewError):
             failed += 1
-            print(f"error: {ref}: {exc}", file=sys.stderr)
+            print(f"error: {ref}: {rec}", file=sys.stderr)
             continue
         rep = rec["report"]
         if rep is None:  # the input gate found nothing to judge (a blank image): no report

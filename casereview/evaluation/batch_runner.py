@@ -15,26 +15,22 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from casereview.agents.evidence import PROBE_TRANSFORMS, batch_evidence
 from casereview.config import Settings
-from casereview.data import load_split, parse_ref
+from casereview.data import load_case, load_split
 from casereview.errors import CaseReviewError
 from casereview.evaluation.batch_arms import Arm, arm_settings
-from casereview.evaluation.batch_collector import BatchingBackend
-from casereview.evaluation.batch_evidence import FlippedClassifier, SwappedNeighbourIndex
 from casereview.graphs.review import ReviewRun
 from casereview.provenance import sha256_text
 from casereview.records import record_stem, write_atomic
-from casereview.tools.context import RunContext, fingerprint
-from casereview.tools.precomputed import case_images, precompute
+from casereview.tools.context import build_context, fingerprint, fingerprint_fields
 
 PLAN_FILE = "batch.json"
 ARMS_DIR = "arms"
@@ -57,7 +53,7 @@ class BatchPlan:
 
     def fingerprints(self) -> dict[str, str]:
         """Each arm's settings fingerprint (the same one its records carry)."""
-        return {a.name: fingerprint(RunContext(arm_settings(self.settings, a)).fingerprint_fields()) for a in self.arms}
+        return {a.name: fingerprint(fingerprint_fields(arm_settings(self.settings, a))) for a in self.arms}
 
     def to_dict(self) -> dict[str, Any]:
         return {"split": self.split, "note": self.note, "refs": self.refs, "arms": [a.to_dict() for a in self.arms],
@@ -108,14 +104,6 @@ def load_plan(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def shared_context(settings: Settings, refs: list[str]) -> RunContext:
-    """One context for every arm: the classifier, gate and index loaded once, and every case's opinion,
-    embedding and neighbours computed in one batched pass (what the check_input, classify and
-    retrieve nodes then ask for)."""
-    ctx = RunContext(settings, "batch").open()
-    return precompute(ctx, case_images(settings, refs), [ref if parse_ref(ref) else None for ref in refs])
-
-
 @dataclass
 class BatchOutcome:
     done: int = 0  # reviews run now
@@ -125,28 +113,12 @@ class BatchOutcome:
 
 
 class BatchRunner:
-    """Runs a plan's pending pairs, ``concurrency`` at a time (threads: server backends wait on I/O)."""
+    """Runs a plan's pending pairs: per arm, ``concurrency`` reviews at a time through LangGraph's ``batch``."""
 
     def __init__(self, plan: BatchPlan, concurrency: int = 1, max_errors: int = 20, progress: bool = True):
         self.plan, self.concurrency, self.max_errors, self.progress = plan, max(1, concurrency), max_errors, progress
-        self._runs: dict[str, ReviewRun] = {}
         # Checkpoint threads are named by run id and case: the folder's id keeps two batches apart.
         self._folder_id = sha256_text(str(plan.out.resolve()))[:10]
-
-    def _contexts(self, base: RunContext) -> Iterator[tuple[Arm, RunContext]]:
-        backend = None
-        for arm in self.plan.arms:
-            s = arm_settings(self.plan.settings, arm)
-            ctx = base.sharing(s, self._run_id(arm))
-            if arm.probe == "flip-classifier":
-                ctx.__dict__["classifier"] = FlippedClassifier(base.classifier)
-            elif arm.probe == "swap-neighbours":
-                ctx.__dict__["index"] = SwappedNeighbourIndex(base.index)
-            if s.reporter.backend == "medgemma" and self.concurrency > 1:
-                # one model, one batching queue for all arms (arms differ only in the prompt)
-                backend = backend or BatchingBackend(ctx.backend, s.reporter.batch_size)
-                ctx.__dict__["backend"] = backend
-            yield arm, ctx
 
     def run(self) -> BatchOutcome:
         save_plan(self.plan)
@@ -154,20 +126,39 @@ class BatchRunner:
         outcome = BatchOutcome(skipped=len(self.plan.refs) * len(self.plan.arms) - len(pending))
         if not pending:
             return outcome
+        s = self.plan.settings
+        base = build_context(s, "batch")  # the models load once, for every arm
         # Every case of the plan, not just the pending ones: the batched forward pass then sees the same
         # batches in a resumed run as in one that ran through, so the numbers match to the last bit.
-        base = shared_context(self.plan.settings, self.plan.refs)
-        for arm, ctx in self._contexts(base):
-            self._runs[arm.name] = ReviewRun(ctx.settings, ctx.run_id, arm_dir(self.plan.out, arm.name), context=ctx)
+        cases = [load_case(ref, s.data.root, s.data.download) for ref in self.plan.refs]
+        evidence = dict(zip(self.plan.refs, batch_evidence(base, cases)))
+        runs = {}
+        for arm in self.plan.arms:
+            arm_s, run_id = arm_settings(s, arm), f"batch-{self._folder_id}-{arm.name}"
+            runs[arm.name] = ReviewRun(arm_s, run_id, arm_dir(self.plan.out, arm.name),
+                                       context=replace(base, settings=arm_s, run_id=run_id))
         self._tidy()
         start = time.perf_counter()
         bar = tqdm(total=len(pending), desc="batch", unit="review", disable=not self.progress, file=sys.stderr)
         try:
-            if self.concurrency == 1:
-                for arm, ref in pending:
-                    self._finish(outcome, arm, ref, self._review, bar)
-            else:
-                self._run_threads(pending, outcome, bar)
+            # A few cases at a time, every arm of them before the next cases: an interrupted batch
+            # still holds paired results.
+            step = 4 * self.concurrency
+            case_order = list(dict.fromkeys(ref for _, ref in pending))
+            for at in range(0, len(case_order), step):
+                chunk = set(case_order[at : at + step])
+                for arm in self.plan.arms:
+                    refs = [ref for a, ref in pending if a == arm and ref in chunk]
+                    probe = PROBE_TRANSFORMS[arm.probe] if arm.probe else (lambda ev: ev)
+                    inputs = {ref: probe(evidence[ref]) for ref in refs}
+                    for ref, result in runs[arm.name].review_many(refs, inputs, self.concurrency):
+                        self._account(outcome, arm, ref, result)
+                        bar.update(1)
+        except OSError as exc:  # a record could not be written (disk full, permissions): nothing more can be saved
+            raise BatchError(
+                f"cannot write the records under {self.plan.out}: {exc}. {outcome.done} reviews finished now and "
+                "are kept (every saved record is complete); free space and rerun the same command"
+            ) from exc
         finally:
             bar.close()
             outcome.seconds = time.perf_counter() - start
@@ -181,53 +172,13 @@ class BatchRunner:
             for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
                 tmp.unlink(missing_ok=True)
 
-    def _run_id(self, arm: Arm) -> str:
-        return f"batch-{self._folder_id}-{arm.name}"
-
-    def _review(self, arm: Arm, ref: str) -> None:
-        self._runs[arm.name].review(ref)
-
-    def _finish(self, outcome: BatchOutcome, arm: Arm, ref: str, call, bar: tqdm) -> None:
-        """Run one pair (or take its future's result) and account for it."""
-        try:
-            call(arm, ref)
-        except CaseReviewError as exc:  # this pair failed; the others go on
-            outcome.failed.append((arm.name, ref, f"{type(exc).__name__}: {exc}"))
-            if len(outcome.failed) >= self.max_errors:
-                raise BatchError(
-                    f"stopped after {len(outcome.failed)} failed reviews; the last: {ref} ({arm.name}): {exc}. "
-                    f"{outcome.done} reviews finished now and are kept; fix the cause and rerun the same command"
-                ) from exc
-        except OSError as exc:  # a record could not be written (disk full, permissions): nothing more can be saved
-            raise BatchError(
-                f"cannot write the records of {arm.name} under {self.plan.out}: {exc}. {outcome.done} reviews "
-                "finished now and are kept (every saved record is complete); free space and rerun the same command"
-            ) from exc
-        else:
+    def _account(self, outcome: BatchOutcome, arm: Arm, ref: str, result: dict[str, Any] | CaseReviewError) -> None:
+        if not isinstance(result, CaseReviewError):
             outcome.done += 1
-        finally:
-            bar.update(1)
-
-    def _run_threads(self, pending: list[tuple[Arm, str]], outcome: BatchOutcome, bar: tqdm) -> None:
-        # At most `concurrency` pairs in flight: a stop (error, Ctrl-C) leaves few to cancel.
-        todo = iter(pending)
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="batch") as pool:
-            running: dict[Future, tuple[Arm, str]] = {}
-            try:
-                for pair in todo:
-                    running[pool.submit(self._review, *pair)] = pair
-                    if len(running) < self.concurrency:
-                        continue
-                    self._collect(running, outcome, bar)
-                while running:
-                    self._collect(running, outcome, bar)
-            except BaseException:
-                for future in running:
-                    future.cancel()
-                raise
-
-    def _collect(self, running: dict[Future, tuple[Arm, str]], outcome: BatchOutcome, bar: tqdm) -> None:
-        finished, _ = wait(running, return_when=FIRST_COMPLETED)
-        for future in finished:
-            arm, ref = running.pop(future)
-            self._finish(outcome, arm, ref, lambda *_: future.result(), bar)
+            return
+        outcome.failed.append((arm.name, ref, f"{type(result).__name__}: {result}"))  # this pair failed; the others go on
+        if len(outcome.failed) >= self.max_errors:
+            raise BatchError(
+                f"stopped after {len(outcome.failed)} failed reviews; the last: {ref} ({arm.name}): {result}. "
+                f"{outcome.done} reviews finished now and are kept; fix the cause and rerun the same command"
+            ) from result

@@ -32,7 +32,7 @@ from casereview.provenance import git_commit, utc_now
 from casereview.render import render
 from casereview.schemas import InputCheck
 from casereview.tools.case_index import build_index
-from casereview.tools.context import RunContext
+from casereview.tools.context import RunContext, build_context
 from casereview.tools.input_gate import STAT_NAMES, InputGate
 
 REPORT_NAME = "gate_report.md"
@@ -168,7 +168,7 @@ def _figure(rows: list[ShiftRow], examples: dict[str, np.ndarray], path: Path, e
 def write_gate_report(settings: Settings, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     build_index(settings)  # idempotent: the neighbour vote needs the case index
-    ctx = RunContext(settings, "gate-report").open()
+    ctx = build_context(settings, "gate-report")
     s = settings
     val, test = (load_split(x, s.data.root, s.data.download) for x in ("val", "test"))
     with tempfile.TemporaryDirectory() as tmp:

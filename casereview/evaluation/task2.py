@@ -32,7 +32,7 @@ from casereview.records import view_png
 from casereview.render import render
 from casereview.schemas import PromptRecord
 from casereview.tools.case_index import build_index
-from casereview.tools.context import RunContext
+from casereview.tools.context import build_context
 from casereview.tools.reporter.prompts import list_variants, template_sha256, template_source
 
 REPORT_NAME = "task2_report_generation.md"
@@ -94,7 +94,7 @@ def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n
     val_rows = load_rows(val_dir)
     write_reports(val_metrics, val_rows, val_dir)
 
-    ctx = RunContext(settings, "task2")
+    ctx = build_context(settings, "task2")
     picked = pick_cases(ctx, "test", n_samples)
     refs = [ref for ref, _ in picked]
     template_arm = Arm("template", default)

@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +26,6 @@ from casereview.training.checkpoint import Classifier, load_classifier
 from casereview.training.conformal import conformal_qhat, prediction_set
 from casereview.training.predict import calibrated_proba, predict_logits_and_embeddings, predict_proba
 
-MEMO_SIZE = 64  # images remembered (more than the reviews a batch runs at once)
-
-
 @dataclass(frozen=True)
 class CaseClassifier:
     """A loaded checkpoint with its split-conformal quantile (centred on the decision threshold)."""
@@ -37,9 +34,6 @@ class CaseClassifier:
     qhat: float
     alpha: float
     centre: float
-    # The last images seen, so that the nodes of one review (input gate, classify, retrieve) share
-    # one forward pass: keyed by the image's bytes, bounded for long runs.
-    _memo: dict[bytes, tuple[ClassifierResult, np.ndarray]] = field(default_factory=dict, compare=False, repr=False)
 
     def analyse(self, images: np.ndarray) -> tuple[list[ClassifierResult], np.ndarray]:
         """Opinions and unit embeddings (N, D) of uint8 (N, 28, 28) images, from one forward pass.
@@ -60,22 +54,9 @@ class CaseClassifier:
         )
 
     def analyse_one(self, image: np.ndarray) -> tuple[ClassifierResult, np.ndarray]:
-        """Opinion and unit embedding (D,) of one uint8 (28, 28) image (remembered for the next nodes)."""
-        key = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
-        if key not in self._memo:
-            opinions, embeddings = self.analyse(np.asarray(image, dtype=np.uint8)[None])
-            if len(self._memo) >= MEMO_SIZE:
-                self._memo.pop(next(iter(self._memo)), None)
-            self._memo[key] = (opinions[0], embeddings[0])
-        return self._memo[key]
-
-    def opinion(self, image: np.ndarray) -> ClassifierResult:
-        """The calibrated opinion on one uint8 (28, 28) image, with its conformal prediction set."""
-        return self.analyse_one(image)[0]
-
-    def embedding(self, image: np.ndarray) -> np.ndarray:
-        """The unit penultimate-feature vector (D,) of one image (what the cnn case index stores)."""
-        return self.analyse_one(image)[1]
+        """Opinion and unit embedding (D,) of one uint8 (28, 28) image."""
+        opinions, embeddings = self.analyse(np.asarray(image, dtype=np.uint8)[None])
+        return opinions[0], embeddings[0]
 
     def opinions(self, images: np.ndarray) -> list[ClassifierResult]:
         """Opinions on a batch of uint8 (N, 28, 28) images (one forward pass)."""
