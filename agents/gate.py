@@ -52,7 +52,7 @@ def disagreement(classifier: ClassifierResult, neighbours: list[Neighbour], majo
 
     With the cnn embedder the neighbours come from the classifier's own features: agreement is
     weak confirmation, but disagreement still marks a case near the decision boundary."""
-    label, share = neighbour_vote(neighbours, majority)
+    label, share = neighbour_vote([n.label for n in neighbours], majority)
     if label is None or label == classifier.label:
         return None
     return (f"the classifier says {classifier.label} (p={classifier.prob_pneumonia:.2f}) but "

@@ -49,8 +49,8 @@ def _image(state: CaseState) -> np.ndarray:
 
 
 def _context(runtime: Runtime[RunContext]) -> RunContext:
-    """The caller's context; LangGraph's server passes none, and gets the process's own."""
-    return runtime.context if runtime.context is not None else server_context()
+    """The caller's context; under LangGraph's server (no context, or a dict of values) the process's own."""
+    return runtime.context if isinstance(runtime.context, RunContext) else server_context()
 
 
 @timed

@@ -6,12 +6,12 @@ from collections import Counter
 from casereview.schemas import ClassifierResult, Neighbour, Verification
 
 
-def neighbour_vote(neighbours: list[Neighbour], majority: float) -> tuple[str | None, float]:
+def neighbour_vote(labels: list[str], majority: float) -> tuple[str | None, float]:
     """The neighbours' majority label and its share; label ``None`` when the share is below ``majority``."""
-    if not neighbours:
+    if not labels:
         return None, 0.0
-    label, count = Counter(n.label for n in neighbours).most_common(1)[0]
-    share = count / len(neighbours)
+    label, count = Counter(labels).most_common(1)[0]
+    share = count / len(labels)
     return (label if share >= majority else None), share
 
 
@@ -26,7 +26,7 @@ def verify_report(
     - else a clear neighbour majority that differs: ``contradicts_neighbours``.
     An uncertain classifier (conformal set not a single label) is not contradicted by either label.
     """
-    n_label, share = neighbour_vote(neighbours, majority)
+    n_label, share = neighbour_vote([n.label for n in neighbours], majority)
     base = {"report_impression": impression, "classifier_label": classifier.label,
             "neighbour_label": n_label, "neighbour_share": round(share, 3)}
     if impression is None:

@@ -25,9 +25,9 @@ from casereview.tools.context import RunContext
 NODE_ORDER = ("load_case", "check_input", "classify", "retrieve", "compose_prompt", "report", "verify", "finalize")
 
 
-def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStateGraph:
+def build_graph(checkpointer: BaseCheckpointSaver | None = None, context_schema: type | None = RunContext) -> CompiledStateGraph:
     """The graph; pause it per call with ``invoke(..., interrupt_before=[...])`` (needs a checkpointer)."""
-    g = StateGraph(CaseState, context_schema=RunContext)
+    g = StateGraph(CaseState, context_schema=context_schema)
     for name in NODE_ORDER:
         g.add_node(name, getattr(nodes, name))
     g.add_edge(START, "load_case")
@@ -68,4 +68,6 @@ def thread_config(run_id: str, case_ref: str) -> dict[str, Any]:
     return {"configurable": {"thread_id": f"{run_id}/{case_ref}"}}
 
 
-graph = build_graph()
+# For LangGraph's server: it passes a dict of the caller's values as the context (which cannot hold
+# models), so this graph declares none and its nodes use the server process's own resources.
+graph = build_graph(context_schema=None)

@@ -166,8 +166,9 @@ class ReviewRun:
         if backend.name == "medgemma" and backend.cfg.batch_size > 1 and len(todo) > 1:
             done = self._in_rounds([i for _, i, _ in todo], [c for _, _, c in todo])
         else:
+            durability = {"durability": "exit"} if self.checkpointer is not None else {}
             done = self.graph.batch_as_completed([i for _, i, _ in todo], [c for _, _, c in todo],
-                                                 context=self.context, durability="exit", return_exceptions=True)
+                                                 context=self.context, return_exceptions=True, **durability)
         for i, state in done:
             ref, _, cfg = todo[i]
             if isinstance(state, CaseReviewError):

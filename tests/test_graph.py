@@ -78,8 +78,8 @@ def test_verify_verdicts(impression, clf, neighbours, verdict):
 
 
 def test_neighbour_vote():
-    assert neighbour_vote(nbs("pneumonia", "pneumonia", "normal"), 0.6) == ("pneumonia", pytest.approx(2 / 3))
-    assert neighbour_vote(nbs("pneumonia", "normal"), 0.6)[0] is None
+    assert neighbour_vote(["pneumonia", "pneumonia", "normal"], 0.6) == ("pneumonia", pytest.approx(2 / 3))
+    assert neighbour_vote(["pneumonia", "normal"], 0.6)[0] is None
     assert neighbour_vote([], 0.6) == (None, 0.0)
 
 
@@ -373,7 +373,7 @@ def test_contradicting_backend_triggers_one_strict_retry(tmp_path_factory, data_
         ref = f"test:{i}"
         clf = tools["classify_case"].invoke({"case_ref": ref})
         hits = tools["search_similar_cases"].invoke({"case_ref": ref, "k": s.graph.k, "case_base": "train"})
-        majority, _ = neighbour_vote([Neighbour(**h) for h in hits], s.graph.neighbour_majority)
+        majority, _ = neighbour_vote([h["label"] for h in hits], s.graph.neighbour_majority)
         if not clf["uncertain"] and majority is not None and majority != clf["label"]:
             break
     else:

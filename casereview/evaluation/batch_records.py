@@ -55,7 +55,7 @@ def read_records(out: Path, arm: str, refs: list[str]) -> dict[str, dict[str, An
 
 
 def _vote(record: dict[str, Any], majority: float) -> str | None:
-    return neighbour_vote(record["neighbours"], majority)[0]
+    return neighbour_vote([n["label"] for n in record["neighbours"]], majority)[0]
 
 
 def model_row(ref: str, r: dict[str, Any], majority: float) -> Row:

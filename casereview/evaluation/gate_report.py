@@ -111,13 +111,13 @@ def review_flags(ctx: RunContext, split: str, margin_cut: float | None = None) -
     validation cut for test). Returns the rows, the number of cases and the cut."""
     s = ctx.settings
     data = load_split(split, s.data.root, s.data.download)
-    opinions = [o.model_dump() for o in ctx.classifier.opinions(data.images)]
+    models = ctx.classifier.opinions(data.images)
+    opinions = [o.model_dump() for o in models]
     hits = ctx.index.search_vectors(ctx.index.embedder.embed_images(data.images), s.graph.k, s.graph.case_base)
     # an uncertain case gets k_uncertain neighbours in the graph; the vote below uses k for every case
-    neighbours = [[h.model_dump() for h in row] for row in hits]
     gate = np.array([c.flagged for c in checks(ctx.gate, Shifted(data.images, [None] * len(data)))])
     uncertain = np.array([o["uncertain"] for o in opinions])
-    disagree = np.array([disagreement(o, n, s.graph.neighbour_majority) is not None for o, n in zip(opinions, neighbours)])
+    disagree = np.array([disagreement(o, n, s.graph.neighbour_majority) is not None for o, n in zip(models, hits)])
     wrong = np.array([(o["label"] == "pneumonia") != bool(y) for o, y in zip(opinions, data.labels)])
     review = gate | uncertain | disagree
     margin = np.array([abs(o["prob_pneumonia"] - o["threshold"]) for o in opinions])
