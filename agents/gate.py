@@ -24,7 +24,7 @@ STAT_LABELS = {
 }
 
 
-def check_input(m: GateMeasure) -> InputCheck:
+def input_decision(m: GateMeasure) -> InputCheck:
     """Flag a case whose image statistics, feature distance or resize spread exceed their thresholds;
     a blank or near-constant image cannot be judged at all."""
     reasons = []

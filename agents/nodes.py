@@ -16,7 +16,7 @@ import numpy as np
 from langgraph.runtime import Runtime
 
 from casereview.agents.evidence import neighbour_count, own_case
-from casereview.agents.gate import check_input as gate_decision
+from casereview.agents.gate import input_decision
 from casereview.agents.gate import review_reasons
 from casereview.agents.verify import verify_report
 from casereview.data import load_case as read_case
@@ -74,7 +74,7 @@ def check_input(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any
         update |= {"opinion": opinion, "embedding": embedding.tolist()}
     embedding = np.asarray(update.get("embedding", state.get("embedding")), dtype=np.float32)
     measure = state.get("gate") or ctx.gate.measure(image, None if views is None else np.asarray(views, np.uint8), embedding)
-    return update | {"gate": measure, "input_check": gate_decision(measure)}
+    return update | {"gate": measure, "input_check": input_decision(measure)}
 
 
 def route_after_check(state: CaseState) -> str:

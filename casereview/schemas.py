@@ -58,7 +58,7 @@ class GateMeasure(Record):
 
 
 class InputCheck(GateMeasure):
-    """The gate's decision (``agents.gate.check_input``): flagged for review, or not judgeable at all."""
+    """The gate's decision (``agents.gate.input_decision``): flagged for review, or not judgeable at all."""
 
     judgeable: bool = Field(description="false: blank or near-constant, no diagnosis is given")
     flagged: bool = Field(description="outside what the classifier was trained on, or unstable under the resize")

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from casereview.agents.gate import BLANK_STD, OUTSIDE, check_input, review_reasons
+from casereview.agents.gate import BLANK_STD, OUTSIDE, input_decision, review_reasons
 from casereview.config import load_settings
 from casereview.data import load_split
 from casereview.evaluation.gate_report import checks
 from casereview.evaluation.gate_shifts import array_shift, png16, png16_clipped
-from casereview.schemas import GateMeasure
+from casereview.schemas import ClassifierResult, GateMeasure, Neighbour, Verification
 from casereview.tools import input_gate
 from casereview.tools.input_gate import STAT_NAMES, image_stats, load_input_gate, stat_bounds
 from casereview.training.checkpoint import load_classifier
@@ -27,13 +27,13 @@ def measure(**changes) -> GateMeasure:
 # --- pure decision ------------------------------------------------------------------------------
 
 def test_an_ordinary_case_passes():
-    c = check_input(measure())
+    c = input_decision(measure())
     assert c.judgeable and not c.flagged and c.reasons == []
 
 
 def test_a_blank_image_cannot_be_judged():
     stats = {n: 1.0 for n in STAT_NAMES} | {"contrast": BLANK_STD - 0.1}
-    c = check_input(measure(stats=stats))
+    c = input_decision(measure(stats=stats))
     assert not c.judgeable and c.flagged and "no diagnosis" in c.reasons[0]
 
 
@@ -46,18 +46,22 @@ def test_a_blank_image_cannot_be_judged():
     ],
 )
 def test_each_measurement_flags_with_its_reason(changes, words):
-    c = check_input(measure(**changes))
+    c = input_decision(measure(**changes))
     assert c.judgeable and c.flagged and len(c.reasons) == 1 and words in c.reasons[0]
     assert c.reasons[0].startswith(OUTSIDE) == ("resize" not in words)
 
 
-def state(uncertain=False, label="pneumonia", votes=("pneumonia",) * 5, verdict="agree", impression="pneumonia", gate=()):
+def state(uncertain=False, label="pneumonia", votes=("pneumonia",) * 5, verdict="agree", impression="pneumonia", gate=(),
+          judgeable=True):
+    other = "normal" if label == "pneumonia" else "pneumonia"
     return {
-        "input_check": {"reasons": list(gate)},
-        "classifier": {"label": label, "prob_pneumonia": 0.8, "uncertain": uncertain, "prediction_set": [label],
-                       "conformal_alpha": 0.05},
-        "neighbours": [{"label": v} for v in votes],
-        "verification": {"verdict": verdict, "reasons": ["r"], "report_impression": impression},
+        "input_check": input_decision(measure()).model_copy(update={"reasons": list(gate), "judgeable": judgeable}),
+        "classifier": ClassifierResult(prob_pneumonia=0.8, label=label, threshold=0.5, temperature=1.0, uncertain=uncertain,
+                                       checkpoint_sha256="x", prediction_set=[label], conformal_alpha=0.05, arch="a"),
+        "neighbours": [Neighbour(case_id=f"train:{i}", split="train", index=i, label=v, similarity=0.9)
+                       for i, v in enumerate(votes)],
+        "verification": Verification(verdict=verdict, reasons=["r"], report_impression=impression, classifier_label=label,
+                                     neighbour_label=other, neighbour_share=0.6),
     }
 
 
@@ -79,7 +83,7 @@ def test_review_reasons(kwargs, expected):
 
 
 def test_a_case_not_judged_has_only_the_gate_reason():
-    assert review_reasons({"input_check": {"reasons": ["blank"]}}, 0.6) == ["blank"]
+    assert review_reasons(state(gate=["blank"], judgeable=False, uncertain=True, verdict="unparseable"), 0.6) == ["blank"]
 
 
 # --- measurements and fit -----------------------------------------------------------------------

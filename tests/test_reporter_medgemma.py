@@ -12,7 +12,7 @@ import torch
 
 from casereview.config import ReporterConfig
 from casereview.schemas import ClassifierOpinion, Neighbour
-from casereview.tools.reporter import Evidence, ReporterError, generate_reports, get_backend, parse_report, render_prompt
+from casereview.tools.reporter import Evidence, ReporterError, generate, get_backend, parse_report, render_prompt
 from casereview.tools.reporter.backends import MedGemmaBackend, choose_precision
 from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)
 
@@ -50,13 +50,13 @@ def backend(tiny_vlm_dir) -> MedGemmaBackend:  # noqa: F811
 
 def test_loads_lazily_once_per_process(backend: MedGemmaBackend) -> None:
     assert backend._model is None  # nothing loaded until the first generate
-    generate_reports(backend, _evidence(1), "minimal")
+    generate(backend, [render_prompt("minimal", ev) for ev in _evidence(1)])
     model = backend._model
     assert model is not None and model.dtype == torch.float32 and backend.device.type == "cpu"
     assert backend._processor.tokenizer.padding_side == "left"
     same = get_backend(backend.cfg.model_copy(update={"variant": "minimal"}))
     assert same is backend
-    generate_reports(same, _evidence(1), "structured")
+    generate(same, [render_prompt("structured", ev) for ev in _evidence(1)])
     assert same._model is model
     info = backend.describe()
     assert info | {"device": "cpu", "dtype": "float32", "decoding": "greedy"} == info
@@ -86,7 +86,7 @@ def test_the_image_reaches_the_model(backend: MedGemmaBackend) -> None:
 
 
 def test_results_record_provenance(backend: MedGemmaBackend, tiny_vlm_dir) -> None:  # noqa: F811
-    result = generate_reports(backend, _evidence(1), "grounded_skeptical")[0]
+    result = generate(backend, [render_prompt("grounded_skeptical", ev) for ev in _evidence(1)])[0]
     prov = result.provenance
     assert prov["backend"] == "medgemma" and prov["model_id"] == str(tiny_vlm_dir)
     assert prov["variant"] == "grounded_skeptical" and len(prov["template_sha256"]) == 64

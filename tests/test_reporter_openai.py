@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from casereview.config import ReporterConfig
-from casereview.tools.reporter import Evidence, ReporterError, generate_reports, render_prompt
+from casereview.tools.reporter import Evidence, ReporterError, generate, render_prompt
 from casereview.tools.reporter.backends import MedGemmaBackend, OpenAIBackend
 from server_support import free_port, http_ok, server
 from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)
@@ -56,7 +56,7 @@ def test_chat_completion_with_image(served_model: str, tiny_vlm_dir: Path, monke
     )
     backend = OpenAIBackend(cfg)
     cases = _cases(3)
-    results = generate_reports(backend, cases, "structured")
+    results = generate(backend, [render_prompt("structured", ev) for ev in cases])
     assert [r.case_id for r in results] == ["test:0", "test:1", "test:2"]
     assert all(r.backend == "openai" and r.model_id == str(tiny_vlm_dir) for r in results)
     assert all(r.provenance["base_url"] == served_model for r in results)

@@ -9,9 +9,8 @@ import pytest
 
 from casereview.config import ReporterConfig, load_settings
 from casereview.schemas import ClassifierOpinion, Neighbour
-from casereview.tools.reporter import BACKENDS, Evidence, ReporterError, generate_reports, get_backend, parse_report
+from casereview.tools.reporter import BACKENDS, Evidence, ReporterError, generate, get_backend, parse_report, render_prompt
 from casereview.tools.reporter.backends import TemplateBackend
-from casereview.tools.reporter.prompts import render_prompt
 from casereview.evaluation.picking import pick_representative
 
 IMAGE = np.zeros((28, 28), dtype=np.uint8)
@@ -82,7 +81,7 @@ def test_registry_and_provenance() -> None:
     with pytest.raises(ReporterError, match="unknown reporter backend 'llava'"):
         get_backend(settings, "llava")
     ev = Evidence("test:1", IMAGE, _opinion(0.8), _neighbours("ppp"))
-    (result,) = generate_reports(backend, [ev], "grounded")
+    (result,) = generate(backend, [render_prompt("grounded", ev)])
     assert result.backend == "template" and result.model_id == "casereview-template-v1"
     assert result.parsed.impression == "pneumonia" and result.image_refs == ["case"]
     prov = result.provenance

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from casereview.agents.gate import check_input, disagreement
+from casereview.agents.gate import disagreement, input_decision
 from casereview.config import Settings
 from casereview.data import load_split
 from casereview.evaluation.gate_shifts import ARRAY_SHIFTS, FILE_SHIFTS, Shifted, array_shift, external_files
@@ -43,7 +43,7 @@ EXAMPLES_NAME = "gate_shift_examples.png"
 def checks(gate: InputGate, shifted: Shifted) -> list[InputCheck]:
     """The gate's decision on each image, exactly as the graph's ``check_input`` node makes it."""
     spreads = [None if v is None else gate.resize_spread(v) for v in shifted.views]
-    return [check_input(m) for m in gate.measures(shifted.images, spreads)]
+    return [input_decision(m) for m in gate.measures(shifted.images, spreads)]
 
 
 def false_flags(gate: InputGate, images: np.ndarray) -> dict[str, float]:

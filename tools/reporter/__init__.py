@@ -9,14 +9,14 @@ The interface the graph uses::
     parsed = parse_report(text)                             # ParsedReport: impression | None, status, ...
 
 or with provenance: ``generate(backend, [prompt, ...])`` for rendered prompts (what the graph's
-report node does), ``generate_reports(backend, [evidence, ...], variant)`` to render and generate.
+report node does).
 """
 
 from casereview.tools.reporter.backends import BACKENDS, Generation, ReporterBackend, get_backend
 from casereview.tools.reporter.evidence import Evidence, ReporterError
 from casereview.tools.reporter.parser import ParsedReport, parse_report
 from casereview.tools.reporter.prompts import PromptError, RenderedPrompt, list_variants, render_prompt, template_sha256
-from casereview.tools.reporter.reporting import ReportResult, generate, generate_reports
+from casereview.tools.reporter.reporting import ReportResult, generate
 
 __all__ = [
     "BACKENDS",
@@ -29,7 +29,6 @@ __all__ = [
     "ReporterBackend",
     "ReporterError",
     "generate",
-    "generate_reports",
     "get_backend",
     "list_variants",
     "parse_report",
