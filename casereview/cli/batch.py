@@ -8,6 +8,7 @@ from pathlib import Path
 
 from casereview.cli.common import add_common_options, settings_from_args
 from casereview.errors import CaseReviewError
+from casereview.paths import check_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--cases", nargs="+", metavar="CASE", help="or these cases: test:42, image files, folders")
     which.add_argument("--summarize", type=Path, metavar="DIR",
                        help="only recompute metrics.json and the reports from the records in DIR")
-    p.add_argument("--sample", type=int, metavar="N", help="a seeded random sample of N cases of the split")
+    p.add_argument("--sample", type=int, metavar="N", help="a seeded random sample of N cases of the split (batch.sample)")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample (default: 0)")
     p.add_argument("--variants", help="comma-separated prompt variants (default: all in prompts/)")
     p.add_argument("--backend", choices=["template", "medgemma", "openai"], help="reporter backend (default: template)")
@@ -39,15 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-attempts", type=int, help="report attempts per case including the strict retry (default: 2)")
     p.add_argument("--probe", choices=["flip"],
                    help="also run grounded variants with the classifier flipped and, separately, the neighbours' labels swapped")
-    p.add_argument("--concurrency", type=int, default=1,
-                   help="reviews in flight at once (threads; speeds up server backends; default 1)")
+    p.add_argument("--concurrency", type=int,
+                   help="reviews in flight at once (threads; speeds up server backends; default 1; batch.concurrency)")
     p.add_argument("--batch-size", type=int, help="prompts per generate call of the local medgemma backend "
                    "(with --concurrency of at least this many)")
     p.add_argument("--checkpointer", choices=["none", "sqlite"], default="none",
                    help="none (default): a pair interrupted mid-graph reruns from its start; sqlite: it resumes at its last node")
     p.add_argument("--out", type=Path, help="batch folder (default: <workdir>/batches/<split>-<backend>); rerun to resume")
     p.add_argument("--note", help="a note shown at the top of the report (e.g. that the model is a random test model)")
-    p.add_argument("--max-errors", type=int, default=20, help="stop after this many failed reviews (default: 20)")
+    p.add_argument("--max-errors", type=int, help="stop after this many failed reviews (default: 20; batch.max_errors)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_batch)
 
@@ -58,7 +59,7 @@ def run_batch(args: argparse.Namespace) -> int:
     from casereview.evaluation.batch_report import write_reports
 
     if args.summarize:
-        out = args.summarize
+        out = check_folder(args.summarize, "--summarize")
     else:
         out, outcome = _run(args)
         print(f"{outcome.done} reviews run in {outcome.seconds:.1f} s, {outcome.skipped} finished earlier, "
@@ -84,23 +85,24 @@ def _run(args: argparse.Namespace):
         graph={"max_attempts": args.max_attempts, "checkpointer": args.checkpointer},
         index={"chroma_url": args.chroma_url},
         classifier={"checkpoint": args.checkpoint},
+        batch={"sample": args.sample, "concurrency": args.concurrency, "max_errors": args.max_errors},
     )
     variants = parse_variants(args.variants)  # a bad name fails before anything loads
     if args.split:
-        refs = split_refs(settings, args.split, args.sample, args.seed)
+        refs = split_refs(settings, args.split, settings.batch.sample, args.seed)
     elif args.cases:
-        if args.sample is not None:
+        if settings.batch.sample is not None:
             raise CaseReviewError("--sample draws from a --split; with --cases, name the cases")
         refs = expand_case_refs(args.cases, settings)
     else:
         raise CaseReviewError("give --split val|test, --cases ..., or --summarize DIR")
     backend = settings.reporter.backend
-    out = args.out or settings.paths.workdir / "batches" / f"{args.split or 'cases'}-{backend}"
+    out = check_folder(args.out or settings.paths.workdir / "batches" / f"{args.split or 'cases'}-{backend}", "--out")
     plan = BatchPlan(out, refs, plan_arms(backend, variants, probe=args.probe == "flip"), settings,
                      split=args.split, note=args.note)
     print(f"batch {out}: {len(refs)} cases x {len(plan.arms)} arms ({', '.join(a.name for a in plan.arms)})",
           file=sys.stderr)
-    return out, BatchRunner(plan, args.concurrency, args.max_errors, progress=not args.no_progress).run()
+    return out, BatchRunner(plan, settings.batch.concurrency, settings.batch.max_errors, progress=not args.no_progress).run()
 
 
 def comparison_text(metrics: dict) -> str:

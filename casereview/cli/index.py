@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from casereview.cli.common import add_common_options, settings_from_args
+from casereview.paths import check_folder
 from casereview.config import EmbedderName, Settings
 
 SPLIT_CHOICES = ("train", "val", "test", "train+val", "all")
@@ -216,6 +217,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from casereview.evaluation.retrieval_eval import KS, evaluate_retrieval
 
     settings = _settings(args)
+    if args.out:
+        check_folder(args.out, "--out")
     index = open_index(settings)
     out = args.out or settings.paths.workdir / "retrieval" / index.embedder.name
     metrics = evaluate_retrieval(index, settings, latency_queries=args.latency_queries)
