@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from casereview.config import Settings
 from casereview.data import CLASS_NAMES, SPLITS, load_split, parse_ref, subset_indices
 from casereview.errors import CaseReviewError
-from casereview.provenance import package_versions, utc_now
+from casereview.provenance import package_versions, redact_url, utc_now
 from casereview.schemas import Neighbour
 from casereview.tools.embedders import Embedder, create_embedder, data_sha256
 
@@ -87,7 +87,8 @@ def split_collection_name(name: str, build: str, split: str) -> str:
 
 
 def chroma_location(settings: Settings) -> str:
-    return settings.index.chroma_url or str(chroma_path(settings))
+    """Where the index lives, as it may be shown or recorded (a server URL without its credentials)."""
+    return redact_url(settings.index.chroma_url) or str(chroma_path(settings))
 
 
 def chroma_path(settings: Settings) -> Path:
@@ -102,7 +103,7 @@ def chroma_client(settings: Settings) -> ClientAPI:
         return chromadb.PersistentClient(path=str(chroma_path(settings)), settings=chroma_settings)
     parsed = urlparse(url if "://" in url else f"http://{url}")
     if not parsed.hostname:
-        raise CaseIndexError(f"bad Chroma URL {url!r}; expected http://host:port")
+        raise CaseIndexError(f"bad Chroma URL {redact_url(url)!r}; expected http://host:port")
     try:
         client = chromadb.HttpClient(
             host=parsed.hostname,
@@ -113,7 +114,7 @@ def chroma_client(settings: Settings) -> ClientAPI:
         client.heartbeat()
     except Exception as exc:  # chromadb raises plain ValueError/ConnectionError/httpx errors here
         raise CaseIndexError(
-            f"cannot reach the Chroma server at {url} ({exc}). Start one with "
+            f"cannot reach the Chroma server at {redact_url(url)} ({exc}). Start one with "
             "`chroma run --path DIR --host 127.0.0.1 --port PORT`, or drop --chroma-url to use a folder on disk."
         ) from exc
     return client

@@ -8,8 +8,10 @@ per configuration and process; model weights and clients are created on first us
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
+import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -19,10 +21,21 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from casereview.config import ReporterConfig, Settings
+from casereview.provenance import redact_url
 from casereview.tools.reporter.evidence import Evidence, ReporterError
 from casereview.tools.reporter.prompts import RenderedPrompt
 
 log = logging.getLogger(__name__)
+
+
+class MalformedAnswerError(ReporterError):
+    """A server answered (HTTP 200) with a body that is not a chat completion: one failed review, not a crash."""
+
+
+def _gist(body: str, limit: int = 80) -> str:
+    """The start of a server's answer as one short line (tags and whitespace runs dropped)."""
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]*>", " ", body)).strip()
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
 class Generation(BaseModel):
@@ -265,7 +278,7 @@ class OpenAIBackend(ReporterBackend):
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {
-            "base_url": self.cfg.base_url,
+            "base_url": redact_url(self.cfg.base_url),
             "max_new_tokens": self.cfg.max_new_tokens,
             "decoding": "temperature 0",
         }
@@ -273,7 +286,7 @@ class OpenAIBackend(ReporterBackend):
     def _one(self, prompt: RenderedPrompt) -> Generation:
         import openai
 
-        where = f"the OpenAI-compatible server at {self.cfg.base_url}"
+        where = f"the OpenAI-compatible server at {redact_url(self.cfg.base_url)}"
         tries = f"{self.cfg.retries + 1} attempt(s)"
         start = time.perf_counter()
         try:
@@ -293,11 +306,24 @@ class OpenAIBackend(ReporterBackend):
             ) from exc
         except openai.APIStatusError as exc:
             raise ReporterError(f"{where} refused the request: HTTP {exc.status_code} {exc.message}") from exc
-        if not resp.choices:
-            raise ReporterError(f"{where} answered without a completion")
-        usage = getattr(resp, "usage", None)  # optional in the protocol; vLLM and transformers serve send it
-        return Generation(text=(resp.choices[0].message.content or "").strip(), seconds=time.perf_counter() - start,
-                          completion_tokens=getattr(usage, "completion_tokens", None))
+        except json.JSONDecodeError as exc:  # a 200 declared as JSON whose body is not (truncated, cut off)
+            raise MalformedAnswerError(f"{where} answered with malformed JSON ({exc.msg}, "
+                                       f"character {exc.pos} of {len(exc.doc)}): "
+                                       f"{_gist(exc.doc)}") from exc
+        if isinstance(resp, str):  # a 200 that is not JSON at all (an HTML page of a proxy): the client returns the text
+            raise MalformedAnswerError(f"{where} answered with something other than JSON: {_gist(resp)}")
+        try:  # the client builds the completion without validating it: any JSON object gets here
+            choices = resp.choices
+            if not choices:
+                raise ReporterError(f"{where} answered without a completion")
+            text = choices[0].message.content
+        except (AttributeError, IndexError, KeyError, TypeError) as exc:
+            raise MalformedAnswerError(f"{where} answered with JSON that is not a chat completion: {_gist(repr(resp))}") from exc
+        if text is not None and not isinstance(text, str):
+            raise MalformedAnswerError(f"{where} answered with a completion whose content is not text: {_gist(repr(text))}")
+        tokens = getattr(getattr(resp, "usage", None), "completion_tokens", None)  # optional in the protocol
+        return Generation(text=(text or "").strip(), seconds=time.perf_counter() - start,
+                          completion_tokens=tokens if isinstance(tokens, int) else None)
 
     def generate(self, prompts: Sequence[RenderedPrompt]) -> list[Generation]:
         workers = max(1, min(self.cfg.batch_size, len(prompts)))
