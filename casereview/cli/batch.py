@@ -55,26 +55,35 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_batch(args: argparse.Namespace) -> int:
     from casereview.evaluation.batch_metrics import summarize
-    from casereview.evaluation.batch_records import load_rows
+    from casereview.evaluation.batch_records import load_rows, save_failures, set_aside_corrupt
     from casereview.evaluation.batch_report import write_reports
 
     if args.summarize:
         out = check_folder(args.summarize, "--summarize")
+        _report_corrupt(set_aside_corrupt(out))
     else:
         out, outcome = _run(args)
+        save_failures(out, outcome.failed)
         print(f"{outcome.done} reviews run in {outcome.seconds:.1f} s, {outcome.skipped} finished earlier, "
               f"{len(outcome.failed)} failed", file=sys.stderr)
-        for arm, ref, error in outcome.failed[:10]:
-            print(f"  failed: {ref} ({arm}): {error}", file=sys.stderr)
     metrics = summarize(out)
+    for reason in metrics["failed"]["by_reason"]:
+        print(f"  failed {reason['n']}x: {reason['reason']}", file=sys.stderr)
     md, page = write_reports(metrics, load_rows(out), out)
     print(comparison_text(metrics))
     print(f"wrote {out / 'metrics.json'}, {md}, {page}")
     return 0 if args.summarize or not outcome.failed else 2
 
 
+def _report_corrupt(moved: list[tuple[Path, str]]) -> None:
+    for path, why in moved:
+        print(f"warning: record {path} is corrupt ({why}); moved to {path.name}.corrupt, its review will be redone",
+              file=sys.stderr)
+
+
 def _run(args: argparse.Namespace):
     from casereview.evaluation.batch_arms import parse_variants, plan_arms
+    from casereview.evaluation.batch_records import set_aside_corrupt
     from casereview.evaluation.batch_runner import BatchPlan, BatchRunner, split_refs
     from casereview.graphs.review import expand_case_refs
 
@@ -100,6 +109,7 @@ def _run(args: argparse.Namespace):
     out = check_folder(args.out or settings.paths.workdir / "batches" / f"{args.split or 'cases'}-{backend}", "--out")
     plan = BatchPlan(out, refs, plan_arms(backend, variants, probe=args.probe == "flip"), settings,
                      split=args.split, note=args.note)
+    _report_corrupt(set_aside_corrupt(out))  # before the pending pairs are counted: a corrupt record is redone
     print(f"batch {out}: {len(refs)} cases x {len(plan.arms)} arms ({', '.join(a.name for a in plan.arms)})",
           file=sys.stderr)
     return out, BatchRunner(plan, settings.batch.concurrency, settings.batch.max_errors, progress=not args.no_progress).run()
@@ -107,6 +117,8 @@ def _run(args: argparse.Namespace):
 
 def comparison_text(metrics: dict) -> str:
     """The comparison table as plain text (for the terminal)."""
+    if not any(m["scores"] for m in metrics["arms"].values()):
+        return "nothing to score: no arm has a finished review of a case with a known label"
     lines = [f"{'arm':42s} {'n':>5s}  {'accuracy':>22s}  {'balanced accuracy':>22s}"]
     for name in metrics["batch"]["arms"] + metrics["batch"]["reference_arms"]:
         m = metrics["arms"][name]
