@@ -3,6 +3,7 @@ folder that is a file is refused before any work. Each bad input: exit code 2, o
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,64 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(argv, messag
     code, err = run_cli([fill(a) for a in argv], capsys)
     assert code == 2 and err.count("\n") == 1 and fill(message) in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+# item 12: orphan temporary files of killed writers
+def test_a_resumed_save_removes_the_temporary_files_of_dead_writers(tmp_path):
+    import numpy as np
+
+    from casereview.records import save_case_record
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    orphan = tmp_path / f".test_1.json.{dead}.tmp"  # what a writer killed mid-write leaves (its process is gone)
+    live = tmp_path / f".test_2.json.{os.getpid()}.tmp"  # a live writer's file is not touched
+    orphan.write_text("{")
+    live.write_text("{")
+    record = {"case_id": "test:0"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("casereview.records.render", lambda *a, **k: "md")
+        save_case_record(record, np.zeros((28, 28), np.uint8), tmp_path)
+    assert not orphan.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "test_0.json", "test_0.md", "test_0.png"])
+
+
+# item 12: metrics.json is JSON proper
+def test_json_safe_turns_nan_and_infinity_into_null():
+    import json as _json
+
+    from casereview.evaluation.batch_metrics import json_safe
+
+    metrics = {"kappa": float("nan"), "rows": [1.5, float("inf"), {"p": float("-inf")}], "n": 3, "ok": None}
+    text = _json.dumps(json_safe(metrics), allow_nan=False)
+    assert _json.loads(text) == {"kappa": None, "rows": [1.5, None, {"p": None}], "n": 3, "ok": None}
+
+
+# item 8: a folder's entries that are not reviewed are named, with the reason
+def test_folder_entries_that_are_skipped_are_listed_with_the_reason(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from casereview.data import CaseError, expand_folders
+
+    folder = tmp_path / "films"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(folder / ".b.png")
+    (folder / "dead.png").symlink_to(tmp_path / "gone.png")
+    with pytest.warns(UserWarning) as caught:
+        assert expand_folders([str(folder)]) == [str(folder / "a.png")]
+    assert [str(w.message) for w in caught] == [
+        f"{folder}: skipped 3 of 4 entries, not images: '.b.png' (hidden), 'dead.png' (a broken link), "
+        "'sub' (a subfolder, not searched)"]
+    (folder / "a.png").unlink()
+    with pytest.raises(CaseError, match=r"films holds no PNG/JPEG images \(skipped: '.b.png' \(hidden\), 'dead.png'"):
+        expand_folders([str(folder)])
+
+
+# item 11: one case named in two spellings is one case
+def test_one_case_in_two_spellings_is_reviewed_once(data_root):
+    from casereview.config import load_settings
+    from casereview.graphs.review import expand_case_refs
+
+    settings = load_settings(overrides={"data": {"root": data_root}})
+    assert expand_case_refs(["test:5", "test:05", " test:5"], settings) == ["test:5"]

@@ -64,3 +64,11 @@ def test_credentials_in_the_base_url_are_used_but_never_recorded_or_printed():
     assert SECRET not in repr(result.model_dump()) and SECRET not in repr(backend.describe())
     assert result.provenance["base_url"] == srv.url.replace("http://", "http://***@")
     assert SECRET not in str(caught.value) and "***@127.0.0.1" in str(caught.value)
+
+
+def test_an_oversized_answer_is_stored_capped_and_marked_truncated():
+    with fake_openai("huge") as srv:  # a server that ignores max_tokens: a 1 MB answer
+        backend = OpenAIBackend(ReporterConfig(backend="openai", base_url=srv.url, retries=0, max_new_tokens=300))
+        [gen] = backend.generate([_prompt()])
+    assert gen.truncated_from == len("FINDINGS: ") + 1_000_000 + len("\nIMPRESSION: normal")
+    assert len(gen.text) < 8_100 and gen.text.endswith(f"[casereview: answer truncated to 8,000 of {gen.truncated_from:,} characters]")

@@ -45,6 +45,21 @@ class Generation(BaseModel):
     seconds: float
     batch_size: int = 1
     completion_tokens: int | None = None  # tokens generated, where the backend counts them
+    truncated_from: int | None = None  # the answer's length in characters when it was cut to the cap
+
+
+def response_cap(max_new_tokens: int) -> int:
+    """The most characters of one answer that are stored: far above what ``max_new_tokens`` tokens
+    spell, so only a server that ignores the limit (a 1 MB answer) is cut."""
+    return max(8_000, 16 * max_new_tokens)
+
+
+def capped(text: str, max_new_tokens: int) -> tuple[str, int | None]:
+    """``text`` cut to :func:`response_cap`, with a note saying so, and its original length (None if whole)."""
+    cap = response_cap(max_new_tokens)
+    if len(text) <= cap:
+        return text, None
+    return f"{text[:cap]}\n[casereview: answer truncated to {cap:,} of {len(text):,} characters]", len(text)
 
 
 class ReporterBackend(ABC):
@@ -322,7 +337,8 @@ class OpenAIBackend(ReporterBackend):
         if text is not None and not isinstance(text, str):
             raise MalformedAnswerError(f"{where} answered with a completion whose content is not text: {_gist(repr(text))}")
         tokens = getattr(getattr(resp, "usage", None), "completion_tokens", None)  # optional in the protocol
-        return Generation(text=(text or "").strip(), seconds=time.perf_counter() - start,
+        text, truncated_from = capped((text or "").strip(), self.cfg.max_new_tokens)
+        return Generation(text=text, seconds=time.perf_counter() - start, truncated_from=truncated_from,
                           completion_tokens=tokens if isinstance(tokens, int) else None)
 
     def generate(self, prompts: Sequence[RenderedPrompt]) -> list[Generation]:
