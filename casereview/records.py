@@ -41,8 +41,17 @@ def _tmp_name(name: str, pid: int) -> str:
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write ``path`` through a temporary file in the same folder and rename it into place."""
     tmp = path.with_name(_tmp_name(path.name, os.getpid()))
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        tmp.replace(path)
+    except OSError as exc:  # a full disk mid-write: no partial temporary file stays, and the error names the file
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+    except BaseException:  # Ctrl-C mid-write
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def view_png(image: np.ndarray) -> bytes:

@@ -7,8 +7,12 @@ The classifier is the random-weights fixture: its numbers test code paths, never
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -111,3 +115,63 @@ def test_credentials_in_the_server_url_are_written_nowhere(common, workdir, tmp_
     assert leaks == [] and SECRET not in captured.err + captured.out + failed.err + failed.out
     record = json.loads(next((out / "arms" / "openai-minimal").glob("*.json")).read_text())
     assert record["provenance"]["reporter"]["base_url"] == srv.url.replace("http://", "http://***@")
+
+
+@pytest.fixture
+def full_disk(tmp_path, monkeypatch) -> Iterator[Path]:
+    """A folder on a 64 KiB tmpfs, to be filled up by the test (root only); elsewhere every write under
+    the folder raises ENOSPC."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                                                   capture_output=True).returncode == 0
+    if not mounted:
+        real = Path.write_bytes
+
+        def no_space(self: Path, data: bytes) -> int:
+            if self.resolve().is_relative_to(folder.resolve()) and (folder / "filler").exists():
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(self, data)
+
+        monkeypatch.setattr(Path, "write_bytes", no_space)
+    try:
+        yield folder
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], check=True)
+
+
+def fill(folder: Path) -> None:
+    """Write into ``folder`` until its device is full (a real ENOSPC on the tmpfs)."""
+    try:
+        with open(folder / "filler", "wb") as fh:
+            for _ in range(64):
+                fh.write(b"\0" * 4096)
+                fh.flush()
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+
+
+def test_a_full_disk_is_one_line_naming_the_folder(common, full_disk, tmp_path, capsys):
+    fill(full_disk)
+    code = main(["review", "test:0", *common[:4], "--out", str(full_disk / "r")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: no space left on the device in {full_disk / 'r'} (writing {full_disk / 'r'}/test_0.")
+    assert err.rstrip().endswith("every record finished before is complete and kept: free space and rerun the same command to resume")
+    assert not list((full_disk / "r").glob(".*.tmp"))  # no partial temporary file left
+
+
+def test_a_full_disk_while_summarizing_keeps_the_records(common, full_disk, tmp_path, capsys):
+    done = tmp_path / "b"
+    assert main(["batch", *common, "--split", "test", "--sample", "2", "--variants", "minimal", "--out", str(done)]) == 0
+    for name in ("metrics.json", "report.md", "report.html", "figures"):
+        shutil.rmtree(done / name) if (done / name).is_dir() else (done / name).unlink()
+    shutil.copytree(done, full_disk / "b")
+    fill(full_disk)
+    capsys.readouterr()
+    assert main(["batch", "--summarize", str(full_disk / "b")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: no space left on the device in {full_disk / 'b'}")
+    assert sorted(p.name for p in (full_disk / "b" / "arms" / "template-minimal").glob("*.json")) == \
+        sorted(p.name for p in (done / "arms" / "template-minimal").glob("*.json"))
