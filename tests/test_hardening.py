@@ -180,3 +180,13 @@ def test_one_case_in_two_spellings_is_reviewed_once(data_root):
 
     settings = load_settings(overrides={"data": {"root": data_root}})
     assert expand_case_refs(["test:5", "test:05", " test:5"], settings) == ["test:5"]
+
+
+# item 10: a missing index is reported before any model loads or the gate is fitted, leaving nothing behind
+@pytest.mark.parametrize("argv", [["review", "test:0"], ["batch", "--split", "test", "--sample", "2"],
+                                  ["report-gen", "--cases", "test:0"]])
+def test_a_missing_index_is_reported_before_any_work(argv, tmp_path, capsys):
+    new = tmp_path / "new"
+    code, err = run_cli([*argv, "--workdir", str(new)], capsys)
+    assert code == 2 and err == f"error: no case index at {new}/chroma; build it with `casereview index build --embedder cnn`\n"
+    assert not new.exists()  # no cache/, locks/ or batches/ in the new workdir

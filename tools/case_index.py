@@ -120,10 +120,17 @@ def chroma_client(settings: Settings) -> ClientAPI:
     return client
 
 
+def require_index_folder(settings: Settings, embedder: str | None = None) -> None:
+    """The check of the index that needs no model, run before any loads: an on-disk index's folder
+    exists (whether it holds this embedder's index is known once the embedder is built)."""
+    if not settings.index.chroma_url and not chroma_path(settings).is_dir():
+        raise IndexMissingError(f"no case index at {chroma_path(settings)}; build it with "
+                                f"`{build_command(embedder or settings.index.embedder)}`")
+
+
 def _existing_client(settings: Settings, embedder: str) -> ClientAPI:
     """A client for a location that must already hold indexes (a missing folder is not created)."""
-    if not settings.index.chroma_url and not chroma_path(settings).is_dir():
-        raise IndexMissingError(f"no case index at {chroma_path(settings)}; build it with `{build_command(embedder)}`")
+    require_index_folder(settings, embedder)
     return chroma_client(settings)
 
 

@@ -86,6 +86,7 @@ def _run(args: argparse.Namespace):
     from casereview.evaluation.batch_records import set_aside_corrupt
     from casereview.evaluation.batch_runner import BatchPlan, BatchRunner, split_refs
     from casereview.graphs.review import expand_case_refs
+    from casereview.tools.case_index import require_index_folder
 
     settings = settings_from_args(
         args,
@@ -109,6 +110,7 @@ def _run(args: argparse.Namespace):
     out = check_folder(args.out or settings.paths.workdir / "batches" / f"{args.split or 'cases'}-{backend}", "--out")
     plan = BatchPlan(out, refs, plan_arms(backend, variants, probe=args.probe == "flip"), settings,
                      split=args.split, note=args.note)
+    require_index_folder(settings)  # before the gate is fitted
     _report_corrupt(set_aside_corrupt(out))  # before the pending pairs are counted: a corrupt record is redone
     print(f"batch {out}: {len(refs)} cases x {len(plan.arms)} arms ({', '.join(a.name for a in plan.arms)})",
           file=sys.stderr)

@@ -69,6 +69,7 @@ def run_graph(args: argparse.Namespace) -> int:
 
 def run_review(args: argparse.Namespace) -> int:
     from casereview.graphs.review import ReviewRun, expand_case_refs
+    from casereview.tools.case_index import require_index_folder
 
     settings = settings_from_args(
         args,
@@ -84,6 +85,7 @@ def run_review(args: argparse.Namespace) -> int:
     out = args.out or resolve_inside(settings.paths.workdir / "reviews", run_id, what="--run-id")
     check_folder(out, "--out", "the records")
     refs = expand_case_refs(args.cases, settings)  # every input checked before any model loads
+    require_index_folder(settings)
     run = ReviewRun(settings, run_id, out)
     if not args.step:
         run.prefetch(refs)
