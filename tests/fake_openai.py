@@ -1,5 +1,6 @@
-"""A real HTTP server on 127.0.0.1 (``http.server`` in a thread) that answers chat completions with
-whatever a test sets: a valid completion, truncated JSON, an HTML page, JSON of another shape."""
+"""A real HTTP server on 127.0.0.1 (``http.server`` in a thread) that answers every request (chat
+completions, a Chroma heartbeat) with whatever a test
+sets: a valid completion, truncated JSON, an HTML page, JSON of another shape."""
 
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ class FakeServer(http.server.ThreadingHTTPServer):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: FakeServer
+
+    def do_GET(self) -> None:  # noqa: N802  (a Chroma heartbeat, a health check)
+        self.do_POST()
 
     def do_POST(self) -> None:  # noqa: N802
         self.rfile.read(int(self.headers.get("Content-Length", 0)))

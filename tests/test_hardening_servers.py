@@ -72,3 +72,16 @@ def test_an_oversized_answer_is_stored_capped_and_marked_truncated():
         [gen] = backend.generate([_prompt()])
     assert gen.truncated_from == len("FINDINGS: ") + 1_000_000 + len("\nIMPRESSION: normal")
     assert len(gen.text) < 8_100 and gen.text.endswith(f"[casereview: answer truncated to 8,000 of {gen.truncated_from:,} characters]")
+
+
+def test_a_chroma_url_answering_html_is_one_line():
+    from casereview.config import load_settings
+    from casereview.tools.case_index import CaseIndexError, chroma_client
+
+    with fake_openai("html") as srv:
+        url = srv.url.removesuffix("/v1").replace("http://", f"http://user:{SECRET}@")
+        with pytest.raises(CaseIndexError) as caught:
+            chroma_client(load_settings(overrides={"index": {"chroma_url": url}}))
+    message = str(caught.value)
+    assert message.startswith(f"cannot reach the Chroma server at {srv.url.removesuffix('/v1').replace('http://', 'http://***@')} (")
+    assert "\n" not in message and "<" not in message and SECRET not in message and len(message) < 400

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from casereview.config import Settings
 from casereview.data import CLASS_NAMES, SPLITS, load_split, parse_ref, subset_indices
-from casereview.errors import CaseReviewError
+from casereview.errors import CaseReviewError, one_line
 from casereview.provenance import package_versions, redact_url, utc_now
 from casereview.schemas import Neighbour
 from casereview.tools.embedders import Embedder, create_embedder, data_sha256
@@ -114,7 +114,7 @@ def chroma_client(settings: Settings) -> ClientAPI:
         client.heartbeat()
     except Exception as exc:  # chromadb raises plain ValueError/ConnectionError/httpx errors here
         raise CaseIndexError(
-            f"cannot reach the Chroma server at {redact_url(url)} ({exc}). Start one with "
+            f"cannot reach the Chroma server at {redact_url(url)} ({type(exc).__name__}: {one_line(str(exc), 160)}). Start one with "
             "`chroma run --path DIR --host 127.0.0.1 --port PORT`, or drop --chroma-url to use a folder on disk."
         ) from exc
     return client

@@ -11,7 +11,6 @@ import copy
 import json
 import logging
 import os
-import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from casereview.config import ReporterConfig, Settings
+from casereview.errors import one_line
 from casereview.provenance import redact_url
 from casereview.tools.reporter.evidence import Evidence, ReporterError
 from casereview.tools.reporter.prompts import RenderedPrompt
@@ -30,12 +30,6 @@ log = logging.getLogger(__name__)
 
 class MalformedAnswerError(ReporterError):
     """A server answered (HTTP 200) with a body that is not a chat completion: one failed review, not a crash."""
-
-
-def _gist(body: str, limit: int = 80) -> str:
-    """The start of a server's answer as one short line (tags and whitespace runs dropped)."""
-    text = re.sub(r"\s+", " ", re.sub(r"<[^>]*>", " ", body)).strip()
-    return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
 class Generation(BaseModel):
@@ -324,18 +318,18 @@ class OpenAIBackend(ReporterBackend):
         except json.JSONDecodeError as exc:  # a 200 declared as JSON whose body is not (truncated, cut off)
             raise MalformedAnswerError(f"{where} answered with malformed JSON ({exc.msg}, "
                                        f"character {exc.pos} of {len(exc.doc)}): "
-                                       f"{_gist(exc.doc)}") from exc
+                                       f"{one_line(exc.doc)}") from exc
         if isinstance(resp, str):  # a 200 that is not JSON at all (an HTML page of a proxy): the client returns the text
-            raise MalformedAnswerError(f"{where} answered with something other than JSON: {_gist(resp)}")
+            raise MalformedAnswerError(f"{where} answered with something other than JSON: {one_line(resp)}")
         try:  # the client builds the completion without validating it: any JSON object gets here
             choices = resp.choices
             if not choices:
                 raise ReporterError(f"{where} answered without a completion")
             text = choices[0].message.content
         except (AttributeError, IndexError, KeyError, TypeError) as exc:
-            raise MalformedAnswerError(f"{where} answered with JSON that is not a chat completion: {_gist(repr(resp))}") from exc
+            raise MalformedAnswerError(f"{where} answered with JSON that is not a chat completion: {one_line(repr(resp))}") from exc
         if text is not None and not isinstance(text, str):
-            raise MalformedAnswerError(f"{where} answered with a completion whose content is not text: {_gist(repr(text))}")
+            raise MalformedAnswerError(f"{where} answered with a completion whose content is not text: {one_line(repr(text))}")
         tokens = getattr(getattr(resp, "usage", None), "completion_tokens", None)  # optional in the protocol
         text, truncated_from = capped((text or "").strip(), self.cfg.max_new_tokens)
         return Generation(text=text, seconds=time.perf_counter() - start, truncated_from=truncated_from,
