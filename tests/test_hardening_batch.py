@@ -175,3 +175,20 @@ def test_a_full_disk_while_summarizing_keeps_the_records(common, full_disk, tmp_
     assert err.count("\n") == 1 and err.startswith(f"error: no space left on the device in {full_disk / 'b'}")
     assert sorted(p.name for p in (full_disk / "b" / "arms" / "template-minimal").glob("*.json")) == \
         sorted(p.name for p in (done / "arms" / "template-minimal").glob("*.json"))
+
+
+def test_index_list_says_when_a_split_collection_is_missing(workdir, tmp_path, capsys):
+    from casereview.config import load_settings
+    from casereview.tools.case_index import SPLITS, chroma_client, list_indexes, split_collection_name
+
+    copy = tmp_path / "w"
+    shutil.copytree(workdir / "chroma", copy / "chroma")  # the module's index stays whole
+    settings = load_settings(overrides={"paths": {"workdir": copy}})
+    [row] = list_indexes(settings)
+    assert row["missing_splits"] == []
+    chroma_client(settings).delete_collection(split_collection_name(row["name"], str(row["build"]), "test"))
+    capsys.readouterr()
+    assert main(["index", "list", "--workdir", str(copy)]) == 0
+    out = capsys.readouterr().out
+    assert f"{row['name']}: {row['count'] - row['n_test']} cases" in out and len(SPLITS) == 3
+    assert "INCOMPLETE: no test collection, rebuild it with `casereview index build --embedder cnn`" in out

@@ -553,12 +553,14 @@ def open_index(settings: Settings, embedder: str | None = None, *, classifier: C
 
 
 def list_indexes(settings: Settings) -> list[dict[str, Any]]:
-    """Every case index at the configured location with its manifest and the items its collections hold."""
+    """Every case index at the configured location with its manifest, the items its collections hold and
+    the splits whose collection is missing (such an index is incomplete: searches of that split fail)."""
     client = _existing_client(settings, settings.index.embedder)
     rows = []
     for name in _index_names(client):
         manifest = _get(client, name)
         meta = dict(manifest.metadata or {}) if manifest is not None else {}
         found = [_get(client, split_collection_name(name, str(meta.get("build")), s)) for s in SPLITS]
-        rows.append({"name": name, "count": sum(c.count() for c in found if c is not None), **meta})
+        missing = [s for s, c in zip(SPLITS, found, strict=True) if c is None]  # an interrupted build or a deletion
+        rows.append({"name": name, "count": sum(c.count() for c in found if c is not None), "missing_splits": missing, **meta})
     return rows

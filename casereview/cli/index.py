@@ -162,7 +162,10 @@ def run_list(args: argparse.Namespace) -> int:
         print("no case index here; build one with `casereview index build`")
     for row in rows:
         sha = str(row.get("weights_sha256", "?"))[:12]
-        print(f"{row['name']}: {row['count']} cases, {row.get('model_id')} (sha256 {sha}), built {row.get('built_at', '?')}")
+        incomplete = (f"; INCOMPLETE: no {', '.join(row['missing_splits'])} collection, rebuild it with "
+                      f"`casereview index build --embedder {row.get('embedder', '...')}`" if row["missing_splits"] else "")
+        print(f"{row['name']}: {row['count']} cases, {row.get('model_id')} (sha256 {sha}), built {row.get('built_at', '?')}"
+              + incomplete)
     return 0
 
 
