@@ -29,6 +29,7 @@ BODIES = {  # mode -> (content type, body)
 
 class FakeServer(http.server.ThreadingHTTPServer):
     mode = "ok"
+    status = 200
     requests: list[dict]
 
     @property
@@ -47,7 +48,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.server.requests.append({"path": self.path, "headers": dict(self.headers)})
         kind, body = BODIES[self.server.mode]
         data = body.encode()
-        self.send_response(200)
+        self.send_response(self.server.status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

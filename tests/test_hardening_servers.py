@@ -79,6 +79,7 @@ def test_a_chroma_url_answering_html_is_one_line():
     from casereview.tools.case_index import CaseIndexError, chroma_client
 
     with fake_openai("html") as srv:
+        srv.status = 502  # a proxy in front of a Chroma server that is down
         url = srv.url.removesuffix("/v1").replace("http://", f"http://user:{SECRET}@")
         with pytest.raises(CaseIndexError) as caught:
             chroma_client(load_settings(overrides={"index": {"chroma_url": url}}))
