@@ -1,10 +1,12 @@
 """Typed configuration: defaults in code, then a YAML file, then the environment, then the CLI.
 
 Every setting lives in one section (``data``, ``train``, ``classifier``, ``index``,
-``reporter``, ``graph``, ``paths``). The environment uses ``CASEREVIEW_<SECTION>_<FIELD>``,
+``reporter``, ``graph``, ``gate``, ``paths``, ``batch``). The environment uses ``CASEREVIEW_<SECTION>_<FIELD>``,
 for example ``CASEREVIEW_DATA_ROOT=/data/medmnist`` or ``CASEREVIEW_TRAIN_EPOCHS=3``.
 A YAML file has the same shape (``train: {epochs: 3}``) and is named by ``--config`` or
-``CASEREVIEW_CONFIG``. CLI flags are passed to :func:`load_settings` as ``overrides``.
+``CASEREVIEW_CONFIG``. CLI flags are passed to :func:`load_settings` as ``overrides``. The model's constraints are the
+one place settings and options are checked, so every layer gets the same one-line error; an unknown
+``CASEREVIEW_*`` variable is warned about with the closest setting's name.
 
 Secrets (``HF_TOKEN``, the OpenAI-compatible server's API key) are deliberately not
 settings: they are read from the environment where they are used and never saved.
@@ -12,19 +14,23 @@ settings: they are read from the environment where they are used and never saved
 
 from __future__ import annotations
 
+import difflib
 import os
+import warnings
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from casereview.errors import CaseReviewError
 
 ENV_PREFIX = "CASEREVIEW_"
 EmbedderName = Literal["cnn", "clip", "pixels"]  # the registry of casereview.tools.embedders
 CONFIG_ENV = "CASEREVIEW_CONFIG"
+# CASEREVIEW_* variables that are not settings (the notebook's clone URL); any other unknown one is warned about
+OTHER_ENV = frozenset({CONFIG_ENV, "CASEREVIEW_REPO_URL"})
 
 
 class ConfigError(CaseReviewError, ValueError):
@@ -148,6 +154,25 @@ class GateConfig(Section):
 class PathsConfig(Section):
     workdir: Path = Path("runs")
 
+    @field_validator("workdir")
+    @classmethod
+    def _a_folder(cls, value: Path) -> Path:
+        # a file here would surface as a FileExistsError or sqlite error deep inside a run, after model loading
+        for existing in (value, *value.parents):
+            if existing.exists():
+                if not existing.is_dir():
+                    raise ValueError(f"{existing} is a file; the workdir must be a folder (or not exist yet)")
+                break
+        return value
+
+
+class BatchConfig(Section):
+    """How ``casereview batch`` runs (none of these changes a review's result)."""
+
+    sample: int | None = Field(default=None, ge=0)  # a seeded random sample of N cases of the split
+    concurrency: int = Field(default=1, ge=1)  # reviews in flight at once
+    max_errors: int = Field(default=20, ge=1)  # stop after this many failed reviews
+
 
 class Settings(Section):
     """All settings of the project. Build with :func:`load_settings`."""
@@ -160,6 +185,7 @@ class Settings(Section):
     graph: GraphConfig = GraphConfig()
     gate: GateConfig = GateConfig()
     paths: PathsConfig = PathsConfig()
+    batch: BatchConfig = BatchConfig()
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -203,6 +229,21 @@ def env_values(environ: Mapping[str, str] | None = None) -> dict[str, dict[str, 
     return out
 
 
+def warn_unknown_env(environ: Mapping[str, str] | None = None, also_known: set[str] = frozenset()) -> list[str]:
+    """Warn about each ``CASEREVIEW_*`` variable that names no setting (a typo would otherwise be ignored),
+    naming the closest setting's variable; returns the unknown names."""
+    environ = os.environ if environ is None else environ
+    known = {env_name(section, name) for section, field in Settings.model_fields.items()
+             for name in field.annotation.model_fields}
+    unknown = sorted(k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
+                     and k.upper() not in OTHER_ENV and k not in also_known)
+    for name in unknown:
+        close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "settings are CASEREVIEW_<SECTION>_<FIELD>"
+        warnings.warn(f"environment variable {name} is not a setting and is ignored; {hint}", stacklevel=2)
+    return unknown
+
+
 def _source(section: str, name: str | None, layers: list[tuple[str, dict[str, Any]]]) -> str:
     """Which layer set ``section.name`` last (the one whose value failed)."""
     for label, values in reversed(layers):
@@ -221,7 +262,9 @@ def _describe(error: dict[str, Any], layers: list[tuple[str, dict[str, Any]]]) -
         known = ", ".join(Settings.model_fields[section].annotation.model_fields)
         return f"unknown setting {section}.{name} ({source}); {section} has: {known}"
     setting = ".".join(loc)
-    return f"invalid setting {setting} = {error.get('input')!r} ({source}): {error['msg']}"
+    value = error.get("input")
+    shown = repr(str(value) if isinstance(value, Path) else value)
+    return f"invalid setting {setting} = {shown} ({source}): {error['msg']}"
 
 
 def load_settings(
@@ -236,9 +279,9 @@ def load_settings(
     """
     config_file = config_file or os.environ.get(CONFIG_ENV)
     file_values = read_yaml(Path(config_file)) if config_file else {}
-    cli_values = {
-        section: {k: v for k, v in fields.items() if v is not None}
-        for section, fields in (overrides or {}).items()
+    cli_values = {  # a section with no flag set stays out, so that it does not mask the file's value
+        section: given for section, fields in (overrides or {}).items()
+        if (given := {k: v for k, v in fields.items() if v is not None})
     }
     layers = [(f"config file {config_file}", file_values), ("environment", env_values()), ("command line", cli_values)]
     merged: dict[str, Any] = {}
@@ -249,8 +292,10 @@ def load_settings(
         raise ConfigError(f"unknown config section(s) {', '.join(unknown)} ({_source(unknown[0], None, layers)}); "
                           f"known: {', '.join(Settings.model_fields)}")
     try:
-        return Settings.model_validate(merged)
+        settings = Settings.model_validate(merged)
     except ValidationError as exc:
         errors = exc.errors()
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(_describe(errors[0], layers) + more) from exc
+    warn_unknown_env(also_known={settings.reporter.api_key_env})
+    return settings

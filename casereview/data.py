@@ -275,20 +275,39 @@ def check_ref(ref: str, root: Path | str | None = None, download: bool = False) 
         raise CaseError(f"case {ref} out of range: the {split} split has indices 0..{n - 1}")
 
 
+def _skip_reason(path: Path) -> str | None:
+    """Why a folder entry is not a case (None: it is a file to consider)."""
+    if path.name.startswith("."):
+        return "hidden"
+    if path.is_symlink() and not path.exists():
+        return "a broken link"
+    if path.is_dir():
+        return "a subfolder, not searched"
+    if not path.is_file():
+        return "not a regular file"
+    return None
+
+
 def expand_folders(items: list[str]) -> list[str]:
     """Case references from command-line items: a folder becomes the PNG/JPEG files in it (sorted);
-    a folder holding anything else, or nothing, is a :class:`CaseError`."""
+    a folder holding anything else, or nothing, is a :class:`CaseError`. Entries that are not cases
+    (hidden files, broken links, subfolders) are skipped with one warning per folder naming each."""
     refs: list[str] = []
     for item in items:
         path = Path(item)
         if parse_ref(item) is None and path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+            entries = sorted(path.iterdir())
+            skipped = {p: why for p in entries if (why := _skip_reason(p))}
+            files = [p for p in entries if p not in skipped]
+            listed = ", ".join(f"{p.name!r} ({why})" for p, why in list(skipped.items())[:5]) + (" ..." if len(skipped) > 5 else "")
             others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
             if others:
                 raise CaseError(f"{path} holds files that are not PNG/JPEG images: {', '.join(others[:5])}"
                                 f"{' ...' if len(others) > 5 else ''}; move them out or pass the images one by one")
             if not files:
-                raise CaseError(f"{path} holds no PNG/JPEG images")
+                raise CaseError(f"{path} holds no PNG/JPEG images" + (f" (skipped: {listed})" if skipped else ""))
+            if skipped:
+                warnings.warn(f"{path}: skipped {len(skipped)} of {len(entries)} entries, not images: {listed}", stacklevel=2)
             refs.extend(str(p) for p in files)
         else:
             refs.append(item)
@@ -296,10 +315,12 @@ def expand_folders(items: list[str]) -> list[str]:
 
 
 def check_refs(refs: list[str], root: Path | str | None = None, download: bool = False) -> list[str]:
-    """``refs`` once each is known to load (:func:`check_ref`), before anything expensive starts."""
+    """``refs`` once each is known to load (:func:`check_ref`), before anything expensive starts; a
+    dataset reference in its one spelling (``test:05`` and `` test:5`` are ``test:5``), so that a case
+    named twice is found to be one."""
     for ref in refs:
         check_ref(ref, root, download)
-    return refs
+    return [case_id(*parsed) if (parsed := parse_ref(ref)) else ref for ref in refs]
 
 
 def load_case(ref: str, root: Path | str | None = None, download: bool = False) -> Case:

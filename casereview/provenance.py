@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import re
 import subprocess
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 PACKAGES = (
     "casereview",
@@ -72,3 +74,25 @@ def sha256_text(text: str) -> str:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# Query parameters whose values are credentials (?api_key=..., ?token=..., ?sig=...).
+_SECRET_QUERY = re.compile(r"key|token|secret|pass|sig|auth|cred|session", re.IGNORECASE)
+
+
+def redact_url(url: str | None) -> str | None:
+    """``url`` with its credentials replaced by ``***``: the userinfo (``user:secret@``) and the values of
+    query parameters that look like tokens. Every URL that is written (provenance, records) or logged
+    (messages) goes through this; the request itself still uses the full URL."""
+    if not url:
+        return url
+    parts = urlsplit(url if "://" in url else f"//{url}")
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if "@" not in parts.netloc and not any(_SECRET_QUERY.search(k) for k, _ in pairs):
+        return url  # nothing to hide: the URL exactly as given
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = urlencode([(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in pairs], safe="*")
+    clean = urlunsplit(parts._replace(netloc=netloc, query=query))
+    return clean if "://" in url else clean.removeprefix("//")

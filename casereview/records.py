@@ -34,11 +34,24 @@ def record_stem(case_id: str) -> str:
     return f"{name}-{digest}"
 
 
+def _tmp_name(name: str, pid: int) -> str:
+    return f".{name}.{pid}.tmp"
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write ``path`` through a temporary file in the same folder and rename it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    tmp.replace(path)
+    tmp = path.with_name(_tmp_name(path.name, os.getpid()))
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        tmp.replace(path)
+    except OSError as exc:  # a full disk mid-write: no partial temporary file stays, and the error names the file
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+    except BaseException:  # Ctrl-C mid-write
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def view_png(image: np.ndarray) -> bytes:
@@ -51,12 +64,40 @@ def view_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+_TIDIED: set[Path] = set()
+
+
+def remove_orphan_tmp(folder: Path) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write left in ``folder`` (those of processes
+    that no longer run; a live writer's file is kept); returns them."""
+    removed = []
+    for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def save_case_record(record: dict[str, Any], image: np.ndarray, out_dir: Path, stem: str | None = None) -> Path:
     """Write the record's JSON, its Markdown view and its image under ``out_dir``; returns the JSON path.
 
     The JSON is written last: a record whose JSON exists is complete.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir not in _TIDIED:  # once per folder and process: a resumed run leaves no orphan behind
+        remove_orphan_tmp(out_dir)
+        _TIDIED.add(out_dir)
     stem = stem or record_stem(record["case_id"])
     write_atomic(out_dir / f"{stem}.png", view_png(np.asarray(image, dtype=np.uint8)))
     write_atomic(out_dir / f"{stem}.md", render("case_review.md.j2", r=record, image_file=f"{stem}.png"))

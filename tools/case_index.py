@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 
 from casereview.config import Settings
 from casereview.data import CLASS_NAMES, SPLITS, load_split, parse_ref, subset_indices
-from casereview.errors import CaseReviewError
-from casereview.provenance import package_versions, utc_now
+from casereview.errors import CaseReviewError, one_line
+from casereview.provenance import package_versions, redact_url, utc_now
 from casereview.schemas import Neighbour
 from casereview.tools.embedders import Embedder, create_embedder, data_sha256
 
@@ -87,7 +87,8 @@ def split_collection_name(name: str, build: str, split: str) -> str:
 
 
 def chroma_location(settings: Settings) -> str:
-    return settings.index.chroma_url or str(chroma_path(settings))
+    """Where the index lives, as it may be shown or recorded (a server URL without its credentials)."""
+    return redact_url(settings.index.chroma_url) or str(chroma_path(settings))
 
 
 def chroma_path(settings: Settings) -> Path:
@@ -102,7 +103,7 @@ def chroma_client(settings: Settings) -> ClientAPI:
         return chromadb.PersistentClient(path=str(chroma_path(settings)), settings=chroma_settings)
     parsed = urlparse(url if "://" in url else f"http://{url}")
     if not parsed.hostname:
-        raise CaseIndexError(f"bad Chroma URL {url!r}; expected http://host:port")
+        raise CaseIndexError(f"bad Chroma URL {redact_url(url)!r}; expected http://host:port")
     try:
         client = chromadb.HttpClient(
             host=parsed.hostname,
@@ -113,16 +114,23 @@ def chroma_client(settings: Settings) -> ClientAPI:
         client.heartbeat()
     except Exception as exc:  # chromadb raises plain ValueError/ConnectionError/httpx errors here
         raise CaseIndexError(
-            f"cannot reach the Chroma server at {url} ({exc}). Start one with "
+            f"cannot reach the Chroma server at {redact_url(url)} ({type(exc).__name__}: {one_line(str(exc), 160)}). Start one with "
             "`chroma run --path DIR --host 127.0.0.1 --port PORT`, or drop --chroma-url to use a folder on disk."
         ) from exc
     return client
 
 
+def require_index_folder(settings: Settings, embedder: str | None = None) -> None:
+    """The check of the index that needs no model, run before any loads: an on-disk index's folder
+    exists (whether it holds this embedder's index is known once the embedder is built)."""
+    if not settings.index.chroma_url and not chroma_path(settings).is_dir():
+        raise IndexMissingError(f"no case index at {chroma_path(settings)}; build it with "
+                                f"`{build_command(embedder or settings.index.embedder)}`")
+
+
 def _existing_client(settings: Settings, embedder: str) -> ClientAPI:
     """A client for a location that must already hold indexes (a missing folder is not created)."""
-    if not settings.index.chroma_url and not chroma_path(settings).is_dir():
-        raise IndexMissingError(f"no case index at {chroma_path(settings)}; build it with `{build_command(embedder)}`")
+    require_index_folder(settings, embedder)
     return chroma_client(settings)
 
 
@@ -545,12 +553,14 @@ def open_index(settings: Settings, embedder: str | None = None, *, classifier: C
 
 
 def list_indexes(settings: Settings) -> list[dict[str, Any]]:
-    """Every case index at the configured location with its manifest and the items its collections hold."""
+    """Every case index at the configured location with its manifest, the items its collections hold and
+    the splits whose collection is missing (such an index is incomplete: searches of that split fail)."""
     client = _existing_client(settings, settings.index.embedder)
     rows = []
     for name in _index_names(client):
         manifest = _get(client, name)
         meta = dict(manifest.metadata or {}) if manifest is not None else {}
         found = [_get(client, split_collection_name(name, str(meta.get("build")), s)) for s in SPLITS]
-        rows.append({"name": name, "count": sum(c.count() for c in found if c is not None), **meta})
+        missing = [s for s, c in zip(SPLITS, found, strict=True) if c is None]  # an interrupted build or a deletion
+        rows.append({"name": name, "count": sum(c.count() for c in found if c is not None), "missing_splits": missing, **meta})
     return rows

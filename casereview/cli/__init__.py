@@ -7,11 +7,14 @@ sets ``func(args) -> int`` on them, so that the commands of one capability live 
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import importlib
 import logging
+import sqlite3
 import sys
 import warnings
+from pathlib import Path
 
 from casereview.cli.examples import add_examples
 from casereview.errors import CaseReviewError
@@ -44,9 +47,29 @@ def main(argv: list[str] | None = None) -> int:
     except CaseReviewError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (OSError, sqlite3.OperationalError) as exc:
+        if (message := disk_full_message(exc)) is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def disk_full_message(exc: BaseException) -> str | None:
+    """One line for a write that failed for want of space (``ENOSPC``, a quota, SQLite's "database or disk
+    is full"); None for any other error. Every record is written whole through a rename, so what was
+    saved before stays complete and a rerun resumes from it."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f"writing {exc.filename}" if exc.filename else "writing"
+        folder = f" in {Path(exc.filename).parent}" if exc.filename else ""
+    elif isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+        where, folder = "writing the run's checkpoints (checkpoints.sqlite in the workdir)", ""
+    else:
+        return None
+    return (f"no space left on the device{folder} ({where}); every record finished before is complete and kept: "
+            "free space and rerun the same command to resume")
 
 
 def entry() -> None:

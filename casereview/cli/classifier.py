@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from casereview.cli.common import add_common_options, require_positive, settings_from_args
+from casereview.paths import check_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -151,7 +152,7 @@ def run_train(args: argparse.Namespace) -> int:
     keys = ("arch", "pretrained", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler",
             "class_weighting", "augment", "augment_preset", "input_norm", "ema_decay", "early_stopping_metric", "patience", "seed", "limit", "threads", "device")
     settings = settings_from_args(args, train={k: getattr(args, k) for k in keys})
-    path = train(settings, args.out)
+    path = train(settings, check_folder(args.out, "--out"))
     from casereview.training.checkpoint import read_meta
 
     meta = read_meta(path)
@@ -168,6 +169,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     require_positive(args, "bootstrap")
     settings = settings_from_args(args, classifier={"checkpoint": args.checkpoint})
+    check_folder(args.out, "--out")
     start = time.perf_counter()
     metrics = evaluate(settings, args.split, args.out, figures=args.figures, n_boot=args.bootstrap)
     keys = ("roc_auc", "accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "pr_auc")
@@ -204,7 +206,7 @@ def run_study(args: argparse.Namespace) -> int:
     from casereview.training.study import run_study, write_summary
 
     settings = settings_from_args(args, train={"threads": args.threads})
-    summary = run_study(settings, args.out, args.archs, args.seeds)
+    summary = run_study(settings, check_folder(args.out, "--out"), args.archs, args.seeds)
     path = write_summary(summary, args.summary)
     print(f"chosen on validation: {summary['chosen_arch']} (ranking {summary['ranking_on_val']})")
     for k, v in summary["test_mean_std"].items():

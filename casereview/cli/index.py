@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from casereview.cli.common import add_common_options, settings_from_args
+from casereview.paths import check_folder
 from casereview.config import EmbedderName, Settings
 
 SPLIT_CHOICES = ("train", "val", "test", "train+val", "all")
@@ -161,7 +162,10 @@ def run_list(args: argparse.Namespace) -> int:
         print("no case index here; build one with `casereview index build`")
     for row in rows:
         sha = str(row.get("weights_sha256", "?"))[:12]
-        print(f"{row['name']}: {row['count']} cases, {row.get('model_id')} (sha256 {sha}), built {row.get('built_at', '?')}")
+        incomplete = (f"; INCOMPLETE: no {', '.join(row['missing_splits'])} collection, rebuild it with "
+                      f"`casereview index build --embedder {row.get('embedder', '...')}`" if row["missing_splits"] else "")
+        print(f"{row['name']}: {row['count']} cases, {row.get('model_id')} (sha256 {sha}), built {row.get('built_at', '?')}"
+              + incomplete)
     return 0
 
 
@@ -216,6 +220,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from casereview.evaluation.retrieval_eval import KS, evaluate_retrieval
 
     settings = _settings(args)
+    if args.out:
+        check_folder(args.out, "--out")
     index = open_index(settings)
     out = args.out or settings.paths.workdir / "retrieval" / index.embedder.name
     metrics = evaluate_retrieval(index, settings, latency_queries=args.latency_queries)

@@ -7,6 +7,7 @@ import importlib
 from pathlib import Path
 
 from casereview.cli.common import add_common_options, settings_from_args
+from casereview.paths import check_folder
 
 # task -> "module:function"; each function takes (settings, out_dir) and returns the report's path.
 REPORTS = {
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     module, func = REPORTS[args.task].split(":")
-    path = getattr(importlib.import_module(module), func)(settings_from_args(args), args.out)
+    settings = settings_from_args(args)
+    path = getattr(importlib.import_module(module), func)(settings, check_folder(args.out, "--out"))
     print(f"wrote {path}")
     return 0

@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from casereview.errors import CaseReviewError
     from casereview.evaluation.picking import pick_cases
     from casereview.graphs.review import ReviewRun, expand_case_refs
+    from casereview.paths import check_folder, check_name, resolve_inside
+    from casereview.tools.case_index import require_index_folder
 
     settings = settings_from_args(
         args,
@@ -87,9 +89,10 @@ def run(args: argparse.Namespace) -> int:
         classifier={"checkpoint": args.checkpoint},
         graph={"k": args.k},
     )
+    run_id = check_name(args.run_id, "--run-id") if args.run_id is not None else uuid.uuid4().hex[:12]
+    out = check_folder(args.out or resolve_inside(settings.paths.workdir / "reports", run_id, what="--run-id"), "--out")
     refs = expand_case_refs(args.cases, settings) if args.cases else None
-    run_id = args.run_id or uuid.uuid4().hex[:12]
-    out = args.out or settings.paths.workdir / "reports" / run_id
+    require_index_folder(settings)
     run = ReviewRun(settings, run_id, out)
     picked = pick_cases(run.context, args.split, args.pick) if refs is None else [(r, None) for r in refs]
     failed, why_picked = 0, dict(picked)

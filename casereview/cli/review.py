@@ -12,6 +12,7 @@ from typing import get_args
 from casereview.cli.common import add_common_options, settings_from_args
 from casereview.config import EmbedderName
 from casereview.errors import CaseReviewError
+from casereview.paths import check_folder, check_name, resolve_inside
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -68,6 +69,7 @@ def run_graph(args: argparse.Namespace) -> int:
 
 def run_review(args: argparse.Namespace) -> int:
     from casereview.graphs.review import ReviewRun, expand_case_refs
+    from casereview.tools.case_index import require_index_folder
 
     settings = settings_from_args(
         args,
@@ -79,11 +81,11 @@ def run_review(args: argparse.Namespace) -> int:
     if args.step and not sys.stdin.isatty():
         raise CaseReviewError("--step pauses for Enter between nodes and needs a terminal; run without --step, "
                               "or step through the graph in the notebook")
+    run_id = check_name(args.run_id, "--run-id") if args.run_id is not None else uuid.uuid4().hex[:12]
+    out = args.out or resolve_inside(settings.paths.workdir / "reviews", run_id, what="--run-id")
+    check_folder(out, "--out", "the records")
     refs = expand_case_refs(args.cases, settings)  # every input checked before any model loads
-    run_id = args.run_id or uuid.uuid4().hex[:12]
-    out = args.out or settings.paths.workdir / "reviews" / run_id
-    if out.exists() and not out.is_dir():
-        raise CaseReviewError(f"--out {out} is a file; give a folder for the records")
+    require_index_folder(settings)
     run = ReviewRun(settings, run_id, out)
     if not args.step:
         run.prefetch(refs)

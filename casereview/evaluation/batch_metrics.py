@@ -16,7 +16,7 @@ import numpy as np
 
 from casereview.evaluation import batch_stats as st
 from casereview.evaluation.batch_arms import PROBES, REFERENCE_ARMS
-from casereview.evaluation.batch_records import BatchRows, Row, load_rows
+from casereview.evaluation.batch_records import BatchRows, Row, failure_summary, load_rows
 from casereview.records import write_atomic
 
 METRICS_FILE = "metrics.json"
@@ -182,10 +182,22 @@ def compute_metrics(data: BatchRows, n_boot: int = N_BOOT, seed: int = SEED) -> 
     }
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None (``null``): bare ``NaN`` is not JSON."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def summarize(out: Path, n_boot: int = N_BOOT, seed: int = SEED) -> dict[str, Any]:
-    """Compute ``metrics.json`` from the records in ``out`` and write it there."""
-    metrics = compute_metrics(load_rows(out), n_boot, seed)
-    write_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+    """Compute ``metrics.json`` from the records in ``out`` (and the latest run's failures) and write it there."""
+    data = load_rows(out)
+    metrics = compute_metrics(data, n_boot, seed) | {"failed": failure_summary(out, data.plan)}
+    write_atomic(out / METRICS_FILE, json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
     return metrics
 
 

@@ -4,6 +4,7 @@ included: they are derived from each case's classifier opinion and neighbours, a
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,52 @@ import numpy as np
 
 from casereview.agents.verify import neighbour_vote
 from casereview.evaluation.batch_arms import REFERENCE_ARMS
-from casereview.evaluation.batch_runner import arm_dir, load_plan
-from casereview.records import record_stem
+from casereview.evaluation.batch_runner import ARMS_DIR, arm_dir, load_plan
+from casereview.records import record_stem, write_atomic
 from casereview.schemas import ClassifierOpinion, Neighbour
 from casereview.tools.reporter.backends import TemplateBackend
 from casereview.tools.reporter.evidence import Evidence
 from casereview.tools.reporter.parser import parse_report
 
 BLANK = np.zeros((28, 28), np.uint8)  # TemplateBackend.write reads the opinion and the neighbours only
+FAILED_FILE = "failed.json"  # the reviews that failed in the latest run, with their reasons
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def set_aside_corrupt(out: Path) -> list[tuple[Path, str]]:
+    """Move every record JSON under ``out/arms/`` that does not parse (a truncated file, from a full disk
+    or a copy cut short) to ``<name>.json.corrupt``, so that its pair counts as pending and is redone;
+    returns each record's path and why it was moved. Records are renamed into place whole, so only
+    damage from outside gets here."""
+    moved = []
+    for path in sorted((out / ARMS_DIR).glob("*/*.json")):
+        try:
+            json.loads(path.read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            path.replace(path.with_name(path.name + CORRUPT_SUFFIX))
+            moved.append((path, f"{type(exc).__name__}: {exc}"))
+    return moved
+
+
+def save_failures(out: Path, failed: list[tuple[str, str, str]]) -> None:
+    """Write the (arm, case, reason) of the reviews that failed in this run to ``FAILED_FILE``."""
+    write_atomic(out / FAILED_FILE, json.dumps([{"arm": a, "ref": r, "error": e} for a, r, e in failed], indent=1) + "\n")
+
+
+def failure_summary(out: Path, plan: dict[str, Any]) -> dict[str, Any]:
+    """The reviews without a record, and why: those that failed in the latest run counted by reason (the
+    case's own name taken out, so that one cause is one line) and per arm with the first reason; the rest
+    were not run (a run stopped early)."""
+    path = out / FAILED_FILE
+    failed = json.loads(path.read_text()) if path.is_file() else []
+    failed = [f for f in failed if not (arm_dir(out, f["arm"]) / f"{record_stem(f['ref'])}.json").is_file()]
+    missing = sum(not (arm_dir(out, a["name"]) / f"{record_stem(r)}.json").is_file() for a in plan["arms"] for r in plan["refs"])
+    by_arm: dict[str, dict[str, Any]] = {}
+    for f in failed:
+        by_arm.setdefault(f["arm"], {"n": 0, "first": f"{f['ref']}: {f['error']}"})["n"] += 1
+    reasons = Counter(f["error"].replace(f["ref"], "<case>") for f in failed)
+    return {"n": len(failed), "not_run": missing - len(failed), "by_arm": by_arm,
+            "by_reason": [{"reason": k, "n": n} for k, n in reasons.most_common()]}
 
 
 @dataclass(frozen=True)

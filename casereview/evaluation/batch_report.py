@@ -84,8 +84,10 @@ def choice(metrics: dict[str, Any], model_arms: list[str], split: str | None) ->
 
 
 def write_reports(metrics: dict[str, Any], data: BatchRows, out: Path) -> tuple[Path, Path]:
-    """Write report.md and report.html in ``out``; returns their paths."""
-    figures = make_figures(metrics, data, out)
+    """Write report.md and report.html in ``out``; returns their paths. With nothing to score (every
+    review failed, no case, no known label) the report says so and why, without scores or figures."""
+    scored = any(m["scores"] for m in metrics["arms"].values())
+    figures = make_figures(metrics, data, out) if scored else {}
     plan = data.plan
     backend = plan["arms"][0]["backend"]
     context = {
@@ -99,6 +101,7 @@ def write_reports(metrics: dict[str, Any], data: BatchRows, out: Path) -> tuple[
         "samples": {a: samples(data, a, out) for a in data.model_arms},
         "provenance": provenance(data),
         "choice": choice(metrics, data.model_arms, plan.get("split")),
+        "scored": scored, "failed": metrics["failed"],
     }
     md = out / "report.md"
     write_atomic(md, render("batch_report.md.j2", figures={k: f"{FIGURES_DIR}/{p.name}" for k, p in figures.items()},

@@ -8,6 +8,7 @@ per configuration and process; model weights and clients are created on first us
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import time
@@ -19,10 +20,16 @@ from typing import Any, ClassVar
 from pydantic import BaseModel
 
 from casereview.config import ReporterConfig, Settings
+from casereview.errors import one_line
+from casereview.provenance import redact_url
 from casereview.tools.reporter.evidence import Evidence, ReporterError
 from casereview.tools.reporter.prompts import RenderedPrompt
 
 log = logging.getLogger(__name__)
+
+
+class MalformedAnswerError(ReporterError):
+    """A server answered (HTTP 200) with a body that is not a chat completion: one failed review, not a crash."""
 
 
 class Generation(BaseModel):
@@ -32,6 +39,21 @@ class Generation(BaseModel):
     seconds: float
     batch_size: int = 1
     completion_tokens: int | None = None  # tokens generated, where the backend counts them
+    truncated_from: int | None = None  # the answer's length in characters when it was cut to the cap
+
+
+def response_cap(max_new_tokens: int) -> int:
+    """The most characters of one answer that are stored: far above what ``max_new_tokens`` tokens
+    spell, so only a server that ignores the limit (a 1 MB answer) is cut."""
+    return max(8_000, 16 * max_new_tokens)
+
+
+def capped(text: str, max_new_tokens: int) -> tuple[str, int | None]:
+    """``text`` cut to :func:`response_cap`, with a note saying so, and its original length (None if whole)."""
+    cap = response_cap(max_new_tokens)
+    if len(text) <= cap:
+        return text, None
+    return f"{text[:cap]}\n[casereview: answer truncated to {cap:,} of {len(text):,} characters]", len(text)
 
 
 class ReporterBackend(ABC):
@@ -265,7 +287,7 @@ class OpenAIBackend(ReporterBackend):
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {
-            "base_url": self.cfg.base_url,
+            "base_url": redact_url(self.cfg.base_url),
             "max_new_tokens": self.cfg.max_new_tokens,
             "decoding": "temperature 0",
         }
@@ -273,7 +295,7 @@ class OpenAIBackend(ReporterBackend):
     def _one(self, prompt: RenderedPrompt) -> Generation:
         import openai
 
-        where = f"the OpenAI-compatible server at {self.cfg.base_url}"
+        where = f"the OpenAI-compatible server at {redact_url(self.cfg.base_url)}"
         tries = f"{self.cfg.retries + 1} attempt(s)"
         start = time.perf_counter()
         try:
@@ -293,11 +315,25 @@ class OpenAIBackend(ReporterBackend):
             ) from exc
         except openai.APIStatusError as exc:
             raise ReporterError(f"{where} refused the request: HTTP {exc.status_code} {exc.message}") from exc
-        if not resp.choices:
-            raise ReporterError(f"{where} answered without a completion")
-        usage = getattr(resp, "usage", None)  # optional in the protocol; vLLM and transformers serve send it
-        return Generation(text=(resp.choices[0].message.content or "").strip(), seconds=time.perf_counter() - start,
-                          completion_tokens=getattr(usage, "completion_tokens", None))
+        except json.JSONDecodeError as exc:  # a 200 declared as JSON whose body is not (truncated, cut off)
+            raise MalformedAnswerError(f"{where} answered with malformed JSON ({exc.msg}, "
+                                       f"character {exc.pos} of {len(exc.doc)}): "
+                                       f"{one_line(exc.doc)}") from exc
+        if isinstance(resp, str):  # a 200 that is not JSON at all (an HTML page of a proxy): the client returns the text
+            raise MalformedAnswerError(f"{where} answered with something other than JSON: {one_line(resp)}")
+        try:  # the client builds the completion without validating it: any JSON object gets here
+            choices = resp.choices
+            if not choices:
+                raise ReporterError(f"{where} answered without a completion")
+            text = choices[0].message.content
+        except (AttributeError, IndexError, KeyError, TypeError) as exc:
+            raise MalformedAnswerError(f"{where} answered with JSON that is not a chat completion: {one_line(repr(resp))}") from exc
+        if text is not None and not isinstance(text, str):
+            raise MalformedAnswerError(f"{where} answered with a completion whose content is not text: {one_line(repr(text))}")
+        tokens = getattr(getattr(resp, "usage", None), "completion_tokens", None)  # optional in the protocol
+        text, truncated_from = capped((text or "").strip(), self.cfg.max_new_tokens)
+        return Generation(text=text, seconds=time.perf_counter() - start, truncated_from=truncated_from,
+                          completion_tokens=tokens if isinstance(tokens, int) else None)
 
     def generate(self, prompts: Sequence[RenderedPrompt]) -> list[Generation]:
         workers = max(1, min(self.cfg.batch_size, len(prompts)))
