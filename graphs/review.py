@@ -54,6 +54,9 @@ def lock_run(workdir: Path, run_id: str) -> Path:
         fh.seek(0)
         holder = fh.read().strip() or "another process"
         fh.close()
+        if run_id.startswith("batch-"):  # a batch's arms run under ids made from its folder
+            raise RunInUseError(f"another `casereview batch` ({holder}) is using this batch folder; wait for it to "
+                                "finish, or give another --out") from None
         raise RunInUseError(f"run {run_id} is in use by {holder}; wait for it to finish, or start a new run "
                             "(omit --run-id)") from None
     fh.seek(0)

@@ -399,7 +399,8 @@ def test_failed_case_is_recorded_and_resumes_at_the_failed_node(settings, tmp_pa
               "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1"]
     code = main(["review", "test:10", "test:11", *common])
     err = capsys.readouterr().err
-    assert code == 2 and "error: test:10: cannot reach" in err and "2 of 2 case(s) failed" in err
+    assert code == 2 and "error: test:10 (and 1 more case): cannot reach" in err and "2 of 2 case(s) failed" in err
+    assert err.count("cannot reach") == 1  # one line per cause, not per case
     assert "--run-id flaky" in err and not list(tmp_path.rglob("test_1*.json"))  # nothing that looks complete
     run = ReviewRun(with_overrides(settings, graph={"checkpointer": "sqlite"}, paths={"workdir": tmp_path},
                                    index={"chroma_path": chroma_path(settings)}), "flaky", tmp_path / "o")

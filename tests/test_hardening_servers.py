@@ -9,7 +9,7 @@ import pytest
 
 from casereview.config import ReporterConfig
 from casereview.provenance import redact_url
-from casereview.tools.reporter import Evidence, ReporterError, generate_reports, render_prompt
+from casereview.tools.reporter import Evidence, ReporterError, generate, render_prompt
 from casereview.tools.reporter.backends import MalformedAnswerError, OpenAIBackend
 from fake_openai import fake_openai
 
@@ -56,7 +56,7 @@ def test_credentials_in_the_base_url_are_used_but_never_recorded_or_printed():
     with fake_openai("ok") as srv:
         url = srv.url.replace("http://", f"http://user:{SECRET}@")
         backend = OpenAIBackend(ReporterConfig(backend="openai", base_url=url, retries=0))
-        [result] = generate_reports(backend, [Evidence("test:0", np.zeros((28, 28), np.uint8))], "minimal")
+        [result] = generate(backend, [render_prompt("minimal", Evidence("test:0", np.zeros((28, 28), np.uint8)))])
         assert len(srv.requests) == 1  # the request itself went through
         srv.mode = "html"
         with pytest.raises(MalformedAnswerError) as caught:

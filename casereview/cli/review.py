@@ -68,7 +68,7 @@ def run_graph(args: argparse.Namespace) -> int:
 
 
 def run_review(args: argparse.Namespace) -> int:
-    from casereview.graphs.review import ReviewRun, expand_case_refs
+    from casereview.graphs.review import ReviewRun, SettingsChangedError, expand_case_refs
     from casereview.tools.case_index import require_index_folder
 
     settings = settings_from_args(
@@ -89,13 +89,10 @@ def run_review(args: argparse.Namespace) -> int:
     run = ReviewRun(settings, run_id, out)
     if not args.step:
         run.prefetch(refs)
-    records, failed = [], []
-    for ref in refs:
-        try:
-            record = run.step_through(ref, input) if args.step else run.review(ref)
-        except CaseReviewError as exc:  # one failing case does not stop the others
-            failed.append(ref)
-            print(f"error: {ref}: {exc}", file=sys.stderr)
+    records, failed = [], {}  # failed: reason -> cases
+    for ref, record in _outcomes(run, refs, args.step):
+        if isinstance(record, CaseReviewError):  # one failing case does not stop the others
+            failed.setdefault(f"{type(record).__name__}: {record}".replace(ref, "<case>"), []).append(ref)
             continue
         if record is None:  # q while stepping: end the run, keep what finished
             print(f"stopped; {ref} can be resumed with --run-id {run_id}", file=sys.stderr)
@@ -111,8 +108,25 @@ def run_review(args: argparse.Namespace) -> int:
     if records:
         print(f"{len(records)} of {len(refs)} case(s) reviewed, {flagged} flagged for review; "
               f"records in {out} (run id {run_id})", file=sys.stderr)
+    for reason, cases in failed.items():  # one line per cause, not per case
+        more = f" (and {len(cases) - 1} more case{'s' if len(cases) > 2 else ''})" if len(cases) > 1 else ""
+        print(f"error: {cases[0]}{more}: {reason.split(': ', 1)[1].replace('<case>', cases[0])}", file=sys.stderr)
     if failed:
-        print(f"{len(failed)} of {len(refs)} case(s) failed; fix the cause and rerun with --run-id {run_id} "
-              "to resume them where they stopped", file=sys.stderr)
+        n = sum(map(len, failed.values()))
+        resumable = not all(r.startswith(SettingsChangedError.__name__) for r in failed)
+        print(f"{n} of {len(refs)} case(s) failed" + (f"; fix the cause and rerun with --run-id {run_id} to resume "
+              "them where they stopped" if resumable else ""), file=sys.stderr)
         return 2
     return 0
+
+
+def _outcomes(run, refs: list[str], step: bool):
+    """(case, record | None when stepping stopped | its CaseReviewError), case by case."""
+    if not step:
+        yield from run.review_many(refs)
+        return
+    for ref in refs:
+        try:
+            yield ref, run.step_through(ref, input)
+        except CaseReviewError as exc:
+            yield ref, exc

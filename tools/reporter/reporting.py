@@ -58,6 +58,7 @@ def generate(backend: ReporterBackend, prompts: Sequence[RenderedPrompt]) -> lis
                 "generate_s": round(gen.seconds, 4),
                 "generate_batch_size": gen.batch_size,
                 "completion_tokens": gen.completion_tokens,
+                "truncated_from": gen.truncated_from,
                 "created": utc_now(),
                 "packages": _versions(),
             },
