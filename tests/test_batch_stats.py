@@ -23,6 +23,7 @@ from casereview.evaluation.batch_metrics import (
     review_analysis,
 )
 from casereview.evaluation.batch_records import BatchRows, Row
+from casereview.training.metrics import bootstrap_indices
 
 P, N, I = "pneumonia", "normal", "indeterminate"
 
@@ -79,7 +80,7 @@ def test_paired_bootstrap():
     truth = rng.choice([P, N], 120)
     good = np.where(rng.random(120) < 0.9, truth, np.where(truth == P, N, P))
     bad = np.where(rng.random(120) < 0.6, truth, np.where(truth == P, N, P))
-    draws = st.bootstrap_draws(120, 500, seed=0)
+    draws = bootstrap_indices(120, 500, seed=0)
     same = st.paired_difference(truth, good, good, draws)
     assert same["accuracy"] == {"value": 0.0, "ci95": [0.0, 0.0]}
     diff = st.paired_difference(truth, good, bad, draws)

@@ -18,6 +18,7 @@ from casereview.evaluation import batch_stats as st
 from casereview.evaluation.batch_arms import PROBES, REFERENCE_ARMS
 from casereview.evaluation.batch_records import BatchRows, Row, load_rows
 from casereview.records import write_atomic
+from casereview.training.metrics import bootstrap_indices
 
 METRICS_FILE = "metrics.json"
 N_BOOT = 2000
@@ -119,7 +120,7 @@ def compare(rows: dict[str, list[Row]], names: list[str], n_boot: int, seed: int
         truth = np.array([x.truth for x, _ in pairs], dtype=object)
         sa = np.array([x.impression for x, _ in pairs], dtype=object)
         sb = np.array([y.impression for _, y in pairs], dtype=object)
-        draws = st.bootstrap_draws(len(pairs), n_boot, seed)
+        draws = bootstrap_indices(len(pairs), n_boot, seed)
         out.append({"a": a, "b": b, "n": len(pairs), "difference": st.paired_difference(truth, sa, sb, draws),
                     "mcnemar": st.mcnemar_exact(sa == truth, sb == truth)})
     for c, p in zip(out, st.holm([c["mcnemar"]["p"] for c in out])):
@@ -169,7 +170,7 @@ def compute_metrics(data: BatchRows, n_boot: int = N_BOOT, seed: int = SEED) -> 
     names = data.model_arms + list(REFERENCE_ARMS)
     arms = {}
     for name, rows in data.arms.items():
-        draws = st.bootstrap_draws(len(_with_truth(rows)), n_boot, seed)
+        draws = bootstrap_indices(len(_with_truth(rows)), n_boot, seed)
         arms[name] = arm_metrics(rows, draws, reference=name.split(".")[0] in REFERENCE_ARMS)
     return {
         "batch": {"n_cases": len(data.plan["refs"]), "arms": data.model_arms, "reference_arms": list(REFERENCE_ARMS),
