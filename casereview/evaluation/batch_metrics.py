@@ -188,8 +188,3 @@ def summarize(out: Path, n_boot: int = N_BOOT, seed: int = SEED) -> dict[str, An
     metrics = compute_metrics(load_rows(out), n_boot, seed)
     write_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2, allow_nan=True) + "\n")
     return metrics
-
-
-def without_latency(metrics: dict[str, Any]) -> dict[str, Any]:
-    """``metrics`` less the measured times (for comparing two runs of the same batch)."""
-    return metrics | {"arms": {k: {f: v for f, v in a.items() if f != "latency"} for k, a in metrics["arms"].items()}}
