@@ -12,7 +12,7 @@ from casereview.schemas import ClassifierOpinion, Neighbour
 from casereview.tools.reporter import BACKENDS, Evidence, ReporterError, generate_reports, get_backend, parse_report
 from casereview.tools.reporter.backends import TemplateBackend
 from casereview.tools.reporter.prompts import render_prompt
-from casereview.evaluation.picking import pick_representative
+from casereview.studies.case_picking import pick_representative
 
 IMAGE = np.zeros((28, 28), dtype=np.uint8)
 

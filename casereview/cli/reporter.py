@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     import uuid
 
     from casereview.errors import CaseReviewError
-    from casereview.evaluation.picking import pick_cases
+    from casereview.studies.case_picking import pick_cases
     from casereview.graphs.review import ReviewRun, expand_case_refs
 
     settings = settings_from_args(
