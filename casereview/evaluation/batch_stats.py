@@ -33,7 +33,12 @@ def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def scores_coded(truth: np.ndarray, said: np.ndarray) -> dict[str, np.ndarray]:
-    """:func:`scores` on :func:`codes`, over the last axis (one row of cases, or a matrix of bootstrap draws)."""
+    """Accuracy, sensitivity, specificity, balanced accuracy and F1 (pneumonia positive) of labels as
+    :func:`codes`, over the last axis (one row of cases, or a matrix of bootstrap draws).
+
+    F1 counts every pneumonia case not called pneumonia (abstentions included) as a false negative
+    and every normal case called pneumonia as a false positive.
+    """
     tp, fp, tn, fn = confusion_counts(truth, said)
     sens, spec = _div(tp, tp + fn), _div(tn, (truth == 0).sum(-1))
     return {
@@ -43,15 +48,6 @@ def scores_coded(truth: np.ndarray, said: np.ndarray) -> dict[str, np.ndarray]:
         "balanced_accuracy": (sens + spec) / 2,
         "f1": _div(2 * tp, 2 * tp + fp + fn),
     }
-
-
-def scores(truth: Sequence[object], said: Sequence[object]) -> dict[str, float]:
-    """Accuracy, sensitivity, specificity, balanced accuracy and F1 (pneumonia positive).
-
-    F1 counts every pneumonia case not called pneumonia (abstentions included) as a false negative
-    and every normal case called pneumonia as a false positive.
-    """
-    return {k: float(v) for k, v in scores_coded(codes(truth), codes(said)).items()}
 
 
 def scores_with_intervals(truth: np.ndarray, said: np.ndarray, draws: np.ndarray) -> dict[str, dict[str, float | list[float]]]:
