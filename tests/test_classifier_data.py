@@ -93,9 +93,11 @@ def test_image_files_become_medmnist_style(tmp_path):
     rgb[:, :, 0] = 200
     Image.fromarray(rgb).save(tmp_path / "wide.png")
     Image.fromarray(rgb).save(tmp_path / "x.jpg")
-    img = load_case(str(tmp_path / "wide.png")).image
+    with pytest.warns(UserWarning, match="brought to 28x28"):
+        img = load_case(str(tmp_path / "wide.png")).image
     assert img.shape == (28, 28) and img.dtype == np.uint8
-    assert load_case(str(tmp_path / "x.jpg")).image.shape == (28, 28)
+    with pytest.warns(UserWarning, match="brought to 28x28"):
+        assert load_case(str(tmp_path / "x.jpg")).image.shape == (28, 28)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(CaseError, match="unreadable"):
         load_case(str(tmp_path / "broken.png"))

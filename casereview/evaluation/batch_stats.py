@@ -1,7 +1,7 @@
 """Statistics for comparing arms on the same cases: binary scores of an impression, paired bootstrap
 intervals, exact McNemar tests with Holm's correction, Cohen's kappa and risk-coverage. Confusion counts
-and the bootstrap are the classifier metrics' own (``casereview.training.metrics``); tests come from scipy
-and scikit-learn.
+and the bootstrap are the classifier metrics' own (``casereview.training.metrics``); the McNemar test is
+scipy's ``binomtest``, kappa scikit-learn's.
 
 An impression is ``pneumonia``, ``normal``, ``indeterminate`` or None (unparseable). Scores count
 anything but the right label as wrong: an arm does not gain by abstaining.
