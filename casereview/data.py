@@ -4,7 +4,7 @@
   is missing and the download is allowed, ``medmnist`` downloads it. Every command reaches the
   data through :func:`load_split`, so they all download (or fail) the same way.
 - A case is ``split:index`` (``test:42``) or an image file. Image files are decoded by one
-  function, :func:`load_image_file`, into what the classifier sees: uint8 28x28 grayscale,
+  function, :func:`decode_image`, into what the classifier sees: uint8 28x28 grayscale,
   brought there the way MedMNIST made its images (centre square crop, resize).
 
 Labels: 0 = normal, 1 = pneumonia.
@@ -234,11 +234,6 @@ def decode_image(path: Path, size: int = SIZE) -> DecodedImage:
         return DecodedImage(np.array(img, dtype=np.uint8), notes, None)  # a writable copy (torch warns on read-only arrays)
     views = resize_views(img, size)
     return DecodedImage(views[0].copy(), notes, views)
-
-
-def load_image_file(path: Path | str, size: int = SIZE) -> np.ndarray:
-    """An image file as MedMNIST-style uint8 (size, size) grayscale."""
-    return decode_image(check_image_path(path), size).image
 
 
 def check_image_path(path: Path | str) -> Path:

@@ -20,11 +20,12 @@ from pathlib import Path
 import pytest
 
 from case_index_support import index_settings
+from metrics_support import without_latency
 from casereview.cli import main
 from casereview.evaluation.batch_arms import Arm, parse_variants, plan_arms
-from casereview.evaluation.batch_metrics import summarize, without_latency
+from casereview.evaluation.batch_metrics import summarize
 from casereview.evaluation.batch_records import load_rows
-from casereview.evaluation.batch_report import write_reports
+from casereview.studies.batch_report import write_reports
 from casereview.evaluation.batch_runner import BatchError, BatchPlan, BatchRunner, split_refs
 from casereview.schemas import CaseReview
 from casereview.tools.case_index import build_index

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from case_index_support import index_settings
+from metrics_support import without_latency
 from server_support import free_port, http_ok, server
 from casereview.evaluation.batch_arms import plan_arms
-from casereview.evaluation.batch_metrics import summarize, without_latency
+from casereview.evaluation.batch_metrics import summarize
 from casereview.evaluation.batch_records import load_rows
-from casereview.evaluation.batch_report import write_reports
+from casereview.studies.batch_report import write_reports
 from casereview.evaluation.batch_runner import BatchPlan, BatchRunner, split_refs
 from casereview.tools.case_index import CaseIndexError, build_index, chroma_client
 from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)

@@ -2,23 +2,41 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import cohen_kappa_score
 
+from metrics_support import assert_close
 from casereview.evaluation import batch_stats as st
-from casereview.evaluation.batch_metrics import arm_metrics, compare, evidence_analysis, probe_analysis, retry_analysis, review_analysis
-from casereview.evaluation.batch_records import Row
+from casereview.evaluation.batch_arms import REFERENCE_ARMS
+from casereview.evaluation.batch_metrics import (
+    arm_metrics,
+    compare,
+    compute_metrics,
+    evidence_analysis,
+    probe_analysis,
+    retry_analysis,
+    review_analysis,
+)
+from casereview.evaluation.batch_records import BatchRows, Row
+from casereview.training.metrics import bootstrap_indices
 
 P, N, I = "pneumonia", "normal", "indeterminate"
+
+
+def scores(truth: list, said: list) -> dict[str, float]:
+    return {k: float(v) for k, v in st.scores_coded(st.codes(truth), st.codes(said)).items()}
 
 
 def test_scores_by_hand():
     # 4 pneumonia cases: said P, P, N, indeterminate; 3 normal cases: said N, P, None (unparseable)
     truth = [P, P, P, P, N, N, N]
     said = [P, P, N, I, N, P, None]
-    s = st.scores(truth, said)
+    s = scores(truth, said)
     assert s["accuracy"] == pytest.approx(3 / 7)
     assert s["sensitivity"] == pytest.approx(2 / 4)
     assert s["specificity"] == pytest.approx(1 / 3)
@@ -28,7 +46,7 @@ def test_scores_by_hand():
 
 
 def test_scores_without_a_class_are_nan():
-    s = st.scores([P, P], [P, N])
+    s = scores([P, P], [P, N])
     assert np.isnan(s["specificity"]) and s["sensitivity"] == 0.5
 
 
@@ -57,6 +75,8 @@ def test_kappa_by_hand_and_sklearn():
     a, b = labels[rng.integers(0, 4, 200)], labels[rng.integers(0, 3, 200)]
     assert st.cohen_kappa(list(a), list(b)) == pytest.approx(cohen_kappa_score(a.astype(str), b.astype(str)))
     assert st.cohen_kappa([P, None, N], [P, None, N]) == pytest.approx(1.0)  # None is a label of its own
+    assert st.cohen_kappa([P, P], [P, P]) == 1.0  # one label throughout, on both sides: full agreement
+    assert np.isnan(st.cohen_kappa([], []))
 
 
 def test_paired_bootstrap():
@@ -64,11 +84,11 @@ def test_paired_bootstrap():
     truth = rng.choice([P, N], 120)
     good = np.where(rng.random(120) < 0.9, truth, np.where(truth == P, N, P))
     bad = np.where(rng.random(120) < 0.6, truth, np.where(truth == P, N, P))
-    draws = st.bootstrap_draws(120, 500, seed=0)
+    draws = bootstrap_indices(120, 500, seed=0)
     same = st.paired_difference(truth, good, good, draws)
     assert same["accuracy"] == {"value": 0.0, "ci95": [0.0, 0.0]}
     diff = st.paired_difference(truth, good, bad, draws)
-    point = st.scores(truth, good)["accuracy"] - st.scores(truth, bad)["accuracy"]
+    point = scores(truth, good)["accuracy"] - scores(truth, bad)["accuracy"]
     assert diff["accuracy"]["value"] == pytest.approx(point)
     lo, hi = diff["accuracy"]["ci95"]
     assert 0 < lo < point < hi  # 90% vs 60% right on 120 cases: clearly apart
@@ -146,3 +166,56 @@ def test_probe_anchoring_by_hand():
         rows[ref], rows[f"{ref}.flip-classifier"] = base, flipped
     p = probe_analysis(rows, plan)["x-g.flip-classifier"]
     assert p["n"] == 4 and p["anchoring_rate"] == 0.5 and p["changed_rate"] == 0.75 and p["indeterminate_rate"] == 0.25
+
+
+# metrics.json of fixture_batch() as the hand-written statistics computed it (own bootstrap, confusion counts,
+# Cohen's kappa and McNemar test, commit 31e8126), before they were replaced by the shared helpers and
+# scikit-learn / scipy: `json.dumps(compute_metrics(fixture_batch(), n_boot=500, seed=0))`.
+PINNED_METRICS = Path(__file__).parent / "golden" / "batch_metrics_31e8126.json"
+
+
+def fixture_batch(n: int = 60, seed: int = 7) -> BatchRows:
+    """A random batch of two variants and a flip-classifier probe, the reference arms included; some cases
+    have no truth, no impression or no classifier, and one arm misses a few cases."""
+    rng = np.random.default_rng(seed)
+    refs = [f"test:{i}" for i in range(n)]
+    truth = rng.choice(np.array([P, N, None], dtype=object), n, p=[0.55, 0.35, 0.10])
+
+    def rows(keep: float) -> list[Row]:
+        said = rng.choice(np.array([P, N, I, None], dtype=object), n, p=[0.5, 0.3, 0.1, 0.1])
+        right = rng.random(n) < 0.6  # most impressions follow the truth, so that the scores are not chance
+        said = np.where(right & (truth != None), truth, said)  # noqa: E711 - elementwise on an object array
+        return [Row(ref=refs[i], truth=truth[i], impression=said[i],
+                    first_impression=rng.choice(np.array([P, N, None], dtype=object)),
+                    verdict=rng.choice(np.array(["agree", "contradict", None], dtype=object)),
+                    attempts=int(rng.integers(1, 3)), needs_review=bool(rng.random() < 0.3),
+                    classifier_label=rng.choice(np.array([P, N, None], dtype=object), p=[0.5, 0.45, 0.05]),
+                    classifier_uncertain=bool(rng.random() < 0.2), margin=float(rng.random() / 2),
+                    vote=rng.choice(np.array([P, N, None], dtype=object)), generate_s=float(rng.random()),
+                    graph_s=float(rng.random()) if rng.random() < 0.9 else None, chars=int(rng.integers(50, 500)),
+                    tokens=int(rng.integers(10, 100)) if rng.random() < 0.8 else None)
+                for i in range(n) if rng.random() < keep]
+
+    plan = {"refs": refs, "arms": [{"name": "x-g", "backend": "x", "variant": "g", "probe": None},
+                                   {"name": "x-s", "backend": "x", "variant": "s", "probe": None},
+                                   {"name": "x-g.flip-classifier", "backend": "x", "variant": "g",
+                                    "probe": "flip-classifier"}]}
+    arms = {"x-g": rows(1.0), "x-s": rows(0.9), "x-g.flip-classifier": rows(1.0)}
+    for ref in REFERENCE_ARMS:
+        arms[ref], arms[f"{ref}.flip-classifier"] = rows(1.0), rows(1.0)
+    return BatchRows(plan, arms, records={})
+
+
+def test_batch_metrics_equal_those_of_the_hand_written_statistics():
+    got = json.loads(json.dumps(compute_metrics(fixture_batch(), n_boot=500, seed=0)))
+    want = json.loads(PINNED_METRICS.read_text())
+    assert want["comparisons"] and want["arms"]["x-s"]["n"] < want["arms"]["x-g"]["n"]  # the fixture covers pairs
+    assert_close(got, want)
+
+
+def test_the_equality_check_catches_a_difference():
+    want = json.loads(PINNED_METRICS.read_text())
+    changed = json.loads(PINNED_METRICS.read_text())
+    changed["arms"]["x-g"]["agreement"]["classifier"]["kappa"] += 1e-9
+    with pytest.raises(AssertionError, match="kappa"):
+        assert_close(changed, want)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from casereview.training.calibration import validation_parts
-from casereview.training.failure import (
+from casereview.studies.failure_analysis import (
     between,
     border_fraction,
     conformal_summary,
@@ -13,7 +13,7 @@ from casereview.training.failure import (
     random_examples,
     statistics_by_outcome,
 )
-from casereview.training.robustness import SHIFTS, choose_recipe, shifted, summary
+from casereview.studies.robustness import SHIFTS, choose_recipe, shifted, summary
 
 
 def test_outcomes_and_between():

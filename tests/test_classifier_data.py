@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from casereview.data import CaseError, load_case, load_image_file
+from casereview.data import CaseError, load_case
 from casereview.training.augment import augment_batch
 from casereview.data import DATA_FILE, DataError, data_file, load_split, subset_indices
 from casereview.training.data import make_loader, prepare_batch
@@ -93,14 +93,16 @@ def test_image_files_become_medmnist_style(tmp_path):
     rgb[:, :, 0] = 200
     Image.fromarray(rgb).save(tmp_path / "wide.png")
     Image.fromarray(rgb).save(tmp_path / "x.jpg")
-    img = load_image_file(tmp_path / "wide.png")
+    with pytest.warns(UserWarning, match="brought to 28x28"):
+        img = load_case(str(tmp_path / "wide.png")).image
     assert img.shape == (28, 28) and img.dtype == np.uint8
-    assert load_image_file(tmp_path / "x.jpg").shape == (28, 28)
+    with pytest.warns(UserWarning, match="brought to 28x28"):
+        assert load_case(str(tmp_path / "x.jpg")).image.shape == (28, 28)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(CaseError, match="unreadable"):
-        load_image_file(tmp_path / "broken.png")
+        load_case(str(tmp_path / "broken.png"))
     with pytest.raises(CaseError, match="not found"):
-        load_image_file(tmp_path / "missing.png")
+        load_case(str(tmp_path / "missing.png"))
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(CaseError, match="not a PNG or JPEG"):
-        load_image_file(tmp_path / "notes.txt")
+        load_case(str(tmp_path / "notes.txt"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import (
@@ -14,6 +17,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from metrics_support import assert_close
 from casereview.training.metrics import (
     binary_metrics,
     bootstrap_intervals,
@@ -85,3 +89,28 @@ def test_youden_threshold_separates_a_separable_set():
     assert 0.3 < t <= 0.6
     rule = bootstrap_youden_threshold(y, p, n_boot=100)
     assert 0.3 < rule["threshold"] <= 0.6 and rule["p05"] <= rule["threshold"] <= rule["p95"]
+
+
+# What the hand-written bootstrap, confusion counts and sigmoid computed on fixture_scores() (commit 31e8126),
+# before they were replaced by the helpers shared with the batch statistics and scipy's expit:
+# `json.dumps(pinned_outputs())`.
+PINNED = Path(__file__).parent / "golden" / "classifier_metrics_31e8126.json"
+
+
+def pinned_outputs() -> dict:
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 80)
+    p = np.clip(0.3 * y + 0.7 * rng.random(80), 0, 1)
+    small_y, small_p = y[:9], p[:9]  # 9 cases: some resamples hold one class only and are skipped
+    logits = rng.normal(0, 4, 50).astype(np.float32)  # float32, as the classifier returns them
+    return {
+        "metrics": {str(t): binary_metrics(y, p, t) for t in (0.3, 0.5, 0.8)},
+        "intervals": bootstrap_intervals(y, p, 0.5, n_boot=300, seed=3),
+        "intervals_small": bootstrap_intervals(small_y, small_p, 0.5, n_boot=300),
+        "youden": bootstrap_youden_threshold(y, p, n_boot=200, seed=1),
+        "sigmoid": sigmoid(logits / np.float32(1.3)).tolist(),
+    }
+
+
+def test_outputs_equal_those_of_the_hand_written_code():
+    assert_close(json.loads(json.dumps(pinned_outputs())), json.loads(PINNED.read_text()))

@@ -12,7 +12,7 @@ import casereview.training.train as train_mod
 from casereview.cli import main
 from casereview.config import load_settings
 from casereview.training.checkpoint import CheckpointError, load_classifier, read_meta
-from casereview.training.evaluate import evaluate
+from casereview.studies.classifier_evaluation import evaluate
 from casereview.training.predict import embed_images, predict_proba
 from split_spy import splits_read
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import shlex
 
 import pytest
 
 from casereview.cli import build_parser
 from casereview.cli.examples import EXAMPLES
+from casereview.cli.report import REPORTS
 
 
 def leaf_commands(parser: argparse.ArgumentParser, path: str = "") -> dict[str, argparse.ArgumentParser]:
@@ -40,3 +42,9 @@ def test_every_example_parses(line):
     words = shlex.split(line.split("  #")[0].split(" > ")[0])
     assert words[0] == "casereview"
     build_parser().parse_args(words[1:])  # argparse exits on anything it cannot parse
+
+
+@pytest.mark.parametrize("task", sorted(REPORTS))
+def test_every_report_names_a_writer_that_imports(task):
+    module, func = REPORTS[task].split(":")
+    assert callable(getattr(importlib.import_module(module), func))

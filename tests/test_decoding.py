@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from casereview.data import CaseError, MAX_PIXELS, check_image_path, decode_image, load_case, load_image_file
+from casereview.data import CaseError, MAX_PIXELS, check_image_path, decode_image, load_case
 
 
 def gradient(w: int = 64, h: int = 64) -> np.ndarray:
@@ -37,7 +37,7 @@ def test_16bit_png_is_rescaled_by_its_value_range_not_clipped(tmp_path):
     path = save(Image.fromarray(raw), tmp_path / "film16.png")
     with Image.open(path) as im:
         assert im.mode.startswith("I")  # really a 16-bit file
-    decoded = load_image_file(path)
+    decoded = decode_image(path).image
     assert decoded.min() <= 5 and decoded.max() >= 250  # full range (the resize smooths the extremes), not white
     ref = reference(((img.astype(float) - img.min()) * 255 / (img.max() - img.min())).round().astype(np.uint8), tmp_path)
     assert np.abs(decoded.astype(int) - ref.astype(int)).max() <= 1
@@ -45,7 +45,7 @@ def test_16bit_png_is_rescaled_by_its_value_range_not_clipped(tmp_path):
 
 def test_constant_16bit_png_decodes_to_black_not_an_error(tmp_path):
     path = save(Image.fromarray(np.full((40, 40), 3000, np.uint16)), tmp_path / "flat16.png")
-    assert (load_image_file(path) == 0).all()
+    assert (decode_image(path).image == 0).all()
 
 
 def test_rgba_is_composited_on_black(tmp_path):
@@ -63,7 +63,7 @@ def test_palette_png_matches_its_rgb_rendering(tmp_path):
     with Image.open(path) as im:
         assert im.mode == "P"
     expected = reference(np.array(pal.convert("L")), tmp_path)
-    assert np.array_equal(load_image_file(path), expected)
+    assert np.array_equal(decode_image(path).image, expected)
 
 
 def test_cmyk_jpeg_is_not_inverted(tmp_path):
@@ -71,7 +71,7 @@ def test_cmyk_jpeg_is_not_inverted(tmp_path):
     path = save(Image.fromarray(img).convert("CMYK"), tmp_path / "cmyk.jpg", quality=95)
     with Image.open(path) as im:
         assert im.mode == "CMYK"
-    out = load_image_file(path).astype(int)
+    out = decode_image(path).image.astype(int)
     assert np.abs(out - reference(img, tmp_path).astype(int)).mean() < 6  # brightness kept, not inverted
 
 
@@ -81,7 +81,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif[0x0112] = 6  # stored sideways: viewers rotate it 90 degrees clockwise
     path = save(Image.fromarray(img), tmp_path / "rotated.jpg", exif=exif, quality=95)
     upright = np.rot90(img, k=-1)  # what the viewer shows
-    out = load_image_file(path).astype(int)
+    out = decode_image(path).image.astype(int)
     assert np.abs(out - reference(np.ascontiguousarray(upright), tmp_path).astype(int)).mean() < 4
     assert np.abs(out - reference(img, tmp_path).astype(int)).mean() > 20  # the unrotated reading differs
 
@@ -101,7 +101,7 @@ def bomb_png(path: Path, side: int = 100_000) -> Path:
 def test_decompression_bomb_is_refused_before_decoding(tmp_path):
     path = bomb_png(tmp_path / "bomb.png")
     assert path.stat().st_size < 200
-    for read in (check_image_path, decode_image, load_image_file):
+    for read in (check_image_path, decode_image, lambda p: load_case(str(p))):
         with pytest.raises(CaseError, match=f"too large to be read safely \\(over {MAX_PIXELS:,} pixels"):
             read(path)
 
@@ -120,7 +120,7 @@ def test_unreadable_and_tiny_files(tmp_path, content, message):
     else:
         path.write_bytes(content)
     with pytest.raises(CaseError, match=message):
-        load_image_file(path)
+        load_case(str(path))
 
 
 def test_28px_file_is_read_as_is_without_views(tmp_path):

@@ -9,9 +9,9 @@ import pytest
 from casereview.agents.gate import BLANK_STD, OUTSIDE, input_decision, review_reasons
 from casereview.config import load_settings
 from casereview.data import load_split
-from casereview.evaluation.gate_report import checks
-from casereview.evaluation.gate_shifts import array_shift, png16, png16_clipped
 from casereview.schemas import ClassifierResult, GateMeasure, Neighbour, Verification
+from casereview.studies.gate_report import checks
+from casereview.studies.gate_shifts import array_shift, png16, png16_clipped
 from casereview.tools import input_gate
 from casereview.tools.input_gate import STAT_NAMES, image_stats, load_input_gate, stat_bounds
 from casereview.training.checkpoint import load_classifier

@@ -1,6 +1,8 @@
 """The import layering of DESIGN.md: each layer imports only from layers below it (or itself).
 
-    core (config, data, schemas, records, ...) <- training <- tools <- agents <- graphs <- evaluation <- cli
+    core (config, data, schemas, records, ...) <- training <- tools <- agents <- graphs <- evaluation <- studies <- cli
+
+Studies sit beside the evaluations: they may use them (the task-2 report runs a batch), never the reverse.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LAYERS = ["core", "training", "tools", "agents", "graphs", "evaluation", "cli"]
+LAYERS = ["core", "training", "tools", "agents", "graphs", "evaluation", "studies", "cli"]
 FOLDERS = {  # layer -> source folders (the top-level folders map into the casereview namespace)
     "training": [REPO / "training"],
     "tools": [REPO / "tools"],
     "agents": [REPO / "agents"],
     "graphs": [REPO / "graphs"],
     "evaluation": [REPO / "casereview" / "evaluation"],
+    "studies": [REPO / "casereview" / "studies"],
     "cli": [REPO / "casereview" / "cli"],
 }
 

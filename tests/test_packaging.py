@@ -16,7 +16,7 @@ def test_wheel_contents_and_import(tmp_path):
                     str(tmp_path), str(REPO)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("casereview-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for sub in ("training", "tools", "tools/reporter", "agents", "graphs", "cli", "evaluation"):
+    for sub in ("training", "tools", "tools/reporter", "agents", "graphs", "cli", "evaluation", "studies"):
         assert f"casereview/{sub}/__init__.py" in names
     assert {"casereview/prompts/grounded.j2", "casereview/prompts/_macros.j2",
             "casereview/templates/case_review.md.j2", "casereview/released/classifier.safetensors"} <= names

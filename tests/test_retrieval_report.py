@@ -9,7 +9,7 @@ import pytest
 
 from case_index_support import index_settings
 from casereview.data import load_split
-from casereview.evaluation.retrieval_report import METRICS_NAME, write_task3_report
+from casereview.studies.task3_report import METRICS_NAME, write_task3_report
 
 
 def test_task3_report_renders_from_its_metrics(tmp_path, data_root, random_checkpoint):
@@ -42,7 +42,7 @@ def test_task3_report_renders_from_its_metrics(tmp_path, data_root, random_check
 
 def test_classifier_agreement_pairs_each_indexed_image_with_its_vector(tmp_path, data_root, random_checkpoint):
     from casereview.data import subset_indices
-    from casereview.evaluation.retrieval_report import classifier_agreement
+    from casereview.studies.task3_report import classifier_agreement
     from casereview.tools.case_index import build_index, open_index
     from casereview.training.predict import predict_proba
 

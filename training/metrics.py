@@ -1,12 +1,14 @@
 """Classification metrics, bootstrap intervals, calibration and the decision-threshold rule.
 
-Everything here is a pure function of labels and scores, built on scikit-learn.
+Everything here is a pure function of labels and scores, built on scikit-learn and scipy. The
+confusion counts and the bootstrap are shared with the batch statistics (``casereview.evaluation``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from scipy.special import expit
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 METRIC_NAMES = (
@@ -25,6 +27,31 @@ def _ratio(a: float, b: float) -> float:
     return float(a / b) if b else 0.0
 
 
+def confusion_counts(truth: np.ndarray, said: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(tp, fp, tn, fn) over the last axis (one row of cases, or a matrix of bootstrap resamples), with
+    1 the positive and 0 the negative label. ``said`` may hold other codes (an abstention): they count
+    as a miss on a positive case and as neither tn nor fp on a negative one."""
+    pos, neg = truth == 1, truth == 0
+    return ((pos & (said == 1)).sum(-1), (neg & (said == 1)).sum(-1), (neg & (said == 0)).sum(-1),
+            (pos & (said != 1)).sum(-1))
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) case indices drawn with replacement, one resample a row; the same rows serve every
+    metric and every arm compared (paired)."""
+    return np.random.default_rng(seed).integers(0, n, (n_boot, n))
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap interval of ``values`` (nan draws, where a metric is undefined, left out)."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return [float("nan"), float("nan")]
+    alpha = (1 - level) / 2
+    return [float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))]
+
+
 def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, float]:
     """Threshold metrics at ``prob >= threshold`` plus the threshold-free ROC and PR AUC.
 
@@ -33,10 +60,7 @@ def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[st
     """
     y = np.asarray(y).astype(int)
     pred = (np.asarray(prob) >= threshold).astype(int)
-    tp = int(((pred == 1) & (y == 1)).sum())
-    tn = int(((pred == 0) & (y == 0)).sum())
-    fp = int(((pred == 1) & (y == 0)).sum())
-    fn = int(((pred == 0) & (y == 1)).sum())
+    tp, fp, tn, fn = (int(c) for c in confusion_counts(y, pred))
     recall, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
     precision = _ratio(tp, tp + fp)
     both = tp + fn > 0 and tn + fp > 0
@@ -64,19 +88,12 @@ def bootstrap_intervals(
     seed: int = 0,
     level: float = 0.95,
 ) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap intervals (cases resampled with replacement) for METRIC_NAMES."""
+    """Percentile bootstrap intervals (cases resampled with replacement) for METRIC_NAMES; resamples
+    holding one class only are left out."""
     y, prob = np.asarray(y), np.asarray(prob)
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {m: [] for m in METRIC_NAMES}
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        if len(np.unique(y[idx])) < 2:
-            continue
-        values = binary_metrics(y[idx], prob[idx], threshold)
-        for m in METRIC_NAMES:
-            draws[m].append(values[m])
-    alpha = (1 - level) / 2
-    return {m: (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) for m, v in draws.items()}
+    draws = [binary_metrics(y[idx], prob[idx], threshold)
+             for idx in bootstrap_indices(len(y), n_boot, seed) if len(np.unique(y[idx])) == 2]
+    return {m: tuple(percentile_interval(np.array([d[m] for d in draws]), level)) for m in METRIC_NAMES}
 
 
 def expected_calibration_error(y: np.ndarray, prob: np.ndarray, n_bins: int = 15) -> float:
@@ -92,7 +109,9 @@ def expected_calibration_error(y: np.ndarray, prob: np.ndarray, n_bins: int = 15
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+    """scipy's ``expit`` in float64: the classifier's logits are float32, and probabilities are compared
+    with thresholds and written in float64."""
+    return expit(np.asarray(z, dtype=np.float64))
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
@@ -130,13 +149,8 @@ def bootstrap_youden_threshold(y: np.ndarray, prob: np.ndarray, n_boot: int = 50
     validation's class balance (74% pneumonia), which the test set does not share (62.5%).
     """
     y, prob = np.asarray(y), np.asarray(prob)
-    rng = np.random.default_rng(seed)
-    thresholds = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        if len(np.unique(y[idx])) == 2:
-            thresholds.append(youden_threshold(y[idx], prob[idx]))
-    t = np.asarray(thresholds)
+    t = np.array([youden_threshold(y[idx], prob[idx])
+                  for idx in bootstrap_indices(len(y), n_boot, seed) if len(np.unique(y[idx])) == 2])
     return {
         "threshold": float(np.median(t)),
         "p05": float(np.quantile(t, 0.05)),

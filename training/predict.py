@@ -7,6 +7,7 @@ import torch
 
 from casereview.training.checkpoint import Classifier
 from casereview.training.data import to_tensor
+from casereview.training.metrics import sigmoid
 from casereview.training.models import embed
 
 
@@ -43,7 +44,7 @@ def predict_logits(clf: Classifier, images: np.ndarray, batch_size: int = 256) -
 
 def calibrated_proba(logits: np.ndarray, temperature: float) -> np.ndarray:
     """p(pneumonia) after temperature scaling: sigmoid(logit / T)."""
-    return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / temperature))
+    return sigmoid(np.asarray(logits, dtype=np.float64) / temperature)
 
 
 def predict_proba(clf: Classifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -122,8 +122,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "robustness",
         help="metrics under synthetic brightness, contrast, gamma, blur and noise shifts",
         description=(
-            "Evaluate checkpoints on a split under synthetic acquisition shifts (training/robustness.py) with their "
-            "own temperature and threshold; writes a JSON table (one entry per --checkpoint NAME=PATH)."
+            "Evaluate checkpoints on a split under synthetic acquisition shifts (casereview/studies/robustness.py) "
+            "with their own temperature and threshold; writes a JSON table (one entry per --checkpoint NAME=PATH)."
         ),
     )
     add_common_options(p)
@@ -165,7 +165,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from casereview.training.evaluate import evaluate
+    from casereview.studies.classifier_evaluation import evaluate
 
     require_positive(args, "bootstrap")
     settings = settings_from_args(args, classifier={"checkpoint": args.checkpoint})
@@ -203,7 +203,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_study(args: argparse.Namespace) -> int:
-    from casereview.training.study import run_study, write_summary
+    from casereview.studies.architecture_study import run_study, write_summary
 
     settings = settings_from_args(args, train={"threads": args.threads})
     summary = run_study(settings, check_folder(args.out, "--out"), args.archs, args.seeds)
@@ -216,7 +216,7 @@ def run_study(args: argparse.Namespace) -> int:
 
 
 def run_release(args: argparse.Namespace) -> int:
-    from casereview.training.release import release
+    from casereview.studies.release import release
 
     path = release(settings_from_args(args), args.checkpoint, args.eval_out)
     print(f"released {path} (model card: {path.parent / 'MODEL_CARD.md'})")
@@ -239,7 +239,7 @@ def run_ensemble(args: argparse.Namespace) -> int:
 
 def run_robustness(args: argparse.Namespace) -> int:
     from casereview.data import load_split
-    from casereview.training.robustness import robustness_rows, summary
+    from casereview.studies.robustness import robustness_rows, summary
 
     settings = settings_from_args(args)
     data = load_split(args.split, settings.data.root, settings.data.download)

@@ -182,7 +182,7 @@ def _print_hits(header: str, hits: list, as_json: bool) -> None:
 def run_search_image(args: argparse.Namespace) -> int:
     from casereview.data import load_case
     from casereview.tools.case_index import open_index
-    from casereview.evaluation.retrieval_figures import GridRow, save_retrieval_grid
+    from casereview.studies.retrieval_figures import GridRow, save_retrieval_grid
 
     settings = _settings(args, k=args.k)
     k = settings.index.k
@@ -201,7 +201,7 @@ def run_search_image(args: argparse.Namespace) -> int:
 
 def run_search_text(args: argparse.Namespace) -> int:
     from casereview.tools.case_index import open_index
-    from casereview.evaluation.retrieval_figures import GridRow, save_retrieval_grid
+    from casereview.studies.retrieval_figures import GridRow, save_retrieval_grid
 
     settings = _settings(args, k=args.k)
     k = settings.index.k

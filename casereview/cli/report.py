@@ -11,10 +11,10 @@ from casereview.paths import check_folder
 
 # task -> "module:function"; each function takes (settings, out_dir) and returns the report's path.
 REPORTS = {
-    "task1": "casereview.training.report:write_task1_report",
-    "task2": "casereview.evaluation.task2:write_task2_report",
-    "task3": "casereview.evaluation.retrieval_report:write_task3_report",
-    "gate": "casereview.evaluation.gate_report:write_gate_report",
+    "task1": "casereview.studies.task1_report:write_task1_report",
+    "task2": "casereview.studies.task2_report:write_task2_report",
+    "task3": "casereview.studies.task3_report:write_task3_report",
+    "gate": "casereview.studies.gate_report:write_gate_report",
 }
 
 

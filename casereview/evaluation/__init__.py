@@ -1,1 +1,2 @@
-"""Evaluations, figures and task-report writers: they use the capabilities, they are not capabilities."""
+"""Batch evaluation (runner, records, metrics, statistics) and the retrieval evaluation: they use the
+capabilities, they are not capabilities. Report writers and studies are in ``casereview.studies``."""

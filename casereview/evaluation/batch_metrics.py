@@ -18,6 +18,7 @@ from casereview.evaluation import batch_stats as st
 from casereview.evaluation.batch_arms import PROBES, REFERENCE_ARMS
 from casereview.evaluation.batch_records import BatchRows, Row, failure_summary, load_rows
 from casereview.records import write_atomic
+from casereview.training.metrics import bootstrap_indices
 
 METRICS_FILE = "metrics.json"
 N_BOOT = 2000
@@ -119,7 +120,7 @@ def compare(rows: dict[str, list[Row]], names: list[str], n_boot: int, seed: int
         truth = np.array([x.truth for x, _ in pairs], dtype=object)
         sa = np.array([x.impression for x, _ in pairs], dtype=object)
         sb = np.array([y.impression for _, y in pairs], dtype=object)
-        draws = st.bootstrap_draws(len(pairs), n_boot, seed)
+        draws = bootstrap_indices(len(pairs), n_boot, seed)
         out.append({"a": a, "b": b, "n": len(pairs), "difference": st.paired_difference(truth, sa, sb, draws),
                     "mcnemar": st.mcnemar_exact(sa == truth, sb == truth)})
     for c, p in zip(out, st.holm([c["mcnemar"]["p"] for c in out])):
@@ -169,7 +170,7 @@ def compute_metrics(data: BatchRows, n_boot: int = N_BOOT, seed: int = SEED) -> 
     names = data.model_arms + list(REFERENCE_ARMS)
     arms = {}
     for name, rows in data.arms.items():
-        draws = st.bootstrap_draws(len(_with_truth(rows)), n_boot, seed)
+        draws = bootstrap_indices(len(_with_truth(rows)), n_boot, seed)
         arms[name] = arm_metrics(rows, draws, reference=name.split(".")[0] in REFERENCE_ARMS)
     return {
         "batch": {"n_cases": len(data.plan["refs"]), "arms": data.model_arms, "reference_arms": list(REFERENCE_ARMS),
@@ -199,8 +200,3 @@ def summarize(out: Path, n_boot: int = N_BOOT, seed: int = SEED) -> dict[str, An
     metrics = compute_metrics(data, n_boot, seed) | {"failed": failure_summary(out, data.plan)}
     write_atomic(out / METRICS_FILE, json.dumps(json_safe(metrics), indent=2, allow_nan=False) + "\n")
     return metrics
-
-
-def without_latency(metrics: dict[str, Any]) -> dict[str, Any]:
-    """``metrics`` less the measured times (for comparing two runs of the same batch)."""
-    return metrics | {"arms": {k: {f: v for f, v in a.items() if f != "latency"} for k, a in metrics["arms"].items()}}

@@ -1,5 +1,7 @@
 """Statistics for comparing arms on the same cases: binary scores of an impression, paired bootstrap
-intervals, exact McNemar tests with Holm's correction, Cohen's kappa and risk-coverage. Pure numpy/scipy.
+intervals, exact McNemar tests with Holm's correction, Cohen's kappa and risk-coverage. Confusion counts
+and the bootstrap are the classifier metrics' own (``casereview.training.metrics``); the McNemar test is
+scipy's ``binomtest``, kappa scikit-learn's.
 
 An impression is ``pneumonia``, ``normal``, ``indeterminate`` or None (unparseable). Scores count
 anything but the right label as wrong: an arm does not gain by abstaining.
@@ -10,7 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import binom
+from scipy.stats import binomtest
+from sklearn.metrics import cohen_kappa_score
+
+from casereview.training.metrics import bootstrap_indices, confusion_counts, percentile_interval
 
 SCORE_NAMES = ("accuracy", "sensitivity", "specificity", "balanced_accuracy", "f1")
 POSITIVE, NEGATIVE = "pneumonia", "normal"
@@ -28,40 +33,21 @@ def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def scores_coded(truth: np.ndarray, said: np.ndarray) -> dict[str, np.ndarray]:
-    """:func:`scores` on :func:`codes`, over the last axis (one row of cases, or a matrix of bootstrap draws)."""
-    pos, neg = truth == 1, truth == 0
-    tp, tn, fp = (pos & (said == 1)).sum(-1), (neg & (said == 0)).sum(-1), (neg & (said == 1)).sum(-1)
-    n_pos, n_neg = pos.sum(-1), neg.sum(-1)
-    sens, spec = _div(tp, n_pos), _div(tn, n_neg)
+    """Accuracy, sensitivity, specificity, balanced accuracy and F1 (pneumonia positive) of labels as
+    :func:`codes`, over the last axis (one row of cases, or a matrix of bootstrap draws).
+
+    F1 counts every pneumonia case not called pneumonia (abstentions included) as a false negative
+    and every normal case called pneumonia as a false positive.
+    """
+    tp, fp, tn, fn = confusion_counts(truth, said)
+    sens, spec = _div(tp, tp + fn), _div(tn, (truth == 0).sum(-1))
     return {
         "accuracy": (tp + tn) / truth.shape[-1],
         "sensitivity": sens,
         "specificity": spec,
         "balanced_accuracy": (sens + spec) / 2,
-        "f1": _div(2 * tp, 2 * tp + fp + (n_pos - tp)),
+        "f1": _div(2 * tp, 2 * tp + fp + fn),
     }
-
-
-def scores(truth: Sequence[object], said: Sequence[object]) -> dict[str, float]:
-    """Accuracy, sensitivity, specificity, balanced accuracy and F1 (pneumonia positive).
-
-    F1 counts every pneumonia case not called pneumonia (abstentions included) as a false negative
-    and every normal case called pneumonia as a false positive.
-    """
-    return {k: float(v) for k, v in scores_coded(codes(truth), codes(said)).items()}
-
-
-def bootstrap_draws(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n) case indices drawn with replacement; the same draws serve every arm (paired)."""
-    return np.random.default_rng(seed).integers(0, n, (n_boot, n))
-
-
-def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
-    values = values[~np.isnan(values)]
-    if not len(values):
-        return [float("nan"), float("nan")]
-    alpha = (1 - level) / 2
-    return [float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))]
 
 
 def scores_with_intervals(truth: np.ndarray, said: np.ndarray, draws: np.ndarray) -> dict[str, dict[str, float | list[float]]]:
@@ -83,8 +69,7 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, flo
     """Exact (binomial) McNemar test on paired correctness: two-sided p of the discordant split."""
     a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
-    n = only_a + only_b
-    p = 1.0 if n == 0 else float(min(1.0, 2 * binom.cdf(min(only_a, only_b), n, 0.5)))
+    p = float(binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
     return {"only_a_right": only_a, "only_b_right": only_b, "p": p}
 
 
@@ -101,16 +86,12 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 
 def cohen_kappa(a: Sequence[object], b: Sequence[object]) -> float:
-    """Cohen's kappa of two labelings of the same cases (any labels; None is a label of its own)."""
+    """Cohen's kappa of two labelings of the same cases (any labels; None is a label of its own): nan
+    without cases, 1.0 where both give one and the same label throughout (scikit-learn leaves that 0/0)."""
     a, b = [str(x) for x in a], [str(x) for x in b]
-    labels = sorted(set(a) | set(b))
     if not a:
         return float("nan")
-    pa = np.array([a.count(x) for x in labels]) / len(a)
-    pb = np.array([b.count(x) for x in labels]) / len(b)
-    observed = float(np.mean([x == y for x, y in zip(a, b)]))
-    expected = float(pa @ pb)
-    return 1.0 if expected == 1.0 else (observed - expected) / (1.0 - expected)
+    return 1.0 if len(set(a) | set(b)) == 1 else float(cohen_kappa_score(a, b))
 
 
 def risk_coverage(wrong: np.ndarray, risk: np.ndarray, points: int = 101) -> dict[str, list[float] | float]:

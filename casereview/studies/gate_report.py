@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from casereview.agents.gate import disagreement, input_decision
 from casereview.config import Settings
 from casereview.data import load_split
-from casereview.evaluation.gate_shifts import ARRAY_SHIFTS, FILE_SHIFTS, Shifted, array_shift, external_files
+from casereview.studies.gate_shifts import ARRAY_SHIFTS, FILE_SHIFTS, Shifted, array_shift, external_files
 from casereview.provenance import git_commit, utc_now
 from casereview.render import render
 from casereview.schemas import InputCheck

@@ -17,7 +17,7 @@ import numpy as np
 from casereview.data import case_id
 from casereview.config import Settings
 from casereview.provenance import package_versions, utc_now
-from casereview.training import figures
+from casereview.studies import classifier_figures as figures
 from casereview.training.checkpoint import Classifier, load_classifier
 from casereview.data import CLASS_NAMES, load_split
 from casereview.training.data import to_tensor
@@ -29,8 +29,8 @@ from casereview.training.metrics import (
 )
 from casereview.training.models import single_view
 from casereview.training.predict import predict_logits
-from casereview.training.failure import conformal_summary, outcomes, random_examples
-from casereview.training.saliency import occlusion, smoothgrad
+from casereview.studies.failure_analysis import conformal_summary, outcomes, random_examples
+from casereview.studies.saliency import occlusion, smoothgrad
 
 GALLERY_SIZE = 8  # failure cases of each kind shown in the gallery
 

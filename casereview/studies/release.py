@@ -8,7 +8,7 @@ from pathlib import Path
 from casereview.config import Settings
 from casereview.render import render
 from casereview.training.checkpoint import load_classifier, released_checkpoint
-from casereview.training.evaluate import evaluate
+from casereview.studies.classifier_evaluation import evaluate
 
 
 def release(settings: Settings, checkpoint: Path, eval_dir: Path) -> Path:

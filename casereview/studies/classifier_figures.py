@@ -97,21 +97,6 @@ def image_grid(images: np.ndarray, captions: Sequence[str], path: Path, cols: in
     return save(fig, path)
 
 
-def seed_thresholds(rows: Sequence[dict], path: Path) -> Path:
-    """Per-seed validation thresholds: single Youden cut vs bootstrap median with its 5-95% band."""
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    x = np.arange(len(rows))
-    med = np.array([r["threshold"] for r in rows])
-    ax.errorbar(x, med, yerr=[med - [r["threshold_p05"] for r in rows], [r["threshold_p95"] for r in rows] - med],
-                fmt="o", capsize=4, label="bootstrap median (5-95%)")
-    ax.scatter(x + 0.1, [r["threshold_single_youden"] for r in rows], marker="x", c="red", label="single Youden cut")
-    ax.set_xticks(x, [f"seed {r['seed']}" for r in rows])
-    ax.set_ylabel("threshold on calibrated p(pneumonia)")
-    ax.set_title("Validation-chosen thresholds across seeds", fontsize=10)
-    ax.legend(fontsize=8)
-    return save(fig, path)
-
-
 def map_panel(images: np.ndarray, captions: Sequence[str], maps: dict[str, np.ndarray], path: Path) -> Path:
     """One column per image: the film, then one row per saliency method.
 

@@ -7,7 +7,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from casereview.evaluation import batch_figures as fig
+from casereview.studies import batch_figures as fig
 from casereview.evaluation.batch_arms import REFERENCE_ARMS
 from casereview.evaluation.batch_records import BatchRows
 from casereview.provenance import git_commit, utc_now

@@ -24,9 +24,9 @@ from casereview.errors import CaseReviewError
 from casereview.evaluation.batch_arms import REFERENCE_ARMS, Arm, plan_arms
 from casereview.evaluation.batch_metrics import summarize
 from casereview.evaluation.batch_records import load_rows, read_records
-from casereview.evaluation.batch_report import choice, write_reports
+from casereview.studies.batch_report import choice, write_reports
 from casereview.evaluation.batch_runner import BatchPlan, BatchRunner, split_refs
-from casereview.evaluation.picking import pick_cases
+from casereview.studies.case_picking import pick_cases
 from casereview.provenance import git_commit, sha256_text, utc_now
 from casereview.records import view_png
 from casereview.render import render

@@ -26,7 +26,7 @@ from casereview.schemas import Neighbour
 from casereview.tools.case_index import CaseIndex, build_index, case_indices, copy_with_hnsw, open_index
 from casereview.tools.embedders import MEDICAL_CLIP
 from casereview.evaluation.retrieval_eval import KS, evaluate_retrieval, hnsw_recall
-from casereview.evaluation.retrieval_figures import GridRow, save_retrieval_grid
+from casereview.studies.retrieval_figures import GridRow, save_retrieval_grid
 from casereview.data import CLASS_NAMES, SPLITS, load_split
 
 REPORT_NAME = "task3_retrieval_system.md"

@@ -55,11 +55,6 @@ def statistics_by_outcome(images: np.ndarray, groups: np.ndarray) -> dict[str, d
     return table
 
 
-def conformal_flags(prob: np.ndarray, qhat: float, centre: float) -> np.ndarray:
-    """True where the conformal prediction set is not a single label (the case is flagged uncertain)."""
-    return np.array([len(prediction_set(float(p), qhat, centre)) != 1 for p in prob])
-
-
 def conformal_summary(y: np.ndarray, prob: np.ndarray, threshold: float, conformal: dict[str, Any]) -> dict[str, Any]:
     """Empirical coverage and flagged rate of the shipped conformal sets, and the errors the flag catches."""
     sets = [prediction_set(float(p), conformal["qhat"], conformal["centre"]) for p in prob]
