@@ -353,7 +353,8 @@ def test_missing_index_or_checkpoint(settings, tmp_path, capsys, data_root):
                  "--checkpoint", str(settings.classifier.checkpoint), "--out", str(tmp_path / "o")])
     assert code == 2 and "casereview index build" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not (tmp_path / "checkpoints.sqlite").exists()  # failed before any case ran
-    code = main(["review", "test:1", "--data-root", str(data_root), "--checkpoint", str(tmp_path / "no.safetensors")])
+    code = main(["review", "test:1", "--data-root", str(data_root), "--workdir", str(settings.paths.workdir),
+                 "--checkpoint", str(tmp_path / "no.safetensors")])
     assert code == 2 and "casereview train" in capsys.readouterr().err
 
 
