@@ -479,7 +479,8 @@ def test_input_outside_training_is_flagged_yet_classified(settings, tmp_path):
 def test_an_ordinary_case_passes_the_gate(settings, tmp_path):
     record = ReviewRun(settings, "plain", tmp_path).review("test:3")
     gate = record["input_check"]
-    assert gate["judgeable"] and gate["gate_id"] == RunContext(settings).gate.model.gate_id
+    assert gate["judgeable"] and not gate["flagged"] and gate["reasons"] == []
+    assert gate["gate_id"] == RunContext(settings).gate.model.gate_id
     assert gate["resize_spread"] is None  # a 28x28 dataset case has no resize to be unstable under
     assert record["needs_review"] == bool(record["review_reasons"])
 
