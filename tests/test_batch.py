@@ -132,6 +132,7 @@ def test_concurrency_gives_the_same_records(settings, tmp_path):
     assert without_latency(summarize(tmp_path / "one", n_boot=100)) == without_latency(summarize(tmp_path / "three", n_boot=100))
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_gives_each_pair_once_and_the_same_metrics(settings, tmp_path):
     cli = "import sys; from casereview.cli import main; sys.exit(main(sys.argv[1:]))"
     cmd = [sys.executable, "-c", cli, "batch", "--split", "test", "--sample", "40", "--seed", "0",

@@ -136,6 +136,7 @@ def test_full_run_with_template_backend(settings, tmp_path):
     assert (tmp_path / "test_3.png").is_file()
 
 
+@pytest.mark.slow
 def test_full_run_with_tiny_gemma(settings, tiny_vlm_dir, tmp_path):  # noqa: F811
     """A random model (its text is never a result): the record is complete and its verdict is the one
     the verification rules give for whatever impression the parser read."""
