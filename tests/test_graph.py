@@ -178,6 +178,7 @@ def test_cli_step_mode_pauses_and_finishes(settings, tmp_path, monkeypatch, caps
     assert (tmp_path / "test_6.json").is_file()
 
 
+@pytest.mark.slow
 def test_cli_step_quit_ends_the_run_cleanly(settings, tmp_path, monkeypatch, capsys):
     answers = iter(["", "", "q"])
     monkeypatch.setattr("builtins.input", lambda msg: next(answers))
@@ -353,6 +354,7 @@ def test_missing_index_or_checkpoint(settings, tmp_path, capsys, data_root):
 
 # --- the retry loop, end to end ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_contradicting_backend_triggers_one_strict_retry(tmp_path_factory, data_root):
     """The template backend configured to follow the neighbours alone contradicts a confident
     classifier wherever the two disagree: the graph must retry once with the strict variant,
@@ -379,6 +381,7 @@ def test_contradicting_backend_triggers_one_strict_retry(tmp_path_factory, data_
     assert record["report"]["variant"] == "grounded_skeptical"
 
 
+@pytest.mark.slow
 def test_failed_case_is_recorded_and_resumes_at_the_failed_node(settings, tmp_path, capsys, monkeypatch):
     """A reporter that cannot be reached fails the cases without losing their finished nodes; a rerun
     with other settings is refused; once the server answers, a rerun with the same run id resumes
