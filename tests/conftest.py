@@ -1,6 +1,6 @@
-"""Shared fixtures: the data root (``CASEREVIEW_DATA_ROOT`` when set, else medmnist's own folder,
-downloading the dataset there on first use like every command does) and a small randomly
-initialised classifier checkpoint built offline."""
+"""Shared fixtures: a work folder outside the checkout for every test, the data root
+(``CASEREVIEW_DATA_ROOT`` when set, else medmnist's own folder, downloading the dataset there on first
+use like every command does) and a small randomly initialised classifier checkpoint built offline."""
 
 from __future__ import annotations
 
@@ -10,6 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
+
+@pytest.fixture(autouse=True)
+def workdir_outside_the_checkout(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own work folder through ``CASEREVIEW_PATHS_WORKDIR``, so that a command that
+    falls back to the default (``./runs``: run locks, checkpoints, caches) leaves nothing in the checkout.
+    Tests that name a work folder (settings, ``--workdir``, their own environment) still use theirs."""
+    workdir = tmp_path_factory.mktemp("workdir")
+    monkeypatch.setenv("CASEREVIEW_PATHS_WORKDIR", str(workdir))
+    return workdir
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """What a fresh machine looks like to the first-run and Colab-notebook tests, built offline.
 
 - :func:`clone_url`: the repository as a user gets it, a git URL to clone (only committed files).
+- :func:`copy_source`: the working tree copied without what builds and runs leave in it.
 - :func:`scratch_venv`: a new venv without this project, which sees the running environment's
   packages (so no download is needed) but not its ``casereview``; ``pip install`` of the project
   into it is real.
@@ -58,6 +59,12 @@ def git(*args: str, cwd: Path) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
+def copy_source(dest: Path) -> Path:
+    """A copy of the working tree at ``dest`` without the venv, work folder, git data, caches and build output."""
+    shutil.copytree(REPO, dest, ignore=shutil.ignore_patterns(".venv", "runs", ".git", "__pycache__", "*.egg-info", "build"))
+    return dest
+
+
 def clone_url(tmp: Path) -> str:
     """A ``file://`` URL of this repository. In a git checkout that is the repository itself (a clone
     sees committed files only, like a user's); elsewhere a one-commit copy of the tree."""
@@ -65,8 +72,7 @@ def clone_url(tmp: Path) -> str:
         git("rev-parse", "--git-dir", cwd=REPO)
         return REPO.as_uri()
     except subprocess.CalledProcessError:
-        src = tmp / "source-repo"
-        shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".venv", "runs", ".git", "__pycache__", "*.egg-info", "build"))
+        src = copy_source(tmp / "source-repo")
         git("init", "-q", cwd=src)
         git("add", ".", cwd=src)
         git("-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-q", "-m", "tree", cwd=src)

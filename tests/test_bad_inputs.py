@@ -105,6 +105,7 @@ def test_bad_input_in_process(row, tmp_path, capsys, monkeypatch, data_root):
     check(code, capsys.readouterr().err, words, tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row", sorted(SUBPROCESS))
 def test_bad_input_in_a_real_process(row, tmp_path, data_root):
     argv, env, words = ROWS[row]

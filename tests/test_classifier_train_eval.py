@@ -26,6 +26,7 @@ def trained(tmp_path_factory, data_root):
     return path, seen_splits
 
 
+@pytest.mark.slow
 def test_training_never_reads_test_and_writes_a_full_checkpoint(trained, data_root):
     path, seen = trained
     assert "test" not in seen and set(seen) == {"train", "val"}
@@ -36,6 +37,7 @@ def test_training_never_reads_test_and_writes_a_full_checkpoint(trained, data_ro
     assert meta["epochs_run"] == 1 and len(meta["history"]) == 1 and "git_commit" in meta
 
 
+@pytest.mark.slow
 def test_checkpoint_loads_and_predicts(trained, data_root):
     clf = load_classifier(trained[0])
     images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
@@ -49,6 +51,7 @@ def test_checkpoint_loads_and_predicts(trained, data_root):
         predict_proba(clf, np.zeros((2, 28, 28), dtype=np.float32))
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_predictions_and_figures(trained, data_root, tmp_path):
     settings = load_settings(overrides={"data": {"root": data_root}, "classifier": {"checkpoint": trained[0]}})
     m = evaluate(settings, "test", tmp_path, figures=True, n_boot=50)
@@ -72,6 +75,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         load_classifier(bad)
 
 
+@pytest.mark.slow
 def test_cli_reports_errors_in_one_line(trained, tmp_path, data_root, capsys):
     code = main(["evaluate", "--data-root", str(data_root), "--checkpoint", str(tmp_path / "x.safetensors"), "--out", str(tmp_path)])
     err = capsys.readouterr().err

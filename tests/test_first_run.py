@@ -20,8 +20,6 @@ import pytest
 
 from fresh_machine import REPO, clone_url, medmnist_mirror, offline_pip_env, scratch_venv
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
 
 def readme_command(prefix: str) -> str:
     """The one line of an indented code block in README.md that starts with ``prefix``."""
@@ -39,6 +37,8 @@ def test_readme_commands_name_no_private_paths():
     assert "CASEREVIEW_" not in main and "--data-root" not in main  # nothing set by hand
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_readme_main_command_on_a_fresh_clone(tmp_path, data_root):
     main = readme_command("casereview index build")
     assert main == "casereview index build && casereview review test:42"

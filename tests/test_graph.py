@@ -143,6 +143,7 @@ def test_full_run_with_template_backend(settings, tmp_path):
     assert (tmp_path / "test_3.png").is_file()
 
 
+@pytest.mark.slow
 def test_full_run_with_tiny_gemma(settings, tiny_vlm_dir, tmp_path):  # noqa: F811
     """A random model (its text is never a result): the record is complete and its verdict is the one
     the verification rules give for whatever impression the parser read."""
@@ -184,6 +185,7 @@ def test_cli_step_mode_pauses_and_finishes(settings, tmp_path, monkeypatch, caps
     assert (tmp_path / "test_6.json").is_file()
 
 
+@pytest.mark.slow
 def test_cli_step_quit_ends_the_run_cleanly(settings, tmp_path, monkeypatch, capsys):
     answers = iter(["", "", "q"])
     monkeypatch.setattr("builtins.input", lambda msg: next(answers))
@@ -360,6 +362,7 @@ def test_missing_index_or_checkpoint(settings, tmp_path, capsys, data_root):
 
 # --- the retry loop, end to end ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_contradicting_backend_triggers_one_strict_retry(tmp_path_factory, data_root):
     """The template backend configured to follow the neighbours alone contradicts a confident
     classifier wherever the two disagree: the graph must retry once with the strict variant,
@@ -387,6 +390,7 @@ def test_contradicting_backend_triggers_one_strict_retry(tmp_path_factory, data_
     assert record["report"]["variant"] == "grounded_skeptical"
 
 
+@pytest.mark.slow
 def test_failed_case_is_recorded_and_resumes_at_the_failed_node(settings, tmp_path, capsys, monkeypatch):
     """A reporter that cannot be reached fails the cases without losing their finished nodes; a rerun
     with other settings is refused; once the server answers, a rerun with the same run id resumes
@@ -489,7 +493,8 @@ def test_input_outside_training_is_flagged_yet_classified(settings, tmp_path):
 def test_an_ordinary_case_passes_the_gate(settings, tmp_path):
     record = ReviewRun(settings, "plain", tmp_path).review("test:3")
     gate = record["input_check"]
-    assert gate["judgeable"] and gate["gate_id"] == build_context(settings).gate.model.gate_id
+    assert gate["judgeable"] and not gate["flagged"] and gate["reasons"] == []
+    assert gate["gate_id"] == build_context(settings).gate.model.gate_id
     assert gate["resize_spread"] is None  # a 28x28 dataset case has no resize to be unstable under
     assert record["needs_review"] == bool(record["review_reasons"])
 

@@ -133,6 +133,7 @@ def test_fit_once_then_cached_per_checkpoint(tmp_path, data_root, random_checkpo
 
 
 # --- the released classifier's gate (fitted on the full train split, thresholds on validation) -----
+# Marked slow: the fit embeds every train and validation image with the five-member ensemble.
 
 @pytest.fixture(scope="module")
 def released_gate(tmp_path_factory, data_root):
@@ -140,6 +141,7 @@ def released_gate(tmp_path_factory, data_root):
     return s, load_input_gate(s, load_classifier(None, "cpu"))
 
 
+@pytest.mark.slow
 def test_false_flag_rate_on_validation_is_within_the_target(released_gate):
     s, gate = released_gate
     val = load_split("val", s.data.root)
@@ -149,6 +151,7 @@ def test_false_flag_rate_on_validation_is_within_the_target(released_gate):
     assert all(c.judgeable for c in decided)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("shift", "flagged_at_least", "blank"),
     [
@@ -168,6 +171,7 @@ def test_gate_detects_strong_synthetic_shifts(released_gate, shift, flagged_at_l
     assert all((not c.judgeable) == blank for c in decided)
 
 
+@pytest.mark.slow
 def test_16bit_files_pass_when_decoded_and_are_flagged_when_clipped(released_gate, tmp_path):
     s, gate = released_gate
     images = load_split("val", s.data.root).images[:60]

@@ -24,7 +24,6 @@ from fresh_machine import REPO, clone_url, medmnist_mirror, offline_pip_env, scr
 
 NOTEBOOK = REPO / "notebooks" / "casereview_colab.ipynb"
 PNG = b"\x89PNG\r\n\x1a\n"
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def outputs(nb) -> list[dict]:
@@ -61,6 +60,8 @@ def test_notebook_defaults_agree_with_pyproject_and_readme():
     assert not any(cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")  # shipped without outputs
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_colab_notebook_runs_in_a_fresh_environment(tmp_path, data_root, random_checkpoint, monkeypatch):
     work = tmp_path / "content"  # Colab's working folder: nothing named casereview in it
     work.mkdir()

@@ -6,14 +6,18 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import pytest
+
+from fresh_machine import copy_source
 
 
+@pytest.mark.slow
 def test_wheel_contents_and_import(tmp_path):
+    # Built from a copy: setuptools writes build/ and *.egg-info into the folder it builds, not into the checkout.
+    source = copy_source(tmp_path / "source")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True)
+                    str(tmp_path), str(source)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("casereview-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     for sub in ("training", "tools", "tools/reporter", "agents", "graphs", "cli", "evaluation", "studies"):

@@ -88,6 +88,7 @@ def test_a_folder_of_colliding_and_non_latin_names_keeps_every_record(env, tmp_p
     assert "it's.png" in md and "&#x27;" not in md
 
 
+@pytest.mark.slow
 def test_a_record_killed_before_its_save_is_written_by_the_resume(env, tmp_path):
     out = tmp_path / "out"
     args = ["test:3", "--run-id", "killed", "--out", str(out)]
@@ -104,6 +105,7 @@ def test_a_record_killed_before_its_save_is_written_by_the_resume(env, tmp_path)
     assert "(finished in an earlier run)" in resumed.stdout
 
 
+@pytest.mark.slow
 def test_a_second_process_on_the_same_run_id_exits_with_a_clear_message(env, tmp_path):
     ready, release = tmp_path / "ready", tmp_path / "release"
     first = review_process(env | {"TEST_READY": str(ready), "TEST_RELEASE": str(release)}, "hold",

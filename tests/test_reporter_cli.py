@@ -122,6 +122,7 @@ def test_task2_report_with_template_backend(data_root, random_checkpoint, small_
     assert "Variant choice" not in md  # the template ignores the prompt: nothing to choose
 
 
+@pytest.mark.slow
 def test_task2_report_vlm_branch(data_root, random_checkpoint, small_index, tiny_vlm_dir, tmp_path) -> None:  # noqa: F811
     """The VLM rows and columns render (the tiny random model's text only ever lands in tmp_path)."""
     settings = load_settings(overrides={

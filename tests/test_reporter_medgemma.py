@@ -16,8 +16,6 @@ from casereview.tools.reporter import Evidence, ReporterError, generate, get_bac
 from casereview.tools.reporter.backends import MedGemmaBackend, choose_precision
 from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.slow
-
 
 def _evidence(n: int, seed: int = 0) -> list[Evidence]:
     rng = np.random.default_rng(seed)
@@ -48,6 +46,7 @@ def backend(tiny_vlm_dir) -> MedGemmaBackend:  # noqa: F811
     return b
 
 
+@pytest.mark.slow
 def test_loads_lazily_once_per_process(backend: MedGemmaBackend) -> None:
     assert backend._model is None  # nothing loaded until the first generate
     generate(backend, [render_prompt("minimal", ev) for ev in _evidence(1)])
@@ -62,6 +61,7 @@ def test_loads_lazily_once_per_process(backend: MedGemmaBackend) -> None:
     assert info | {"device": "cpu", "dtype": "float32", "decoding": "greedy"} == info
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["grounded", "visual_fewshot"])
 def test_generates_for_28px_images_batched(backend: MedGemmaBackend, variant: str) -> None:
     evidence = _evidence(3)
@@ -77,6 +77,7 @@ def test_generates_for_28px_images_batched(backend: MedGemmaBackend, variant: st
     assert backend.generate(prompts)[0].text == batched[0].text  # greedy: deterministic
 
 
+@pytest.mark.slow
 def test_the_image_reaches_the_model(backend: MedGemmaBackend) -> None:
     images = [np.full((28, 28), v, dtype=np.uint8) for v in (0, 64, 128, 192, 255)]
     images += list(np.random.default_rng(1).integers(0, 256, (5, 28, 28), dtype=np.uint8))
@@ -85,6 +86,7 @@ def test_the_image_reaches_the_model(backend: MedGemmaBackend) -> None:
     assert len(set(texts)) > 1, texts
 
 
+@pytest.mark.slow
 def test_results_record_provenance(backend: MedGemmaBackend, tiny_vlm_dir) -> None:  # noqa: F811
     result = generate(backend, [render_prompt("grounded_skeptical", ev) for ev in _evidence(1)])[0]
     prov = result.provenance
@@ -118,12 +120,14 @@ def test_precision_choice(requested, device, capability, chosen) -> None:
     assert choose_precision(requested, device, capability) == chosen
 
 
+@pytest.mark.slow
 def test_4bit_on_a_cpu_is_a_clear_error(tiny_vlm_dir) -> None:  # noqa: F811
     b = MedGemmaBackend(ReporterConfig(backend="medgemma", model_id=str(tiny_vlm_dir), device="cpu", precision="4bit"))
     with pytest.raises(ReporterError, match="4bit needs a CUDA GPU"):
         b.load()
 
 
+@pytest.mark.slow
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: checks bf16 weights and device placement")
 def test_cuda_bf16(tiny_vlm_dir) -> None:  # noqa: F811

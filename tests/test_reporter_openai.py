@@ -24,8 +24,6 @@ from casereview.tools.reporter.backends import MedGemmaBackend, OpenAIBackend
 from server_support import free_port, http_ok, server
 from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.slow
-
 KEY_ENV = "CASEREVIEW_TEST_API_KEY"
 SECRET = "sk-test-secret-4711"
 
@@ -48,6 +46,7 @@ def served_model(tiny_vlm_dir: Path, tmp_path_factory) -> Iterator[str]:  # noqa
         yield f"http://127.0.0.1:{port}/v1"
 
 
+@pytest.mark.slow
 def test_chat_completion_with_image(served_model: str, tiny_vlm_dir: Path, monkeypatch) -> None:  # noqa: F811
     monkeypatch.setenv(KEY_ENV, SECRET)
     cfg = ReporterConfig(
