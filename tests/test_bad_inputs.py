@@ -142,3 +142,13 @@ def test_predict_classifies_a_folder_of_images(tmp_path, capsys, data_root):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0 and [Path(r["case_id"]).name for r in rows] == ["0.png", "1.png"]
     assert all(0 <= r["prob_pneumonia"] <= 1 for r in rows)
+
+
+def test_predict_table_keeps_its_columns_with_long_paths(tmp_path, capsys, data_root):
+    deep = tmp_path / ("a_rather_long_folder_name_" * 3) / "films"
+    deep.mkdir(parents=True)
+    Image.fromarray(load_split("val", data_root).images[0]).save(deep / "film.png")
+    code = main(["predict", "test:0", str(deep / "film.png"), "--data-root", str(data_root)])
+    rows = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(rows) == 2 and rows[1].startswith(str(deep / "film.png"))
+    assert len({row.index("p(pneumonia)=") for row in rows}) == 1  # one column, however long the path

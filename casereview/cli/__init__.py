@@ -11,6 +11,7 @@ import gc
 import importlib
 import logging
 import sys
+import textwrap
 import warnings
 
 from casereview.cli.examples import add_examples
@@ -22,9 +23,9 @@ COMMAND_MODULES = ("classifier", "report", "review", "reporter", "index", "batch
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="casereview",
-        description=(
+        description=textwrap.fill(
             "Case review for paediatric chest X-rays (PneumoniaMNIST): a CNN classifier, a Chroma "
-            "case index and a vision-language reporter, wired by a LangGraph workflow."
+            "case index and a vision-language reporter, wired by a LangGraph workflow.", 100
         ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
