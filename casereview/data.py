@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from casereview.errors import CaseReviewError
+from casereview.errors import CaseReviewError, root_cause
 
 SPLITS = ("train", "val", "test")
 CLASS_NAMES = ("normal", "pneumonia")
@@ -84,12 +84,12 @@ def _load_split(split: str, root: str | None, download: bool) -> Split:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             medmnist.PneumoniaMNIST(split=split, root=str(path.parent), download=True, size=SIZE)
-        except Exception as exc:  # medmnist raises bare RuntimeErrors on network failure
+        except Exception as exc:  # medmnist raises a bare RuntimeError for any failure: name its cause
             for folder in created:  # a failed download leaves no empty data root behind
                 if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
             raise DataError(
-                f"could not download PneumoniaMNIST into {path.parent} ({type(exc).__name__}; offline?). "
+                f"could not download PneumoniaMNIST into {path.parent} ({root_cause(exc)}). "
                 f"Copy {DATA_FILE} there or set --data-root / CASEREVIEW_DATA_ROOT to the folder holding it."
             ) from exc
     try:

@@ -152,3 +152,21 @@ def test_predict_table_keeps_its_columns_with_long_paths(tmp_path, capsys, data_
     rows = capsys.readouterr().out.splitlines()
     assert code == 0 and len(rows) == 2 and rows[1].startswith(str(deep / "film.png"))
     assert len({row.index("p(pneumonia)=") for row in rows}) == 1  # one column, however long the path
+
+
+def test_a_failed_download_names_its_real_cause(tmp_path, monkeypatch, capsys):
+    """medmnist's own download code against a port where nothing listens: the one-line error names the
+    refused connection that medmnist hides behind its bare RuntimeError."""
+    import socket
+
+    import medmnist
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    info = dict(medmnist.INFO["pneumoniamnist"], url=f"http://127.0.0.1:{port}/pneumoniamnist.npz")
+    monkeypatch.setitem(medmnist.INFO, "pneumoniamnist", info)
+    code = main(["predict", "test:0", "--data-root", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "could not download PneumoniaMNIST" in err and "ConnectionRefusedError: [Errno 111] Connection refused" in err
