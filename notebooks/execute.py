@@ -5,7 +5,8 @@ notebook shows what it does (GitHub renders the outputs).
 
 It runs every cell in a kernel of the current environment (where casereview is installed: the notebook's
 install cell then keeps it), with no GPU (CUDA hidden) and no Hugging Face token, so Task 2's reports come
-from the template backend; the BiomedCLIP section runs only where the hub is reachable. The data comes
+from the template backend; the BiomedCLIP section runs only where the hub is reachable. It needs the test
+extras (nbclient, ipykernel: ``pip install -e ".[test]"``). The data comes
 from ``--data-root`` (or ``CASEREVIEW_DATA_ROOT``), else through medmnist's download; outputs go to a
 fresh temporary work folder unless ``--workdir`` names one (an index already built there is kept). The
 notebook's source is not changed; its metadata records when, from which commit and how the outputs
@@ -26,6 +27,24 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 NOTEBOOK = Path(__file__).resolve().with_name("casereview_colab.ipynb")
+
+
+def coalesce_streams(nb: nbformat.NotebookNode) -> None:
+    """Merge each cell's consecutive stdout (stderr) outputs into one and keep, of every line, what
+    follows its last carriage return: what Jupyter shows of a progress bar is its final state, not one
+    output per redraw."""
+    for cell in nb.cells:
+        merged: list = []
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream" and merged and merged[-1].output_type == "stream" and merged[-1].name == out.name:
+                merged[-1].text += out.text
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.output_type == "stream":
+                out.text = "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in out.text.split("\n"))
+        if cell.cell_type == "code":
+            cell.outputs = merged
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: a cell failed, {args.notebook} is unchanged:\n{exc}", file=sys.stderr)
             return 1
         took = time.perf_counter() - start
+    coalesce_streams(nb)
     nb.metadata["casereview"] = {
         "executed": utc_now(), "commit": git_commit(), "backend": "template", "device": "cpu",
         "command": "python notebooks/execute.py" + (" --data-root DIR" if args.data_root else ""),

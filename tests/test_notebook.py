@@ -166,7 +166,10 @@ def test_execute_script_runs_a_notebook_on_cpu_and_writes_its_outputs_back(tmp_p
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(
         "import os\nprint('gpu:', repr(os.environ['CUDA_VISIBLE_DEVICES']), '| data:', os.environ['CASEREVIEW_DATA_ROOT'])"),
-        nbformat.v4.new_code_cell("print(os.path.isdir('casereview'), os.environ['CASEREVIEW_PATHS_WORKDIR'].endswith('casereview_runs'))")]
+        nbformat.v4.new_code_cell("print(os.path.isdir('casereview'), os.environ['CASEREVIEW_PATHS_WORKDIR'].endswith('casereview_runs'))"),
+        nbformat.v4.new_code_cell("import sys, time\nfor i in (10, 50, 100):  # a progress bar's redraws\n"
+                                  "    print(f'\\rbar {i}%', end='', file=sys.stderr, flush=True); time.sleep(0.2)\n"
+                                  "print(file=sys.stderr)")]
     path = tmp_path / "small.ipynb"
     nbformat.write(nb, path)
     done = subprocess.run([sys.executable, str(REPO / "notebooks" / "execute.py"), "--notebook", str(path),
@@ -174,7 +177,7 @@ def test_execute_script_runs_a_notebook_on_cpu_and_writes_its_outputs_back(tmp_p
     assert done.returncode == 0, done.stderr
     ran = nbformat.read(path, as_version=4)
     assert [c.source for c in ran.cells] == [c.source for c in nb.cells]
-    assert [o["text"] for o in outputs(ran)] == [f"gpu: '' | data: {data_root}\n", "False True\n"]
+    assert [o["text"] for o in outputs(ran)] == [f"gpu: '' | data: {data_root}\n", "False True\n", "bar 100%\n"]
     meta = ran.metadata["casereview"]
     assert meta["command"] == "python notebooks/execute.py --data-root DIR" and meta["backend"] == "template" and meta["commit"]
 

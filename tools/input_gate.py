@@ -228,8 +228,8 @@ def load_input_gate(settings: Settings, clf: Classifier) -> InputGate:
         return InputGate(clf, GateModel.load(cache))
     # a minute or more on a small machine, once per checkpoint: say so, or the first review looks hung
     start = time.perf_counter()
-    print(f"fitting the input gate for classifier {clf.sha256[:12]} on the train and validation splits "
-          f"(once; cached in {cache.parent}) ...", file=sys.stderr, flush=True)
+    print(f"fitting the input gate for classifier {clf.sha256[:12]} (once; cached in {cache.parent}) ...",
+          file=sys.stderr, flush=True)
     with all_cores():  # ~8,000 forward passes, once per checkpoint: the review path's single thread would double it
         model = fit_gate(clf, settings)
     model.save(cache)
