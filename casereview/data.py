@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from casereview.errors import CaseReviewError
+from casereview.errors import CaseReviewError, root_cause
 
 SPLITS = ("train", "val", "test")
 CLASS_NAMES = ("normal", "pneumonia")
@@ -84,12 +84,12 @@ def _load_split(split: str, root: str | None, download: bool) -> Split:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             medmnist.PneumoniaMNIST(split=split, root=str(path.parent), download=True, size=SIZE)
-        except Exception as exc:  # medmnist raises bare RuntimeErrors on network failure
+        except Exception as exc:  # medmnist raises a bare RuntimeError for any failure: name its cause
             for folder in created:  # a failed download leaves no empty data root behind
                 if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
             raise DataError(
-                f"could not download PneumoniaMNIST into {path.parent} ({type(exc).__name__}; offline?). "
+                f"could not download PneumoniaMNIST into {path.parent} ({root_cause(exc)}). "
                 f"Copy {DATA_FILE} there or set --data-root / CASEREVIEW_DATA_ROOT to the folder holding it."
             ) from exc
     try:
@@ -153,6 +153,9 @@ def parse_ref(ref: str) -> tuple[str, int] | None:
     return (m.group(1), int(m.group(2))) if m else None
 
 
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # PIL modes of 16- and 32-bit images
+
+
 def _to_gray8(img: Image.Image) -> Image.Image:
     """Any PIL mode as 8-bit grayscale that keeps the signal.
 
@@ -160,7 +163,7 @@ def _to_gray8(img: Image.Image) -> Image.Image:
     them to white); transparency is composited on black (film background); palette, CMYK
     and colour images go through RGB.
     """
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if img.mode in HIGH_DEPTH_MODES:
         a = np.asarray(img, dtype=np.float64)
         lo, hi = float(a.min()), float(a.max())
         scaled = np.zeros_like(a) if hi <= lo else (a - lo) * (255.0 / (hi - lo))
@@ -214,7 +217,7 @@ def decode_image(path: Path, size: int = SIZE) -> DecodedImage:
                 if im.width * im.height > MAX_PIXELS:
                     raise Image.DecompressionBombError("too many pixels")
                 im.load()
-                original = f"{im.width}x{im.height} {im.mode}"
+                mode, original = im.mode, f"{im.width}x{im.height} {im.mode}"
                 img = ImageOps.exif_transpose(im)
                 img = _to_gray8(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -225,10 +228,16 @@ def decode_image(path: Path, size: int = SIZE) -> DecodedImage:
     if min(w, h) < 8:
         raise CaseError(f"{path}: image of {w}x{h} px is too small to be a chest X-ray")
     notes = []
-    if (w, h) != (size, size) or not original.endswith(" L"):
+    steps = [] if mode == "L" else [f"converted from {mode} to 8-bit grayscale"
+                                    + (" (rescaled by its value range)" if mode in HIGH_DEPTH_MODES else "")]
+    if w != h:
+        steps.append(f"centre-cropped to {min(w, h)}x{min(w, h)}")
+    if min(w, h) != size:
+        steps.append(f"resized to {size}x{size} (bicubic)")
+    if steps:  # say what was done, only that
         notes.append(
-            f"image file ({original}) brought to {size}x{size} 8-bit grayscale (centre crop, resize); the "
-            "classifier has only seen MedMNIST-style images, so treat its output on other images with caution"
+            f"image file ({original}) {', '.join(steps)}; the classifier has only seen MedMNIST-style "
+            "images, so treat its output on other images with caution"
         )
     if (w, h) == (size, size):
         return DecodedImage(np.array(img, dtype=np.uint8), notes, None)  # a writable copy (torch warns on read-only arrays)

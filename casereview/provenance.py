@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import re
 import subprocess
@@ -10,7 +11,8 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlparse, urlsplit, urlunsplit
+from urllib.request import url2pathname
 
 PACKAGES = (
     "casereview",
@@ -45,8 +47,14 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
 
 def git_commit(cwd: Path | None = None) -> str | None:
     """The commit of the source tree, with ``+dirty`` when code or config differs from it (changes
-    under ``reports/``, which the report commands themselves rewrite, do not count)."""
-    where = cwd or Path(__file__).resolve().parent
+    under ``reports/``, which the report commands themselves rewrite, do not count). Without ``cwd``,
+    an installed (not editable) package has no git tree around it: then the commit pip recorded at
+    install time (:func:`installed_commit`)."""
+    commit = _git_head(cwd or Path(__file__).resolve().parent)
+    return commit if commit is not None or cwd is not None else installed_commit()
+
+
+def _git_head(where: Path) -> str | None:
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True
@@ -58,6 +66,26 @@ def git_commit(cwd: Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("+dirty" if dirty else "")
+
+
+def installed_commit(distribution: str = "casereview") -> str | None:
+    """The commit an installed package came from, from what pip wrote beside it (``direct_url.json``,
+    PEP 610): the commit id of a ``git+URL`` install, or, for an install from a local folder, that
+    folder's commit (read now: a folder moved on since the install shows its new commit). None for
+    an install from a wheel or an index, which records no commit."""
+    try:
+        raw = metadata.distribution(distribution).read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        return None
+    if not raw:
+        return None
+    info = json.loads(raw)
+    if "vcs_info" in info:
+        return info["vcs_info"].get("commit_id")
+    url = urlparse(info.get("url", ""))
+    if "dir_info" in info and url.scheme == "file":
+        return _git_head(Path(url2pathname(url.path)))
+    return None
 
 
 def sha256_file(path: Path) -> str:

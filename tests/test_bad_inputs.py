@@ -143,3 +143,31 @@ def test_predict_classifies_a_folder_of_images(tmp_path, capsys, data_root):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0 and [Path(r["case_id"]).name for r in rows] == ["0.png", "1.png"]
     assert all(0 <= r["prob_pneumonia"] <= 1 for r in rows)
+
+
+def test_predict_table_keeps_its_columns_with_long_paths(tmp_path, capsys, data_root):
+    deep = tmp_path / ("a_rather_long_folder_name_" * 3) / "films"
+    deep.mkdir(parents=True)
+    Image.fromarray(load_split("val", data_root).images[0]).save(deep / "film.png")
+    code = main(["predict", "test:0", str(deep / "film.png"), "--data-root", str(data_root)])
+    rows = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(rows) == 2 and rows[1].startswith(str(deep / "film.png"))
+    assert len({row.index("p(pneumonia)=") for row in rows}) == 1  # one column, however long the path
+
+
+def test_a_failed_download_names_its_real_cause(tmp_path, monkeypatch, capsys):
+    """medmnist's own download code against a port where nothing listens: the one-line error names the
+    refused connection that medmnist hides behind its bare RuntimeError."""
+    import socket
+
+    import medmnist
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    info = dict(medmnist.INFO["pneumoniamnist"], url=f"http://127.0.0.1:{port}/pneumoniamnist.npz")
+    monkeypatch.setitem(medmnist.INFO, "pneumoniamnist", info)
+    code = main(["predict", "test:0", "--data-root", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "could not download PneumoniaMNIST" in err and "ConnectionRefusedError: [Errno 111] Connection refused" in err

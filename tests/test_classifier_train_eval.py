@@ -52,9 +52,11 @@ def test_checkpoint_loads_and_predicts(trained, data_root):
 
 
 @pytest.mark.slow
-def test_evaluate_writes_metrics_predictions_and_figures(trained, data_root, tmp_path):
+def test_evaluate_writes_metrics_predictions_and_figures(trained, data_root, tmp_path, capsys):
     settings = load_settings(overrides={"data": {"root": data_root}, "classifier": {"checkpoint": trained[0]}})
     m = evaluate(settings, "test", tmp_path, figures=True, n_boot=50)
+    assert capsys.readouterr().err.startswith(f"evaluating {trained[0].name} on 624 test images: predictions, "
+                                              "2 x 50 bootstrap resamples, figures and saliency maps ...")
     saved = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("roc_auc", "accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "threshold"):
         assert key in saved and saved[key] == pytest.approx(m[key])

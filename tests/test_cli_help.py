@@ -1,4 +1,5 @@
-"""Every command's --help ends with examples that parse as written and name no private path."""
+"""Every command's --help (command groups and `casereview --help` too) ends with examples that parse as
+written and name no private path; renamed options keep working."""
 
 from __future__ import annotations
 
@@ -23,18 +24,40 @@ def leaf_commands(parser: argparse.ArgumentParser, path: str = "") -> dict[str, 
     return out
 
 
+def all_commands(parser: argparse.ArgumentParser, path: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every parser with a --help: ``casereview`` itself (key ""), command groups and commands."""
+    out = {path: parser}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out |= all_commands(sub, f"{path} {name}".strip())
+    return out
+
+
 LEAVES = leaf_commands(build_parser())
+COMMANDS = all_commands(build_parser())
 
 
 def test_there_are_commands_and_no_stale_examples():
-    assert len(LEAVES) > 15 and set(EXAMPLES) <= set(LEAVES)
+    assert len(LEAVES) > 15 and {"", "index", "search"} <= set(COMMANDS) - set(LEAVES)
+    assert set(EXAMPLES) <= set(COMMANDS)
 
 
-@pytest.mark.parametrize("command", sorted(LEAVES))
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_help_has_examples_without_private_paths(command):
-    text = LEAVES[command].format_help()
-    assert "examples:" in text and f"casereview {command}" in text.split("examples:")[1]
+    text = COMMANDS[command].format_help()
+    assert text.count("examples:") == 1 and f"casereview {command}".strip() in text.split("examples:")[1]
     assert "../shared" not in text and "/work/" not in text
+
+
+def test_report_gen_takes_model_id_and_the_old_name_still_works(capsys):
+    parser = build_parser()
+    assert parser.parse_args(["report-gen", "--pick", "2", "--model-id", "m1"]).model_id == "m1"
+    old = parser.parse_args(["report-gen", "--pick", "2", "--api-model", "m2"])
+    assert old.model_id == "m2" and "--api-model is deprecated; use --model-id" in capsys.readouterr().err
+    assert "--api-model" not in COMMANDS["report-gen"].format_help()
+    for command in ("review", "report-gen", "batch"):  # one name for one thing
+        assert "--model-id" in COMMANDS[command].format_help()
 
 
 @pytest.mark.parametrize("line", [line for lines in EXAMPLES.values() for line in lines])

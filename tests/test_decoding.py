@@ -138,3 +138,22 @@ def test_files_of_another_size_carry_their_resize_views(tmp_path):
     assert "96x80 L" in decoded.notes[0]
     case = load_case(str(path))
     assert np.array_equal(case.views, decoded.views) and case.label is None
+
+
+@pytest.mark.parametrize("size, mode, steps", [
+    ((28, 28), "L", None),  # a MedMNIST-style file: nothing done, nothing said
+    ((28, 28), "RGB", "converted from RGB to 8-bit grayscale;"),
+    ((28, 28), "I;16", "converted from I;16 to 8-bit grayscale (rescaled by its value range);"),
+    ((56, 56), "L", "resized to 28x28 (bicubic);"),
+    ((40, 28), "L", "centre-cropped to 28x28;"),
+    ((64, 48), "RGB", "converted from RGB to 8-bit grayscale, centre-cropped to 48x48, resized to 28x28 (bicubic);"),
+])
+def test_the_note_says_what_was_done_to_the_file_and_only_that(tmp_path, size, mode, steps):
+    film = Image.fromarray(gradient(*size))
+    film = film.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(film).astype(np.uint16) * 200)
+    notes = decode_image(save(film, tmp_path / "film.png")).notes
+    w, h = size
+    if steps is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and notes[0].startswith(f"image file ({w}x{h} {mode}) {steps} the classifier")

@@ -124,3 +124,58 @@ def test_clip_without_weights_is_refused(tmp_path, tiny_clip):
         ClipEmbedder(f"local-dir:{bare}", None, "cpu", 8)
     with pytest.raises(EmbedderError, match="needs a pretrained tag or weights file"):
         ClipEmbedder("ViT-B-32", None, "cpu", 8)
+
+
+HUB_MODEL = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+
+
+@pytest.fixture
+def empty_hub_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_hub_model_offline_fails_at_once(empty_hub_cache, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    with pytest.raises(EmbedderError, match="not in the local Hugging Face cache and the hub is switched off"):
+        ClipEmbedder(HUB_MODEL, None, "cpu", 8)
+    assert time.perf_counter() - start < 2
+
+
+def test_hub_model_with_the_hub_unreachable_fails_after_one_short_probe(empty_hub_cache, monkeypatch):
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    start = time.perf_counter()
+    with pytest.raises(EmbedderError, match=f"cannot reach the Hugging Face hub at {endpoint} \\(ConnectionRefusedError"):
+        ClipEmbedder(HUB_MODEL, None, "cpu", 8)
+    assert time.perf_counter() - start < 2
+
+
+def test_a_cached_hub_model_needs_no_network(empty_hub_cache, monkeypatch):
+    """In the cache (the layout huggingface_hub writes), nothing is probed, even offline."""
+    from huggingface_hub import constants
+
+    from casereview.tools.embedders import _require_weights
+
+    repo = empty_hub_cache / "models--microsoft--BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "open_clip_config.json").write_text("{}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _require_weights(HUB_MODEL, None)  # no error

@@ -111,11 +111,14 @@ def test_stat_bounds_keep_the_validation_flag_rate():
     assert (((val < low) | (val > high)).any(axis=1)).mean() <= 0.02
 
 
-def test_fit_once_then_cached_per_checkpoint(tmp_path, data_root, random_checkpoint, monkeypatch):
+def test_fit_once_then_cached_per_checkpoint(tmp_path, data_root, random_checkpoint, monkeypatch, capsys):
     s = load_settings(overrides={"data": {"root": data_root}, "paths": {"workdir": tmp_path},
                                  "gate": {"fit_limit": 200}})
     clf = load_classifier(random_checkpoint, "cpu")
     gate = load_input_gate(s, clf)
+    said = capsys.readouterr().err.splitlines()  # the fit takes a while: it says so, before and after
+    assert said[0].startswith(f"fitting the input gate for classifier {clf.sha256[:12]}") and str(tmp_path / "cache") in said[0]
+    assert said[-1].startswith("input gate fitted on 200 train and 200 validation images in ")
     cached = list((tmp_path / "cache").glob("gate-*.npz"))
     assert len(cached) == 1 and cached[0].name.startswith(f"gate-{clf.sha256[:16]}-")
     assert gate.model.meta["fitted_on"] == {"train": 200, "val": 200}
@@ -126,6 +129,7 @@ def test_fit_once_then_cached_per_checkpoint(tmp_path, data_root, random_checkpo
 
     monkeypatch.setattr(input_gate, "fit_gate", no_fit)
     again = load_input_gate(s, clf)
+    assert capsys.readouterr().err == ""  # from the cache: nothing to wait for, nothing said
     assert again.model.gate_id == gate.model.gate_id and np.array_equal(again.model.precision, gate.model.precision)
     other = s.model_copy(update={"gate": s.gate.model_copy(update={"false_flag_rate": 0.05})})
     with pytest.raises(AssertionError, match="refitted"):  # other gate settings: another cache entry

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from casereview.config import Settings
-from casereview.errors import CaseReviewError
+from casereview.errors import CaseReviewError, root_cause
 from casereview.provenance import sha256_file
 from casereview.data import data_file, load_split
 
@@ -171,10 +171,10 @@ class ClipEmbedder(Embedder):
     has_text_tower = True
 
     def __init__(self, model_name: str, pretrained: str | None, device: str, batch_size: int) -> None:
+        _require_weights(model_name, pretrained)  # before open_clip's import (4 s): a bad choice fails at once
         import open_clip
         from PIL import Image
 
-        _require_weights(model_name, pretrained)
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device="cpu")
             tokenizer = open_clip.get_tokenizer(model_name)
@@ -213,6 +213,7 @@ class ClipEmbedder(Embedder):
 def _require_weights(model_name: str, pretrained: str | None) -> None:
     """Refuse a CLIP that open_clip would silently build with random weights."""
     if model_name.startswith("hf-hub:"):
+        _require_hub(model_name.removeprefix("hf-hub:"))
         return
     if model_name.startswith("local-dir:"):
         folder = Path(model_name.removeprefix("local-dir:"))
@@ -224,6 +225,32 @@ def _require_weights(model_name: str, pretrained: str | None) -> None:
             f"CLIP model {model_name!r} needs a pretrained tag or weights file (--clip-pretrained); "
             f"without one it would be random. For the medical model use --clip-model {MEDICAL_CLIP}."
         )
+
+
+HUB_PROBE_S = 3.0  # one short request instead of the hub client's retries (about 30 s offline)
+
+
+def _require_hub(repo: str) -> None:
+    """Fail at once, in one line, when ``repo`` is not in the local Hugging Face cache and the hub
+    cannot be reached: offline mode is set, or one short request to the hub gets no answer."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo, "open_clip_config.json"), str):
+        return  # cached: open_clip loads it without the network
+    hint = "; offline, point --clip-model at local-dir:/path holding open_clip_config.json and the weights"
+    if constants.HF_HUB_OFFLINE:
+        raise EmbedderError(f"{repo} is not in the local Hugging Face cache and the hub is switched off "
+                            f"(HF_HUB_OFFLINE is set){hint}")
+    try:  # any HTTP answer, even an error status, means the hub is there (proxies from the environment apply)
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=HUB_PROBE_S).close()
+    except urllib.error.HTTPError:
+        pass
+    except (urllib.error.URLError, OSError) as exc:
+        raise EmbedderError(f"cannot reach the Hugging Face hub at {constants.ENDPOINT} ({root_cause(exc)}) to "
+                            f"download {repo}{hint}") from exc
 
 
 def _state_dict_sha256(model: torch.nn.Module) -> str:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -224,7 +226,14 @@ def load_input_gate(settings: Settings, clf: Classifier) -> InputGate:
     cache = Path(settings.paths.workdir) / "cache" / f"gate-{clf.sha256[:16]}-{gate_key(clf, settings)}.npz"
     if cache.is_file():
         return InputGate(clf, GateModel.load(cache))
+    # a minute or more on a small machine, once per checkpoint: say so, or the first review looks hung
+    start = time.perf_counter()
+    print(f"fitting the input gate for classifier {clf.sha256[:12]} (once; cached in {cache.parent}) ...",
+          file=sys.stderr, flush=True)
     with all_cores():  # ~8,000 forward passes, once per checkpoint: the review path's single thread would double it
         model = fit_gate(clf, settings)
     model.save(cache)
+    fitted = model.meta["fitted_on"]
+    print(f"input gate fitted on {fitted['train']} train and {fitted['val']} validation images in "
+          f"{time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     return InputGate(clf, model)

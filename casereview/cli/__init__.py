@@ -13,6 +13,7 @@ import importlib
 import logging
 import sqlite3
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -25,9 +26,9 @@ COMMAND_MODULES = ("classifier", "report", "review", "reporter", "index", "batch
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="casereview",
-        description=(
+        description=textwrap.fill(
             "Case review for paediatric chest X-rays (PneumoniaMNIST): a CNN classifier, a Chroma "
-            "case index and a vision-language reporter, wired by a LangGraph workflow."
+            "case index and a vision-language reporter, wired by a LangGraph workflow.", 100
         ),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

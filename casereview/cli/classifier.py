@@ -193,12 +193,13 @@ def run_predict(args: argparse.Namespace) -> int:
     clf = load_classifier(settings.classifier.checkpoint, settings.classifier.device)
     cases = [load_case(ref, settings.data.root, settings.data.download) for ref in refs]
     probs = predict_proba(clf, np.stack([c.image for c in cases]))
+    width = max(len(c.case_id) for c in cases)  # file paths can be long: one column for all rows
     for case, p in zip(cases, probs):
         label = "pneumonia" if p >= clf.threshold else "normal"
         row = {"case_id": case.case_id, "prob_pneumonia": round(float(p), 4), "label": label,
                "threshold": round(clf.threshold, 4), "ground_truth": case.label_name}
         print(json.dumps(row) if args.json else
-              f"{case.case_id:24s} p(pneumonia)={p:.3f}  -> {label:9s} (truth: {case.label_name or 'unknown'})")
+              f"{case.case_id:{width}s}  p(pneumonia)={p:.3f}  -> {label:9s} (truth: {case.label_name or 'unknown'})")
     return 0
 
 

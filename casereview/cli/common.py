@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from casereview.config import Settings, load_settings
 from casereview.errors import CaseReviewError
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old option name that still works (sets its new option's ``dest``) and says which name to use.
+    Give it ``help=argparse.SUPPRESS`` so that ``--help`` shows only the new name."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        new = "--" + self.dest.replace("_", "-")
+        print(f"warning: {option_string} is deprecated; use {new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 EXAMPLES: dict[str, list[str]] = {
+    "": ["casereview index build", "casereview review test:42", "casereview search image test:42 -k 5"],
     "train": ["casereview train --out runs/train",
               "casereview train --config configs/classifier.yaml --seed 1 --out runs/ensemble/s1"],
     "evaluate": ["casereview evaluate --split test --out runs/eval/test"],
@@ -15,7 +16,10 @@ EXAMPLES: dict[str, list[str]] = {
                  "runs/ensemble/s2/classifier.safetensors --out runs/ensemble/ensemble.safetensors"],
     "release": ["casereview release runs/ensemble/ensemble.safetensors"],
     "robustness": ["casereview robustness --split val --checkpoint released=released --out runs/robustness_val.json"],
+    "index": ["casereview index build", "casereview index list"],
     "index list": ["casereview index list"],
+    "search": ["casereview search image test:42 -k 5",
+               'casereview search text "bilateral patchy consolidation" --embedder clip -k 5'],
     "review": ["casereview review test:42", "casereview review xray.png --json",
                "casereview review films/ --run-id ward3  # the same line again resumes the run",
                "casereview review test:42 --step",
@@ -30,14 +34,13 @@ EXAMPLES: dict[str, list[str]] = {
 
 
 def add_examples(parser: argparse.ArgumentParser, path: str = "") -> None:
-    """Append ``examples:`` to the help of every subcommand below ``parser`` that has none yet."""
+    """Append ``examples:`` to the help of ``parser`` (``path``: its command, "" for ``casereview``) and of
+    every command below it, where ``EXAMPLES`` has some and the help has none yet."""
+    if path in EXAMPLES and "examples:" not in (parser.epilog or ""):
+        lines = "\n".join(f"  {line}" for line in EXAMPLES[path])
+        parser.epilog = f"{parser.epilog}\n\nexamples:\n{lines}" if parser.epilog else f"examples:\n{lines}"
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
     for action in parser._actions:
-        if not isinstance(action, argparse._SubParsersAction):
-            continue
-        for name, sub in action.choices.items():
-            key = f"{path} {name}".strip()
-            if key in EXAMPLES:
-                lines = "\n".join(f"  {line}" for line in EXAMPLES[key])
-                sub.epilog = f"{sub.epilog}\n\nexamples:\n{lines}" if sub.epilog else f"examples:\n{lines}"
-                sub.formatter_class = argparse.RawDescriptionHelpFormatter
-            add_examples(sub, key)
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                add_examples(sub, f"{path} {name}".strip())

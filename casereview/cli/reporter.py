@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from casereview.cli.common import add_common_options, settings_from_args
+from casereview.cli.common import DeprecatedAlias, add_common_options, settings_from_args
 
 EPILOG = """\
 backends:
@@ -24,7 +24,7 @@ examples:
   casereview report-gen --cases test:0 test:5
   casereview report-gen --pick 12 --variant grounded_skeptical --backend medgemma --out runs/reports
   casereview report-gen --cases xray.png --variant minimal --backend openai \\
-      --base-url http://127.0.0.1:8000/v1 --api-model google/medgemma-4b-it
+      --base-url http://127.0.0.1:8000/v1 --model-id google/medgemma-4b-it
 """
 
 
@@ -53,9 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"), help="split for --pick (default test)")
     p.add_argument("--variant", choices=list_variants(), help="prompt variant (default: reporter.variant, grounded)")
     p.add_argument("--backend", choices=sorted(BACKENDS), help="reporter backend (default: reporter.backend, template)")
-    p.add_argument("--model-id", help="hub id or local folder for the medgemma backend")
-    p.add_argument("--base-url", help="OpenAI-compatible server URL for the openai backend")
-    p.add_argument("--api-model", help="model name sent to the server (default: --model-id)")
+    p.add_argument("--model-id", help="VLM model id or local folder (medgemma/openai backends)")
+    p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
+    p.add_argument("--api-model", dest="model_id", action=DeprecatedAlias, help=argparse.SUPPRESS)
     p.add_argument("--max-new-tokens", type=int, help="longest report in tokens (default 300)")
     p.add_argument("--batch-size", type=int, help="prompts per generate call / concurrent requests (default 4)")
     p.add_argument("--checkpoint", type=Path, help="classifier checkpoint (default: the released one)")
@@ -82,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
             "variant": args.variant,
             "model_id": args.model_id,
             "base_url": args.base_url,
-            "api_model": args.api_model,
             "max_new_tokens": args.max_new_tokens,
             "batch_size": args.batch_size,
         },

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,9 @@ def evaluate(settings: Settings, split: str, out: Path, figures: bool = True, n_
     start = time.perf_counter()
     clf = load_classifier(settings.classifier.checkpoint, settings.classifier.device)
     data = load_split(split, settings.data.root, settings.data.download)
+    # minutes on a small CPU (most of it the saliency maps): say what is running
+    print(f"evaluating {clf.path.name} on {len(data.images)} {split} images: predictions, 2 x {n_boot} bootstrap "
+          "resamples" + (", figures and saliency maps" if figures else "") + " ...", file=sys.stderr, flush=True)
     logits = predict_logits(clf, data.images, settings.classifier.batch_size)
     infer_s = time.perf_counter() - start
     y = data.labels
