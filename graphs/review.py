@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import time
 from pathlib import Path
@@ -23,9 +22,6 @@ from casereview.provenance import sha256_text, utc_now
 from casereview.records import record_stem, save_case_record
 from casereview.tools.context import RunContext, build_context, fingerprint, fingerprint_fields
 from casereview.tools.reporter.reporting import generate
-
-STEP_SHOW_CHARS = 600  # per state value shown while stepping
-
 
 class SettingsChangedError(CaseReviewError):
     """A case of this run was started with other settings; resuming it would mix two configurations."""
@@ -222,9 +218,11 @@ class ReviewRun:
     def _config(self, ref: str, concurrency: int) -> dict[str, Any]:
         return thread_config(self.run_id, ref) | {"callbacks": [GraphClock()], "max_concurrency": concurrency}
 
-    def step_through(self, ref: str, pause: Callable[[str], str], show: Callable[[str], None] = print) -> dict[str, Any] | None:
-        """Run one case pausing before every node; ``show`` gets what each node added, ``pause`` a
-        prompt between nodes. ``q`` stops (returns None); the case stays resumable by run id."""
+    def step_through(self, ref: str, ask: Callable[[str, dict[str, Any]], bool],
+                     show: Callable[[str, dict[str, Any]], None]) -> dict[str, Any] | None:
+        """Run one case pausing before every node: ``show(node, update)`` gets what each node added,
+        ``ask(next_node, values)`` is asked before the next node (False stops: returns None; the case
+        stays resumable by run id)."""
         if self.checkpointer is None:
             self.checkpointer = make_checkpointer("memory", Path())
             self.graph = build_graph(self.checkpointer)
@@ -237,12 +235,12 @@ class ReviewRun:
                                            interrupt_before=list(NODE_ORDER), durability="sync"):
                 for node, update in chunk.items():
                     if node != "__interrupt__" and update:
-                        show(describe_update(node, update))
+                        show(node, update)
             inp = None
             snap = self.graph.get_state(cfg)
             if not snap.next:
                 break
-            if pause(f"[Enter] run {snap.next[0]}, q to stop: ").strip().lower() == "q":
+            if not ask(snap.next[0], snap.values):
                 return None
         record = snap.values["record"].model_dump()
         self.save(record, snap.values["image"])
@@ -255,54 +253,3 @@ class ReviewRun:
         """Write a finished case's files if they are not on disk (its graph ended, its save did not)."""
         if not (self.out / f"{record_stem(record['case_id'])}.json").is_file():
             self.save(record, image)
-
-    @staticmethod
-    def summary(record: dict[str, Any], timings: bool = False) -> str:
-        c, v, rep, gate = record["classifier"], record["verification"], record["report"], record["input_check"]
-        lines = [f"{record['case_id']}  (ground truth: {record['ground_truth'] or 'unknown'})"]
-        if not gate["judgeable"]:
-            lines.append("  input        NOT JUDGED (blank or near-constant): no diagnosis")
-        elif gate["flagged"]:
-            lines.append("  input        FLAGGED: outside what the model was trained on, or unstable under the resize")
-        if c is not None:
-            votes = [n["label"] for n in record["neighbours"]]
-            lines += [
-                f"  classifier   {c['label']:9s} p(pneumonia)={c['prob_pneumonia']:.3f} threshold={c['threshold']:.3f}"
-                f"{'  UNCERTAIN' if c['uncertain'] else ''}",
-                f"  neighbours   {votes.count('pneumonia')} pneumonia / {votes.count('normal')} normal of {len(votes)} "
-                f"(top similarity {record['neighbours'][0]['similarity']:.3f})" if votes else "  neighbours   none",
-                f"  report       {rep['impression'] or 'unparseable'} ({rep['backend']}, variant {rep['variant']}, "
-                f"{record['attempts']} attempt{'s' if record['attempts'] > 1 else ''})",
-                f"  verification {v['verdict']}: {'; '.join(v['reasons'])}",
-            ]
-        lines.append(f"  needs review {'YES: ' + '; '.join(record['review_reasons']) if record['needs_review'] else 'no'}")
-        if timings:
-            t = record["provenance"]["timings_s"]
-            total = record["provenance"].get("graph_total_s")
-            lines.append("  timings (s)  " + ", ".join(f"{k}={t[k]:.4f}" for k in NODE_ORDER if k in t)
-                         + (f", graph total={total:.4f}" if total is not None else " (finished in an earlier run)"))
-        return "\n".join(lines)
-
-    @staticmethod
-    def timing_summary(records: list[dict[str, Any]]) -> str:
-        total = np.array([r["provenance"]["graph_total_s"] for r in records if r["provenance"].get("graph_total_s")])
-        if not len(total):
-            return "no timings (all cases came from earlier runs)"
-        return (f"graph time per case over {len(total)} cases: p50 {1000 * np.median(total):.1f} ms, "
-                f"p95 {1000 * np.quantile(total, 0.95):.1f} ms (first case includes model loading)")
-
-
-def describe_update(node: str, update: dict[str, Any]) -> str:
-    """What a node added to the state, compactly (the image as its shape; long values cut, marked)."""
-    lines = [f"--- {node} added ---"]
-    for key, value in update.items():
-        if key == "image":
-            text = f"{np.asarray(value).shape} uint8 image"
-        elif key == "timings":
-            text = ", ".join(f"{k}={v:.4f}s" for k, v in value.items())
-        else:
-            text = json.dumps(value, default=lambda v: v.model_dump() if hasattr(v, "model_dump") else str(v))
-            if len(text) > STEP_SHOW_CHARS:
-                text = text[:STEP_SHOW_CHARS] + f" ... [cut: {len(text) - STEP_SHOW_CHARS} more characters]"
-        lines.append(f"  {key}: {text}")
-    return "\n".join(lines)

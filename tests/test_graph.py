@@ -17,7 +17,7 @@ from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)
 from casereview.agents import nodes
 from casereview.agents.verify import neighbour_vote, verify_report
 from casereview.data import CLASS_NAMES, CaseError, load_split
-from casereview.cli import main
+from casereview.cli import main, present
 from casereview.graphs.graph import NODE_ORDER, build_graph, make_checkpointer, thread_config
 from casereview.graphs.review import ReviewRun, SettingsChangedError, expand_case_refs
 from casereview.schemas import CaseReview, ClassifierResult, Neighbour, Verification
@@ -181,7 +181,8 @@ def test_cli_step_mode_pauses_and_finishes(settings, tmp_path, monkeypatch, caps
     code = main(["review", "test:6", "--step", "--checkpoint", str(settings.classifier.checkpoint), "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0 and [p.split()[2].rstrip(",") for p in prompts] == list(NODE_ORDER)
-    assert "--- retrieve added ---" in out and "neighbours:" in out and "(28, 28) uint8 image" in out
+    assert "--- retrieve (" in out and "neighbours:" in out and "28x28 uint8 image" in out
+    assert "embedding: " in out and "-dimensional unit vector" in out  # the evidence, not 1,000 numbers
     assert (tmp_path / "test_6.json").is_file()
 
 
@@ -474,7 +475,7 @@ def test_blank_image_gets_no_diagnosis(settings, tmp_path):
     assert set(record["provenance"]["timings_s"]) == {"load_case", "check_input"}  # classify never ran
     md = next((tmp_path / "out").glob("blank-*.md")).read_text()
     assert "**Not judged.**" in md and "| diagnosis | **none**" in md and "## Report" not in md
-    assert "NOT JUDGED" in ReviewRun.summary(record)
+    assert "NOT JUDGED" in present.summary(record)
 
 
 def test_input_outside_training_is_flagged_yet_classified(settings, tmp_path):

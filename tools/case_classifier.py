@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -73,6 +74,8 @@ def _conformal(clf: Classifier, settings: Settings) -> tuple[float, float]:
     if cache.is_file():
         got = json.loads(cache.read_text())
         return float(got["qhat"]), float(got["centre"])
+    print(f"fitting the conformal band of checkpoint {clf.sha256[:12]} on the validation split (once; cached "
+          f"in {cache.parent})", file=sys.stderr)
     val = load_split("val", settings.data.root, settings.data.download)
     qhat = conformal_qhat(val.labels, predict_proba(clf, val.images), alpha, clf.threshold)
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -214,6 +214,11 @@ FORMATTERS: dict[str, Callable[[Any], list[str]]] = {
     "settings": _settings,
     "notes": _items,
     "input_check": _input_check,
+    "opinion": _classifier,
+    "embedding": lambda v: [f"{len(v)}-dimensional unit vector (the classifier's features)"],
+    "gate": lambda v: [f"feature distance {v['ood_distance']:.1f} (limit {v['ood_threshold']:.1f}), "
+                       f"contrast {v['stats']['contrast']:.1f}" + ("" if v["resize_spread"] is None else
+                       f", resize spread {v['resize_spread']:.2f} (limit {v['resize_threshold']:.2f})")],
     "classifier": _classifier,
     "neighbours": _neighbours,
     "prompt": _prompt,

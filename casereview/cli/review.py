@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import get_args
 
+from casereview.cli import present
 from casereview.cli.common import add_common_options, settings_from_args
 from casereview.config import EmbedderName
 from casereview.errors import CaseReviewError
@@ -99,11 +100,11 @@ def run_review(args: argparse.Namespace) -> int:
             break
         records.append(record)
         if not args.json:
-            print(run.summary(record, timings=args.timings))
+            print(present.summary(record, timings=args.timings))
     if args.json and records:
         print(json.dumps(records[0] if len(refs) == 1 else records, indent=2))
     if args.timings and len(records) > 1:
-        print(run.timing_summary(records))
+        print(present.timing_summary(records))
     flagged = sum(r["needs_review"] for r in records)
     if records:
         print(f"{len(records)} of {len(refs)} case(s) reviewed, {flagged} flagged for review; "
@@ -127,6 +128,7 @@ def _outcomes(run, refs: list[str], step: bool):
         return
     for ref in refs:
         try:
-            yield ref, run.step_through(ref, input)
+            yield ref, run.step_through(ref, ask=lambda node, values: present.step_pause(node, values, input),
+                                        show=lambda node, update: print(present.describe_update(node, update)))
         except CaseReviewError as exc:
             yield ref, exc
