@@ -71,3 +71,14 @@ def test_every_example_parses(line):
 def test_every_report_names_a_writer_that_imports(task):
     module, func = REPORTS[task].split(":")
     assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_building_the_parser_imports_no_model_library():
+    """Every command's start builds the whole parser: it must not pull in torch (seconds) or the graph."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from casereview.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'timm', 'chromadb', 'langgraph', 'casereview.graphs.graph') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

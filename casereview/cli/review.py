@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 from typing import get_args
 
-from casereview.cli import present
 from casereview.cli.common import add_common_options, settings_from_args
 from casereview.config import EmbedderName
 from casereview.errors import CaseReviewError
@@ -69,6 +68,7 @@ def run_graph(args: argparse.Namespace) -> int:
 
 
 def run_review(args: argparse.Namespace) -> int:
+    from casereview.cli import present  # (imports the graph: not for every command's start)
     from casereview.graphs.review import ReviewRun, SettingsChangedError, expand_case_refs
     from casereview.tools.case_index import require_index_folder
 
@@ -123,6 +123,8 @@ def run_review(args: argparse.Namespace) -> int:
 
 def _outcomes(run, refs: list[str], step: bool):
     """(case, record | None when stepping stopped | its CaseReviewError), case by case."""
+    from casereview.cli import present
+
     if not step:
         yield from run.review_many(refs)
         return
