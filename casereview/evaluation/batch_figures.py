@@ -69,11 +69,13 @@ def risk_coverage_plot(metrics: dict[str, Any], arms: dict[str, str], path: Path
     """Error rate of the cases kept against coverage, flagged cases dropped last-kept; the dot is the
     needs-review flag's own operating point (all unflagged cases kept); ``arms``: name -> label."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for arm, label in arms.items():
+    styles = ("-", "--", ":", "-.")  # curves of arms right on the same cases coincide: keep each visible
+    for k, (arm, label) in enumerate(arms.items()):
         rv = metrics["arms"][arm]["review"]
         if not rv:
             continue
-        line, = ax.plot(rv["curve"]["coverage"], rv["curve"]["risk"], lw=1, label=f"{label} (AURC {rv['aurc']:.3f})")
+        line, = ax.plot(rv["curve"]["coverage"], rv["curve"]["risk"], lw=1.2, ls=styles[k % len(styles)],
+                        label=f"{label} (AURC {rv['aurc']:.3f})")
         if rv["n_unflagged"] and rv["accuracy_unflagged"] is not None:
             ax.plot([1 - rv["needs_review_rate"]], [1 - rv["accuracy_unflagged"]], "o", color=line.get_color(), ms=4)
     ax.set_xlabel("coverage (share of cases kept)")
