@@ -134,3 +134,19 @@ def test_no_choice_outside_validation(tmp_path, split):
     data.plan["split"] = split
     text = write_reports(compute_metrics(data, n_boot=50), data, tmp_path)[0].read_text()
     assert "**Best arm here:** `x-good`" in text and "it chooses nothing" in text
+
+
+def test_probe_arms_with_the_same_outputs_are_one_row(tmp_path):
+    same, flipped = rows_saying({0}), rows_saying(set(range(20)))  # the probe turns every impression
+    data = batch({"x-a": same, "x-b": same}, same)
+    for variant in ("a", "b"):
+        data.plan["arms"].append({"name": f"x-{variant}.flip-classifier", "backend": "x", "variant": variant,
+                                  "probe": "flip-classifier"})
+        data.arms[f"x-{variant}.flip-classifier"] = flipped
+        data.records[f"x-{variant}.flip-classifier"] = {}
+    for ref in REFERENCE_ARMS:
+        data.arms[f"{ref}.flip-classifier"] = same
+    text = write_reports(compute_metrics(data, n_boot=50), data, tmp_path)[0].read_text()
+    probe_rows = [line for line in text.splitlines() if ".flip-classifier" in line and line.startswith("| ")]
+    assert len(probe_rows) == 2  # the two model probes together, the five reference probes together
+    assert probe_rows[0].startswith("| x-a.flip-classifier = x-b.flip-classifier | opinion | 20 |")

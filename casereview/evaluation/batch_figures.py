@@ -87,6 +87,7 @@ def risk_coverage_plot(metrics: dict[str, Any], arms: dict[str, str], path: Path
 
 
 def anchoring_plot(probe: dict[str, Any], path: Path) -> Path:
+    """Anchoring and change rates per probe arm (``probe``: label -> its probe metrics); legend above the axes."""
     names = list(probe)
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.2))
     y = np.arange(len(names))
@@ -96,7 +97,7 @@ def anchoring_plot(probe: dict[str, Any], path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of cases")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     return _save(fig, path)
 
 

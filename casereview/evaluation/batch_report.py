@@ -11,6 +11,7 @@ from typing import Any
 
 from casereview.evaluation import batch_figures as fig
 from casereview.evaluation.batch_arms import REFERENCE_ARMS
+from casereview.evaluation.batch_metrics import identical_arms
 from casereview.evaluation.batch_records import BatchRows
 from casereview.provenance import git_commit, utc_now
 from casereview.records import record_stem, write_atomic
@@ -86,7 +87,8 @@ def make_figures(metrics: dict[str, Any], data: BatchRows, out: Path) -> dict[st
         "latency": fig.latency_plot(metrics, data.model_arms, folder / "latency.png"),
     }
     if metrics["probe"]:
-        figures["anchoring"] = fig.anchoring_plot(metrics["probe"], folder / "anchoring.png")
+        figures["anchoring"] = fig.anchoring_plot({group_label(g, short=True): metrics["probe"][g[0]]
+                                                   for g in probe_groups(metrics, data)}, folder / "anchoring.png")
     return figures
 
 
@@ -120,6 +122,19 @@ def verification_groups(metrics: dict[str, Any], model_arms: list[str]) -> list[
     return list(groups.values())
 
 
+def probe_groups(metrics: dict[str, Any], data: BatchRows) -> list[list[str]]:
+    """Probe arms grouped, within each probe, where their outputs and every number of the probe table are the same."""
+    groups = []
+    for kind in dict.fromkeys(p["probe"] for p in metrics["probe"].values()):
+        names = [n for n, p in metrics["probe"].items() if p["probe"] == kind]
+        for same_outputs in identical_arms(data.arms, names):
+            shown: dict[str, list[str]] = {}
+            for n in same_outputs:
+                shown.setdefault(json.dumps(metrics["probe"][n] | {"base": None}, sort_keys=True), []).append(n)
+            groups += shown.values()
+    return groups
+
+
 def copy_linked_records(samples_by_arm: dict[str, dict[str, Any]], source: Path, out: Path) -> None:
     """Copy the case records a report links to from the batch folder ``source`` to ``out``, where the report
     is written (e.g. a committed copy under ``reports/``), so that its links resolve there."""
@@ -151,6 +166,7 @@ def write_reports(metrics: dict[str, Any], data: BatchRows, out: Path, source: P
         "model_arms": data.model_arms,
         "model_groups": [[a for a in g if a in data.model_arms] for g in model_groups],
         "verification_groups": verification_groups(metrics, data.model_arms),
+        "probe_groups": probe_groups(metrics, data),
         "group_label": group_label,
         "samples": {g[0]: samples(data, g[0], out) for g in model_groups if g[0] in data.model_arms},
         "provenance": provenance(data),
