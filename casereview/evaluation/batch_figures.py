@@ -82,7 +82,7 @@ def risk_coverage_plot(metrics: dict[str, Any], arms: dict[str, str], path: Path
     ax.set_ylabel("error rate among kept")
     ax.set_xlim(0, 1)
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper left")  # error rates rise at high coverage, on the right
     return _save(fig, path)
 
 
@@ -102,7 +102,7 @@ def anchoring_plot(probe: dict[str, Any], path: Path) -> Path:
 
 
 def latency_plot(metrics: dict[str, Any], arms: list[str], path: Path) -> Path:
-    """p50 and p95 of the graph time per review and of the reporter's generation time."""
+    """p50 and p95 of the graph time per review and of the reporter's generation time; legend above the axes."""
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(arms) + 1.4))
     y = np.arange(len(arms))
     for offset, key, label in ((-0.18, "graph_s", "graph (whole review)"), (0.18, "generate_s", "report generation")):
@@ -113,5 +113,5 @@ def latency_plot(metrics: dict[str, Any], arms: list[str], path: Path) -> Path:
     ax.set_yticks(y, arms)
     ax.invert_yaxis()
     ax.set_xlabel("ms per review")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     return _save(fig, path)
