@@ -139,6 +139,7 @@ def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n
             classifier_sha=ctx.classifier.clf.sha256,
             index=ctx.index.embedder_id,
             k=settings.graph.k,
+            k_uncertain=settings.graph.k_uncertain,
             default_variant=default,
             prompts=prompts,
             example=example,
