@@ -27,9 +27,9 @@ EXAMPLES: dict[str, list[str]] = {
     "graph": ["casereview graph", "casereview graph --mermaid"],
     "schema": ["casereview schema > case_review.schema.json"],
     "report": ["casereview report task1", "casereview report task3 --out reports"],
-    "batch": ["casereview batch --split val --sample 60 --seed 0 --out runs/batch/val60",
-              "casereview batch --split test --variants grounded,minimal --probe flip --out runs/batch/test",
-              "casereview batch --summarize runs/batch/test"],
+    "batch": ["casereview batch --split val --sample 60 --seed 0 --out runs/batches/val60",
+              "casereview batch --split test --variants grounded,minimal --probe flip --out runs/batches/test",
+              "casereview batch --summarize runs/batches/test"],
 }
 
 

@@ -108,6 +108,15 @@ def arm_metrics(rows: list[Row], draws: np.ndarray, reference: bool) -> dict[str
     return out
 
 
+def identical_arms(rows: dict[str, list[Row]], names: list[str]) -> list[list[str]]:
+    """``names`` grouped by identical outputs (the same impression and review flag on every case), in
+    ``names`` order: every score and rate of an arm is a function of these, so one group is one result."""
+    groups: dict[frozenset, list[str]] = {}
+    for name in names:
+        groups.setdefault(frozenset((r.ref, r.impression, r.needs_review) for r in rows[name]), []).append(name)
+    return list(groups.values())
+
+
 def compare(rows: dict[str, list[Row]], names: list[str], n_boot: int, seed: int) -> list[dict[str, Any]]:
     """Every pair of arms on their common cases with truth: paired bootstrap differences and exact
     McNemar tests on correctness, Holm-adjusted over all pairs."""
@@ -167,7 +176,7 @@ def probe_analysis(rows: dict[str, list[Row]], plan: dict[str, Any]) -> dict[str
 
 
 def compute_metrics(data: BatchRows, n_boot: int = N_BOOT, seed: int = SEED) -> dict[str, Any]:
-    names = data.model_arms + list(REFERENCE_ARMS)
+    groups = identical_arms(data.arms, data.model_arms + list(REFERENCE_ARMS))
     arms = {}
     for name, rows in data.arms.items():
         draws = bootstrap_indices(len(_with_truth(rows)), n_boot, seed)
@@ -177,7 +186,9 @@ def compute_metrics(data: BatchRows, n_boot: int = N_BOOT, seed: int = SEED) -> 
                   "probe_arms": [a["name"] for a in data.plan["arms"] if a["probe"]],
                   "bootstrap": {"n_boot": n_boot, "seed": seed, "paired": True, "level": 0.95}},
         "arms": arms,
-        "comparisons": compare(data.arms, names, n_boot, seed),
+        "identical": groups,
+        # one arm of each group: a pair of identical arms has nothing to test, and would only weaken Holm
+        "comparisons": compare(data.arms, [g[0] for g in groups], n_boot, seed),
         "evidence": evidence_analysis(data.arms[REFERENCE_ARMS[0]]),
         "probe": probe_analysis(data.arms, data.plan),
     }

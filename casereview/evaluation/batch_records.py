@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from casereview.agents.verify import neighbour_vote
+from casereview.agents.gate import review_reasons
+from casereview.agents.verify import neighbour_vote, verify_report
 from casereview.evaluation.batch_arms import REFERENCE_ARMS
 from casereview.evaluation.batch_runner import ARMS_DIR, arm_dir, load_plan
 from casereview.records import record_stem, write_atomic
-from casereview.schemas import ClassifierOpinion, Neighbour
+from casereview.schemas import ClassifierOpinion, ClassifierResult, InputCheck, Neighbour
 from casereview.tools.reporter.backends import TemplateBackend
 from casereview.tools.reporter.evidence import Evidence
 from casereview.tools.reporter.parser import parse_report
@@ -120,6 +121,19 @@ def template_impression(record: dict[str, Any], follows: str) -> str | None:
     return parse_report(TemplateBackend.write(evidence, follows)).impression
 
 
+def review_flag(record: dict[str, Any], impression: str | None, majority: float) -> bool:
+    """The needs-review flag the graph's finalize would raise on this record's evidence had its report said
+    ``impression``: the gate's reasons, the classifier's uncertainty, classifier against neighbours, and the
+    verification of that impression. A reference arm thus flags exactly where a model arm with the same
+    impression does."""
+    state = {"input_check": InputCheck(**record["input_check"]),
+             "neighbours": [Neighbour(**n) for n in record["neighbours"]]}
+    if record["classifier"] is not None:
+        state["classifier"] = ClassifierResult(**record["classifier"])
+        state["verification"] = verify_report(impression, state["classifier"], state["neighbours"], majority)
+    return bool(review_reasons(state, majority))
+
+
 def reference_row(ref: str, r: dict[str, Any], arm: str, majority: float) -> Row:
     """A reference arm's row: its impression from the record's evidence; no report, no retry."""
     clf = r["classifier"]
@@ -130,7 +144,7 @@ def reference_row(ref: str, r: dict[str, Any], arm: str, majority: float) -> Row
     else:
         said = template_impression(r, arm.removeprefix("template-follows-"))
     return Row(ref=ref, truth=r["ground_truth"], impression=said, first_impression=said, verdict=None, attempts=0,
-               needs_review=bool(clf and clf["uncertain"]) if arm == "classifier-alone" else False,
+               needs_review=review_flag(r, said, majority),
                classifier_label=clf["label"] if clf else None, classifier_uncertain=bool(clf and clf["uncertain"]),
                margin=abs(clf["prob_pneumonia"] - clf["threshold"]) if clf else 0.0, vote=_vote(r, majority),
                generate_s=None, graph_s=None, chars=None)

@@ -15,7 +15,7 @@ import numpy as np
 from scipy.stats import binomtest
 from sklearn.metrics import cohen_kappa_score
 
-from casereview.training.metrics import bootstrap_indices, confusion_counts, percentile_interval
+from casereview.training.metrics import confusion_counts, percentile_interval
 
 SCORE_NAMES = ("accuracy", "sensitivity", "specificity", "balanced_accuracy", "f1")
 POSITIVE, NEGATIVE = "pneumonia", "normal"

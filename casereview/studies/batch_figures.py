@@ -23,9 +23,10 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def score_bars(metrics: dict[str, Any], arms: list[str], path: Path) -> Path:
-    """Accuracy and balanced accuracy per arm with 95% bootstrap intervals."""
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(arms) + 1.4))
+def score_bars(metrics: dict[str, Any], arms: dict[str, str], path: Path) -> Path:
+    """Accuracy and balanced accuracy per arm (``arms``: name -> label) with 95% bootstrap intervals; the
+    legend sits above the axes, where it cannot cover a bar."""
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(arms) + 1.6))
     y = np.arange(len(arms))
     for offset, score, colour in ((-0.18, "accuracy", "tab:blue"), (0.18, "balanced_accuracy", "tab:orange")):
         vals = [metrics["arms"][a]["scores"][score] for a in arms]
@@ -33,20 +34,20 @@ def score_bars(metrics: dict[str, Any], arms: list[str], path: Path) -> Path:
         lo, hi = np.array([s["ci95"][0] for s in vals]), np.array([s["ci95"][1] for s in vals])
         ax.barh(y + offset, v, height=0.34, color=colour, label=score.replace("_", " "),
                 xerr=[v - lo, hi - v], capsize=2, error_kw={"lw": 0.8})
-    ax.set_yticks(y, arms)
+    ax.set_yticks(y, list(arms.values()))
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("score (95% bootstrap interval)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)
     return _save(fig, path)
 
 
-def confusion_grid(rows: dict[str, list[Row]], arms: list[str], path: Path) -> Path:
-    """Truth (rows) against the impression (columns) for each arm."""
+def confusion_grid(rows: dict[str, list[Row]], arms: dict[str, str], path: Path) -> Path:
+    """Truth (rows) against the impression (columns) for each arm (``arms``: name -> label)."""
     cols = min(5, len(arms))
     nrows = -(-len(arms) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 2.3 * nrows), squeeze=False)
-    for ax, arm in zip(axes.flat, arms):
+    for ax, (arm, label) in zip(axes.flat, arms.items()):
         known = [r for r in rows[arm] if r.truth is not None]
         m = np.zeros((2, 3), int)
         for r in known:
@@ -56,7 +57,7 @@ def confusion_grid(rows: dict[str, list[Row]], arms: list[str], path: Path) -> P
             ax.text(j, i, str(v), ha="center", va="center", fontsize=8, color="white" if v > m.max() / 2 else "black")
         ax.set_xticks(range(3), ["pn.", "norm.", "other"], fontsize=7)
         ax.set_yticks(range(2), ["pneumonia", "normal"], fontsize=7)
-        ax.set_title(arm, fontsize=7)
+        ax.set_title(label, fontsize=7)
     for ax in list(axes.flat)[len(arms):]:
         ax.axis("off")
     fig.supxlabel("impression", fontsize=8)
@@ -64,26 +65,29 @@ def confusion_grid(rows: dict[str, list[Row]], arms: list[str], path: Path) -> P
     return _save(fig, path)
 
 
-def risk_coverage_plot(metrics: dict[str, Any], arms: list[str], path: Path) -> Path:
+def risk_coverage_plot(metrics: dict[str, Any], arms: dict[str, str], path: Path) -> Path:
     """Error rate of the cases kept against coverage, flagged cases dropped last-kept; the dot is the
-    needs-review flag's own operating point (all unflagged cases kept)."""
+    needs-review flag's own operating point (all unflagged cases kept); ``arms``: name -> label."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for arm in arms:
+    styles = ("-", "--", ":", "-.")  # curves of arms right on the same cases coincide: keep each visible
+    for k, (arm, label) in enumerate(arms.items()):
         rv = metrics["arms"][arm]["review"]
         if not rv:
             continue
-        line, = ax.plot(rv["curve"]["coverage"], rv["curve"]["risk"], lw=1, label=f"{arm} (AURC {rv['aurc']:.3f})")
+        line, = ax.plot(rv["curve"]["coverage"], rv["curve"]["risk"], lw=1.2, ls=styles[k % len(styles)],
+                        label=f"{label} (AURC {rv['aurc']:.3f})")
         if rv["n_unflagged"] and rv["accuracy_unflagged"] is not None:
             ax.plot([1 - rv["needs_review_rate"]], [1 - rv["accuracy_unflagged"]], "o", color=line.get_color(), ms=4)
     ax.set_xlabel("coverage (share of cases kept)")
     ax.set_ylabel("error rate among kept")
     ax.set_xlim(0, 1)
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper left")  # error rates rise at high coverage, on the right
     return _save(fig, path)
 
 
 def anchoring_plot(probe: dict[str, Any], path: Path) -> Path:
+    """Anchoring and change rates per probe arm (``probe``: label -> its probe metrics); legend above the axes."""
     names = list(probe)
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1.2))
     y = np.arange(len(names))
@@ -93,12 +97,12 @@ def anchoring_plot(probe: dict[str, Any], path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of cases")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     return _save(fig, path)
 
 
 def latency_plot(metrics: dict[str, Any], arms: list[str], path: Path) -> Path:
-    """p50 and p95 of the graph time per review and of the reporter's generation time."""
+    """p50 and p95 of the graph time per review and of the reporter's generation time; legend above the axes."""
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(arms) + 1.4))
     y = np.arange(len(arms))
     for offset, key, label in ((-0.18, "graph_s", "graph (whole review)"), (0.18, "generate_s", "report generation")):
@@ -109,5 +113,5 @@ def latency_plot(metrics: dict[str, Any], arms: list[str], path: Path) -> Path:
     ax.set_yticks(y, arms)
     ax.invert_yaxis()
     ax.set_xlabel("ms per review")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     return _save(fig, path)

@@ -34,6 +34,7 @@ from casereview.studies.failure_analysis import conformal_summary, outcomes, ran
 from casereview.studies.saliency import occlusion, smoothgrad
 
 GALLERY_SIZE = 8  # failure cases of each kind shown in the gallery
+SALIENCY_PER_OUTCOME = 2  # films of each outcome (TP, TN, FP, FN) in the saliency panels
 
 
 def write_predictions(path: Path, split: str, y: np.ndarray, prob: np.ndarray, logits: np.ndarray, threshold: float) -> None:
@@ -57,6 +58,14 @@ def failure_cases(y: np.ndarray, prob: np.ndarray, threshold: float, n: int = GA
 def _caption(split: str, i: int, y: np.ndarray, prob: np.ndarray, group: str | None = None) -> str:
     head = f"{group} " if group else ""
     return f"{head}{case_id(split, i)}\ntrue {CLASS_NAMES[y[i]]}, p={prob[i]:.2f}"
+
+
+def saliency_sample(groups: np.ndarray, failures: dict[str, list[int]]) -> list[int]:
+    """The fixed films whose saliency maps the reports show: ``SALIENCY_PER_OUTCOME`` random true positives
+    and true negatives (fixed seed), then as many of the most confident false positives and false negatives."""
+    n = SALIENCY_PER_OUTCOME
+    return (random_examples(groups, "TP", n) + random_examples(groups, "TN", n)
+            + failures["false_positives"][:n] + failures["false_negatives"][:n])
 
 
 def _figures(clf: Classifier, split: str, images: np.ndarray, y: np.ndarray, prob: np.ndarray,
@@ -84,10 +93,8 @@ def _figures(clf: Classifier, split: str, images: np.ndarray, y: np.ndarray, pro
     if correct:
         caps = [_caption(split, i, y, prob, g) for g, i in correct]
         paths["correct"] = figures.image_grid(images[[i for _, i in correct]], caps, out / "correct_cases.png")
-    # Saliency for a fixed sample: two true positives, two true negatives and two of each error kind,
-    # by SmoothGrad (local gradient) and occlusion (what the logit loses without a region).
-    sample = (random_examples(groups, "TP", 2) + random_examples(groups, "TN", 2)
-              + failures["false_positives"][:2] + failures["false_negatives"][:2])
+    # Saliency for a fixed sample by SmoothGrad (local gradient) and occlusion (what the logit loses without a region).
+    sample = saliency_sample(groups, failures)
     if sample:
         x = to_tensor(images[sample]).to(clf.device)
         with single_view(clf.model) as model:

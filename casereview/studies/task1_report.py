@@ -19,13 +19,14 @@ from casereview.data import CLASS_NAMES, case_id, load_split
 from casereview.errors import CaseReviewError
 from casereview.render import render
 from casereview.studies import classifier_figures as figures, saliency_checks as explain
+from casereview.studies.saliency_checks import LATTICE
 from casereview.training.calibration import validation_parts
 from casereview.training.checkpoint import Classifier, load_classifier
 from casereview.training.data import to_tensor
 from casereview.training.ensemble import member_logits
-from casereview.studies.classifier_evaluation import evaluate
-from casereview.studies.failure_analysis import between, conformal_summary, outcomes, random_examples, statistics_by_outcome
-from casereview.training.metrics import binary_metrics, sigmoid
+from casereview.studies.classifier_evaluation import SALIENCY_PER_OUTCOME, evaluate, saliency_sample
+from casereview.studies.failure_analysis import between, conformal_summary, outcomes, statistics_by_outcome
+from casereview.training.metrics import binary_metrics, expected_calibration_error, sigmoid
 from casereview.training.models import build_from_meta, single_view
 from casereview.training.predict import embed_images, predict_logits
 from casereview.studies.robustness import AUC_TOLERANCE, choose_recipe
@@ -44,6 +45,7 @@ ANCHORS = (
 )
 GRADCAM_STAGES = {"layer2": "7×7", "layer1": "14×14"}  # Grad-CAM stages of cr_resnet_small and their map size
 PATIENCE = 10  # the early-stopping rule the schedule review replays on the members' histories
+N_BOOT = 1000  # bootstrap resamples of the test intervals
 
 
 def _read_json(out_dir: Path, name: str, how: str) -> dict[str, Any]:
@@ -132,16 +134,17 @@ def _logits_fn(clf: Classifier):
     return lambda images: predict_logits(clf, images)
 
 
-def saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_images: int = 16) -> dict[str, Any]:
+def saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_images: int = 16,
+                   n_check: int = 8) -> dict[str, Any]:
     """Mean maps, randomisation check, shift consistency and region occlusion for each model (one view:
     test-time augmentation is off here, so the maps explain the members' mean logit on the film itself)."""
     with ExitStack() as stack:
         for clf in models.values():
             stack.enter_context(single_view(clf.model))
-        return _saliency_study(models, val, test, fig_dir, n_images)
+        return _saliency_study(models, val, test, fig_dir, n_images, n_check)
 
 
-def _saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_images: int) -> dict[str, Any]:
+def _saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_images: int, n_check: int) -> dict[str, Any]:
     images = val.images[:n_images]
     maps, result = {}, {}
     cams = tuple(f"gradcam_{s}" for s in GRADCAM_STAGES)
@@ -150,7 +153,7 @@ def _saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_i
         sg, occ = explain.mean_map(clf.model, images, "smoothgrad"), explain.mean_map(clf.model, images, "occlusion")
         maps[f"{name}: SmoothGrad"], maps[f"{name}: |occlusion|"] = sg, occ
         maps[f"{name}, random weights: SmoothGrad"] = explain.mean_map(random_model, images, "smoothgrad")
-        sample = test.images[:8]
+        sample = test.images[:n_check]
         check = randomisation_check(clf.model, random_model, to_tensor(sample), stages=tuple(GRADCAM_STAGES))
         trained = check["maps"]["trained"]
         gradcam = {}
@@ -161,7 +164,7 @@ def _saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_i
                               "lattice_share": explain.lattice_share(cam)}
         result[name] = {
             "gradcam": gradcam,
-            # Per-film Spearman rho of each trained map with the occlusion map (8 test films): with |occlusion|,
+            # Per-film Spearman rho of each trained map with the occlusion map (n_check test films): with |occlusion|,
             # and with its pneumonia-supporting part only (Grad-CAM shows evidence for the logit, never against).
             "agreement_with_occlusion": {m: {"abs": float(np.nanmean(rank_correlation(trained[m], trained["occlusion"]))),
                                              "positive": float(np.nanmean(rank_correlation(
@@ -185,15 +188,14 @@ def _saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_i
             for split, d in (("val", val), ("test", test))}
     path = figures.mean_maps(maps, fig_dir / "saliency_mean_maps.png",
                              f"mean over the first {n_images} validation films")
-    return {"models": result, "positions": list(positions), "figure": path, "n_images": n_images}
+    return {"models": result, "positions": list(positions), "figure": path, "n_images": n_images, "n_check": n_check}
 
 
 def gradcam_panel(clf: Classifier, test, prob: np.ndarray, failures: dict[str, list[int]], path: Path) -> Path:
     """Occlusion and Grad-CAM at both stages for the films of the evaluation's saliency figure (the same
-    fixed sample: two TP, two TN, the two most confident FP and FN), one view."""
+    fixed sample), one view."""
     groups = outcomes(test.labels, prob, clf.threshold)
-    sample = (random_examples(groups, "TP", 2) + random_examples(groups, "TN", 2)
-              + failures["false_positives"][:2] + failures["false_negatives"][:2])
+    sample = saliency_sample(groups, failures)
     x = to_tensor(test.images[sample]).to(clf.device)
     with single_view(clf.model) as model:
         maps = {"occlusion (5x5)": occlusion(model, x, stride=2),
@@ -256,8 +258,8 @@ def write_task1_report(settings: Settings, out_dir: Path) -> Path:
     start = time.perf_counter()
     predict_logits(clf, data["test"].images)
     predict_test_s = time.perf_counter() - start
-    test = evaluate(settings, "test", fig_dir / "test", figures=True)
-    val = evaluate(settings, "val", fig_dir / "val", figures=True)
+    test = evaluate(settings, "test", fig_dir / "test", figures=True, n_boot=N_BOOT)
+    val = evaluate(settings, "val", fig_dir / "val", figures=True, n_boot=N_BOOT)
     sweep_path, sweep = threshold_sweep(
         {s: fig_dir / s / "predictions.csv" for s in ("val", "test")}, clf.threshold, fig_dir / "threshold_sweep.png")
     scores = {s: read_predictions(fig_dir / s / "predictions.csv") for s in ("val", "test")}
@@ -274,14 +276,19 @@ def write_task1_report(settings: Settings, out_dir: Path) -> Path:
     gradcam_fig = gradcam_panel(clf, data["test"], scores["test"][1], test["failures"], fig_dir / "test" / "saliency_gradcam.png")
     failure = failure_analysis(clf, data["test"], scores["test"][1], fig_dir)
     embedding = embedding_check(clf, data["train"], data["val"])
-    v1_on = {s: binary_metrics(data[s].labels, sigmoid(predict_logits(v1, data[s].images) / v1.temperature), v1.threshold)
-             for s in ("val", "test")}
+    v1_logits = {s: predict_logits(v1, data[s].images) for s in ("val", "test")}
+    v1_on = {s: binary_metrics(data[s].labels, sigmoid(z / v1.temperature), v1.threshold) for s, z in v1_logits.items()}
+    v1_ece = {k: expected_calibration_error(data["test"].labels, sigmoid(v1_logits["test"] / t))
+              for k, t in (("before", 1.0), ("after", v1.temperature))}
     rel = lambda p: str(Path(p).relative_to(out_dir))  # noqa: E731 - paths in the Markdown are relative to it
     context = dict(
         meta=clf.meta, cfg=clf.meta["train_config"], cal=cal, ckpt_sha=clf.sha256, test=test, val=val,
         study=study, recipe=recipe, recipe_choice=choose_recipe(recipe["checkpoints"]), auc_tolerance=AUC_TOLERANCE,
         robust=robust, singles=singles, schedule=schedule_review(members), conformal=conformal,
-        saliency=saliency, failure=failure, embedding=embedding, v1={"threshold": v1.threshold}, v1_on=v1_on, anchors=ANCHORS, sweep=sweep,
+        saliency=saliency, failure=failure, embedding=embedding, v1={"threshold": v1.threshold}, v1_on=v1_on, v1_ece=v1_ece,
+        anchors=ANCHORS, sweep=sweep, patience=PATIENCE, n_boot=N_BOOT, panel_per_outcome=SALIENCY_PER_OUTCOME,
+        counts={s: len(d.labels) for s, d in data.items()},
+        lattice={"n": len(LATTICE) ** 2, "share": len(LATTICE) ** 2 / float(np.prod(data["test"].images.shape[1:]))},
         predict_test_s=predict_test_s, train_minutes=sum(m["train_seconds"] for m in members) / 60,
         prevalence={s: float(d.labels.mean()) for s, d in data.items()},
         fig={**{f"test_{k}": rel(v) for k, v in test["figures"].items()},

@@ -24,7 +24,7 @@ from casereview.errors import CaseReviewError
 from casereview.evaluation.batch_arms import REFERENCE_ARMS, Arm, plan_arms
 from casereview.evaluation.batch_metrics import summarize
 from casereview.evaluation.batch_records import load_rows, read_records
-from casereview.studies.batch_report import choice, write_reports
+from casereview.studies.batch_report import choice, group_label, write_reports
 from casereview.evaluation.batch_runner import BatchPlan, BatchRunner, split_refs
 from casereview.studies.case_picking import pick_cases
 from casereview.provenance import git_commit, sha256_text, utc_now
@@ -36,6 +36,7 @@ from casereview.tools.context import build_context
 from casereview.tools.reporter.prompts import list_variants, template_sha256, template_source
 
 REPORT_NAME = "task2_report_generation.md"
+BATCH_REPORT_DIR = "task2_batch"  # the validation batch's report, committed beside this one
 GPU_COMMAND = (
     "HF_TOKEN=hf_... CASEREVIEW_REPORTER_BACKEND=medgemma casereview report task2"
 )
@@ -60,11 +61,14 @@ def _run(work: Path, name: str, refs: list[str], arms: list[Arm], settings: Sett
 
 
 def comparison_rows(metrics: dict[str, Any], model_arms: list[str]) -> list[dict[str, Any]]:
-    """The validation comparison: each model arm, then the reference arms, with intervals."""
+    """The validation comparison: one row per group of arms with identical outputs (model arms first, then
+    the reference arms), with intervals."""
     rows = []
-    for arm in model_arms + list(REFERENCE_ARMS):
+    for group in metrics["identical"]:
+        arm = group[0]
         m = metrics["arms"][arm]
-        rows.append({"arm": arm, "kind": "model" if arm in model_arms else "reference", "n": m["n"], "scores": m["scores"],
+        kinds = sorted({"model" if a in model_arms else "reference" for a in group})
+        rows.append({"arm": group_label(group), "arms": group, "kind": " + ".join(kinds), "n": m["n"], "scores": m["scores"],
                      "rates": m["rates"], "classifier_agreement": m["agreement"]["classifier"]["rate"],
                      "kappa": m["agreement"]["classifier"]["kappa"],
                      "latency": m.get("latency", {}).get("generate_s")})
@@ -92,7 +96,7 @@ def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n
     val_dir = _run(work, f"val-{backend_name}", val_refs, plan_arms(backend_name, variants, probe=False), settings, "val")
     val_metrics = summarize(val_dir)
     val_rows = load_rows(val_dir)
-    write_reports(val_metrics, val_rows, val_dir)
+    write_reports(val_metrics, val_rows, out_dir / BATCH_REPORT_DIR, source=val_dir)
 
     ctx = build_context(settings, "task2")
     picked = pick_cases(ctx, "test", n_samples)
@@ -135,6 +139,7 @@ def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n
             classifier_sha=ctx.classifier.clf.sha256,
             index=ctx.index.embedder_id,
             k=settings.graph.k,
+            k_uncertain=settings.graph.k_uncertain,
             default_variant=default,
             prompts=prompts,
             example=example,
@@ -147,10 +152,12 @@ def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n
             variants=variants if vlm else [],
             rows=comparison_rows(val_metrics, val_rows.model_arms),
             comparisons=[c for c in val_metrics["comparisons"]
-                         if c["a"] in val_rows.model_arms or c["b"] in val_rows.model_arms],
+                         if (c["a"] in val_rows.model_arms or c["b"] in val_rows.model_arms)
+                         and c["mcnemar"]["only_a_right"] + c["mcnemar"]["only_b_right"]],
             evidence=val_metrics["evidence"],
             choice=choice(val_metrics, val_rows.model_arms, "val"),
-            val_dir=val_dir,
+            batch_report=f"{BATCH_REPORT_DIR}/report.md",
+            group_label=group_label,
             n_eval=len(val_refs),
             val_pneumonia=sum(t == "pneumonia" for t in truths),
         )

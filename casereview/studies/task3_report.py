@@ -154,6 +154,8 @@ def write_task3_report(settings: Settings, out_dir: Path, latency_queries: int =
         },
     ]
     failures = ours["test_vs_train"]["failures"]
+    # grid queries are taken by position, not by result, so some can be failure cases as well
+    grid_failures = [f for f in failures if f["case_id"] in {f"test:{i}" for i in queries}]
     counts = {s: len(load_split(s, settings.data.root)) for s in SPLITS}
     train_labels = load_split("train", settings.data.root).labels
     path = out_dir / REPORT_NAME
@@ -173,6 +175,7 @@ def write_task3_report(settings: Settings, out_dir: Path, latency_queries: int =
             grids=grids,
             failure_grid=_failure_grid(settings, failures, default, out_dir / f"task3_failures_{default}.png"),
             failures=failures[:FAILURES_SHOWN],
+            grid_failures=grid_failures,
             precision_chart=_precision_chart(results, out_dir / "task3_precision_at_k.png"),
             medical_clip=MEDICAL_CLIP,
             grid_k=GRID_K,
