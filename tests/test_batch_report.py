@@ -8,11 +8,12 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pytest
 
-from casereview.evaluation import batch_figures
+from casereview.studies import batch_figures
 from casereview.evaluation.batch_arms import REFERENCE_ARMS
 from casereview.evaluation.batch_metrics import compute_metrics, identical_arms
 from casereview.evaluation.batch_records import BatchRows, Row, review_flag
-from casereview.evaluation.batch_report import choice, write_reports
+from casereview.studies.batch_report import choice, write_reports
+from casereview.schemas import ClassifierResult, GateMeasure, InputCheck, Neighbour
 
 P, N, I = "pneumonia", "normal", "indeterminate"
 TRUTH = [P] * 12 + [N] * 8
@@ -67,16 +68,25 @@ def test_a_best_arm_is_named_only_when_the_tests_separate_it():
     assert c["best"] is None and c["top"] == ["x-good"] and c["n_groups"] == 2
 
 
+def gate_record(reasons=(), judgeable=True) -> dict:
+    measure = GateMeasure(stats={"contrast": 50.0}, stat_low={}, stat_high={}, ood_distance=1.0, ood_threshold=2.0,
+                          resize_spread=None, resize_threshold=0.5, gate_id="g")
+    return InputCheck(**measure.model_dump(), judgeable=judgeable, flagged=bool(reasons), reasons=list(reasons)).model_dump()
+
+
 def test_reference_flag_is_the_graphs_flag_for_that_impression():
-    clf = {"label": P, "uncertain": False, "prob_pneumonia": 0.9, "threshold": 0.4, "prediction_set": [P],
-           "conformal_alpha": 0.05}
-    record = {"input_check": {"reasons": []}, "classifier": clf, "neighbours": [{"label": P}] * 4 + [{"label": N}]}
+    clf = ClassifierResult(prob_pneumonia=0.9, label=P, threshold=0.4, temperature=1.0, uncertain=False, checkpoint_sha256="x",
+                           prediction_set=[P], conformal_alpha=0.05, arch="a").model_dump()
+    neighbours = [Neighbour(case_id=f"train:{i}", split="train", index=i, label=lab, similarity=0.9).model_dump()
+                  for i, lab in enumerate([P] * 4 + [N])]
+    record = {"input_check": gate_record(), "classifier": clf, "neighbours": neighbours}
     assert not review_flag(record, P, 0.6)  # agrees with both sources
     assert review_flag(record, I, 0.6)  # an indeterminate report is flagged by the graph
     assert review_flag(record, N, 0.6)  # contradicts the classifier
     assert review_flag(record | {"classifier": clf | {"uncertain": True, "prediction_set": [P, N]}}, P, 0.6)
-    assert review_flag(record | {"input_check": {"reasons": ["shifted exposure"]}}, P, 0.6)
-    assert review_flag(record | {"classifier": None, "input_check": {"reasons": ["blank image"]}}, None, 0.6)
+    assert review_flag(record | {"input_check": gate_record(["shifted exposure"])}, P, 0.6)
+    blank = {"classifier": None, "neighbours": [], "input_check": gate_record(["blank image"], judgeable=False)}
+    assert review_flag(blank, None, 0.6)
 
 
 def test_report_states_what_differs(tmp_path):

@@ -46,6 +46,9 @@ def save_failures(out: Path, failed: list[tuple[str, str, str]]) -> None:
     write_atomic(out / FAILED_FILE, json.dumps([{"arm": a, "ref": r, "error": e} for a, r, e in failed], indent=1) + "\n")
 
 
+NO_FAILURES = {"n": 0, "not_run": 0, "by_arm": {}, "by_reason": []}  # what failure_summary says of a clean batch
+
+
 def failure_summary(out: Path, plan: dict[str, Any]) -> dict[str, Any]:
     """The reviews without a record, and why: those that failed in the latest run counted by reason (the
     case's own name taken out, so that one cause is one line) and per arm with the first reason; the rest

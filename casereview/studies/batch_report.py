@@ -12,7 +12,7 @@ from typing import Any
 from casereview.studies import batch_figures as fig
 from casereview.evaluation.batch_arms import REFERENCE_ARMS
 from casereview.evaluation.batch_metrics import identical_arms
-from casereview.evaluation.batch_records import BatchRows
+from casereview.evaluation.batch_records import NO_FAILURES, BatchRows
 from casereview.provenance import git_commit, utc_now
 from casereview.records import record_stem, write_atomic
 from casereview.render import render, render_html
@@ -174,7 +174,7 @@ def write_reports(metrics: dict[str, Any], data: BatchRows, out: Path, source: P
         "samples": {g[0]: samples(data, g[0], out) for g in model_groups if g[0] in data.model_arms},
         "provenance": provenance(data),
         "choice": choice(metrics, data.model_arms, plan.get("split")),
-        "scored": scored, "failed": metrics["failed"],
+        "scored": scored, "failed": metrics.get("failed", NO_FAILURES),  # metrics of records in memory have none
     }
     if source is not None and source.resolve() != out.resolve():
         copy_linked_records(context["samples"], source, out)
