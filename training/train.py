@@ -28,13 +28,8 @@ from casereview.training.checkpoint import save_checkpoint
 from casereview.data import data_file, load_split
 from casereview.training.augment import PRESETS
 from casereview.training.data import PIXEL_MEAN, PIXEL_STD, make_loader, prepare_batch
-from casereview.training.metrics import (
-    binary_metrics,
-    bootstrap_youden_threshold,
-    expected_calibration_error,
-    fit_temperature,
-    sigmoid,
-)
+from casereview.training.calibration import temperature_and_threshold
+from casereview.training.metrics import binary_metrics, sigmoid
 from casereview.training.models import count_parameters, create_classifier
 
 log = logging.getLogger(__name__)
@@ -196,20 +191,8 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
     # Calibration on validation only: temperature (NLL), then the threshold rule on the
     # temperature-scaled probabilities.
     val_logits, val_y = collect_logits(model, val_loader, device)
-    temperature = fit_temperature(val_logits, val_y)
-    val_prob = sigmoid(val_logits / temperature)
-    thr = bootstrap_youden_threshold(val_y, val_prob, seed=cfg.seed)
-    calibration = {
-        "temperature": temperature,
-        "threshold": thr["threshold"],
-        "threshold_rule": "median over 500 bootstrap resamples of validation of the Youden-optimal threshold",
-        "threshold_p05": thr["p05"],
-        "threshold_p95": thr["p95"],
-        "threshold_single_youden": thr["single_youden"],
-        "val_ece_before": expected_calibration_error(val_y, sigmoid(val_logits)),
-        "val_ece_after": expected_calibration_error(val_y, val_prob),
-        "fitted_on": "val",
-    }
+    calibration = {**temperature_and_threshold(val_logits, val_y, slice(None), cfg.seed, "validation"), "fitted_on": "val"}
+    val_prob = sigmoid(val_logits / calibration["temperature"])
     meta: dict[str, Any] = {
         "arch": cfg.arch,
         "input_norm": cfg.input_norm,
@@ -227,7 +210,7 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
         "train_cpu_seconds": round(cpu_seconds, 1),
         "device": str(device),
         "calibration": calibration,
-        "val_metrics": binary_metrics(val_y, val_prob, thr["threshold"]),
+        "val_metrics": binary_metrics(val_y, val_prob, calibration["threshold"]),
         "history": history,
     }
     out.mkdir(parents=True, exist_ok=True)
