@@ -27,15 +27,19 @@ STEP_KEYS = {
 }
 
 
+def _map_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``value`` with ``leaf`` applied to everything that is not a dict, list or tuple (those become dicts
+    and lists of the results)."""
+    if isinstance(value, dict):
+        return {k: _map_leaves(v, leaf) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_map_leaves(v, leaf) for v in value]
+    return leaf(value)
+
+
 def plain(value: Any) -> Any:
     """``value`` with every pydantic model in it (also inside lists and dicts) as a plain dict."""
-    if hasattr(value, "model_dump"):
-        return value.model_dump()
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
+    return _map_leaves(value, lambda v: v.model_dump() if hasattr(v, "model_dump") else v)
 
 
 def terminal_width() -> int:
@@ -63,13 +67,7 @@ def _row(label: str, text: str) -> str:
 
 def rounded(value: Any, digits: int = 3) -> Any:
     """``value`` with every float rounded to ``digits`` (for display only)."""
-    if isinstance(value, float):
-        return round(value, digits)
-    if isinstance(value, dict):
-        return {k: rounded(v, digits) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [rounded(v, digits) for v in value]
-    return value
+    return _map_leaves(value, lambda v: round(v, digits) if isinstance(v, float) else v)
 
 
 # --- one case -------------------------------------------------------------------------------------
