@@ -142,20 +142,17 @@ def _image_function(evidence: Evidence):
 
 def _split_parts(text: str, evidence: Evidence) -> tuple[str | ImagePart, ...]:
     parts: list[str | ImagePart] = []
-    pos = 0
-    for m in _MARKER.finditer(text):
-        if m.start() > pos:
-            parts.append(text[pos : m.start()])
-        ref = m.group(1)
-        if ref == "case":
+    # split() with the marker's group gives text, image ref, text, image ref, ..., text
+    for i, piece in enumerate(_MARKER.split(text)):
+        if i % 2 == 0:
+            if piece.strip():
+                parts.append(_tidy(piece))
+        elif piece == "case":
             parts.append(ImagePart("case", evidence.image))
         else:
-            i = int(ref)
-            parts.append(ImagePart(evidence.neighbours[i].case_id, evidence.neighbour_images[i]))
-        pos = m.end()
-    if pos < len(text):
-        parts.append(text[pos:])
-    return tuple(_tidy(p) if isinstance(p, str) else p for p in parts if not (isinstance(p, str) and not p.strip()))
+            n = int(piece)
+            parts.append(ImagePart(evidence.neighbours[n].case_id, evidence.neighbour_images[n]))
+    return tuple(parts)
 
 
 def _tidy(text: str) -> str:
