@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from timm.utils import ModelEmaV3
+from timm.utils import ModelEmaV3, random_seed
 from tqdm.auto import tqdm
 
 from casereview.config import Settings, TrainConfig
@@ -33,12 +32,6 @@ from casereview.training.metrics import binary_metrics, sigmoid
 from casereview.training.models import count_parameters, create_classifier
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def pos_weight(labels: np.ndarray, weighting: str) -> torch.Tensor | None:
@@ -116,7 +109,7 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
     """Train with ``settings.train``; write ``out/classifier.safetensors`` and ``out/history.json``."""
     cfg = settings.train
     commit = git_commit()  # the code that trains, not whatever is checked out when it ends
-    seed_everything(cfg.seed)
+    random_seed(cfg.seed)  # timm's: Python's, numpy's and torch's generators
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -127,7 +120,7 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
     )
     val_loader = make_loader(val_split, 512, limit=cfg.limit)
     clean_train_loader = make_loader(train_split, 512, limit=cfg.limit)
-    train_labels = train_loader.dataset.labels.numpy()
+    train_labels = train_loader.dataset.tensors[1].numpy()  # (images, labels) of the subset trained on
 
     model = create_classifier(cfg.arch, pretrained=cfg.pretrained, input_norm=cfg.input_norm).to(device)
     augment_cfg = PRESETS[cfg.augment_preset]
