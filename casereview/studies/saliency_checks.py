@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 
 from casereview.training.data import PIXEL_MEAN, to_tensor
@@ -59,11 +60,7 @@ def mean_map(model: nn.Module, images: np.ndarray, method: str, batch: int = 16,
 
 def _shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """Move the content by (dy, dx) pixels; uncovered pixels become black, like a film inside a frame."""
-    out = np.zeros_like(images)
-    h, w = images.shape[1:]
-    out[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = \
-        images[:, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
-    return out
+    return ndimage.shift(images, (0, dy, dx), order=0, mode="constant", cval=0)
 
 
 def shift_consistency(model: nn.Module, images: np.ndarray, shift: int = 3,
