@@ -179,21 +179,9 @@ def _report(r: dict[str, Any]) -> list[str]:
     return lines + ["raw text:", fence(wrap(r["raw"]))]
 
 
-def _verification(v: dict[str, Any]) -> list[str]:
-    return [v["verdict"]] + [f"- {r}" for r in v["reasons"]]
-
-
-def _attempts(log: list[dict[str, Any]]) -> list[str]:
-    return [f"attempt {a['attempt']} ({a['variant']}): {a['impression'] or 'unparseable'} -> {a['verdict']}" for a in log]
-
-
 def _record(r: dict[str, Any]) -> list[str]:
     # its content is the updates shown before; the summary follows when the case is saved
     return [f"the case record of {r['case_id']}, {len(r)} fields (JSON schema: `casereview schema`)"]
-
-
-def _settings(s: dict[str, Any]) -> list[str]:
-    return [", ".join(f"{k}={str(v)[:12] if k.endswith('sha256') else v}" for k, v in s.items() if v is not None)]
 
 
 def _items(values: list[str]) -> list[str]:
@@ -209,7 +197,8 @@ FORMATTERS: dict[str, Callable[[Any], list[str]]] = {
     "views": lambda v: ["none (already 28x28)" if v is None else f"{len(v)} resize views of the image file"],
     "fingerprint": lambda v: [str(v)[:16]],
     "timings": lambda v: [", ".join(f"{node} {s:.3f} s" for node, s in v.items())],
-    "settings": _settings,
+    "settings": lambda s: [", ".join(f"{k}={str(v)[:12] if k.endswith('sha256') else v}"
+                                     for k, v in s.items() if v is not None)],
     "notes": _items,
     "input_check": _input_check,
     "opinion": _classifier,
@@ -222,8 +211,9 @@ FORMATTERS: dict[str, Callable[[Any], list[str]]] = {
     "prompt": _prompt,
     "report": _report,
     "reporter": lambda v: [", ".join(f"{k}={v[k]}" for k in ("backend", "model_id", "generate_s") if k in v)],
-    "verification": _verification,
-    "attempt_log": _attempts,
+    "verification": lambda v: [v["verdict"]] + [f"- {r}" for r in v["reasons"]],
+    "attempt_log": lambda log: [f"attempt {a['attempt']} ({a['variant']}): {a['impression'] or 'unparseable'} "
+                                f"-> {a['verdict']}" for a in log],
     "errors": _items,
     "needs_review": lambda v: ["yes" if v else "no"],
     "review_reasons": _items,
