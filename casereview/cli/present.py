@@ -96,10 +96,6 @@ def gate_text(gate: dict[str, Any]) -> str | None:
     return None
 
 
-def needs_review_text(needs: bool, reasons: list[str]) -> str:
-    return "YES: " + "; ".join(reasons) if needs else "no"
-
-
 def summary(record: dict[str, Any], timings: bool = False) -> str:
     """A finished case in a few lines: input check, classifier, neighbours, report, verdict, review flag."""
     record = plain(record)
@@ -116,7 +112,7 @@ def summary(record: dict[str, Any], timings: bool = False) -> str:
                            f"{record['attempts']} attempt{'s' if record['attempts'] > 1 else ''})"),
             _row("verification", f"{v['verdict']}: {'; '.join(v['reasons'])}"),
         ]
-    lines.append(_row("needs review", needs_review_text(record["needs_review"], record["review_reasons"])))
+    lines.append(_row("needs review", "YES: " + "; ".join(record["review_reasons"]) if record["needs_review"] else "no"))
     if timings:
         t = record["provenance"]["timings_s"]
         total = record["provenance"].get("graph_total_s")

@@ -28,10 +28,6 @@ class Shifted:
     views: list[np.ndarray | None]  # resize views per image (files of another size), else None
 
 
-def _u8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(x), 0, 255).astype(np.uint8)
-
-
 def contrast(x: np.ndarray, factor: float) -> np.ndarray:
     """Each image's deviation from its own mean scaled by ``factor`` (any intensity scale)."""
     mean = x.mean(axis=(1, 2), keepdims=True)
@@ -65,7 +61,7 @@ ARRAY_SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def array_shift(name: str, images: np.ndarray) -> Shifted:
-    shifted = _u8(ARRAY_SHIFTS[name](np.asarray(images, dtype=np.float64)))
+    shifted = np.clip(np.round(ARRAY_SHIFTS[name](np.asarray(images, dtype=np.float64))), 0, 255).astype(np.uint8)
     return Shifted(shifted, [None] * len(shifted))
 
 

@@ -95,14 +95,10 @@ class RenderedPrompt:
         return cls(record.variant, record.template_sha256, record.system, parts, evidence)
 
 
-def _source_dir() -> str:
-    return str(resources.files("casereview.prompts"))
-
-
 @lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(_source_dir()),
+        loader=jinja2.FileSystemLoader(str(resources.files("casereview.prompts"))),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
