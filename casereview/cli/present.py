@@ -42,15 +42,11 @@ def plain(value: Any) -> Any:
     return _map_leaves(value, lambda v: v.model_dump() if hasattr(v, "model_dump") else v)
 
 
-def terminal_width() -> int:
-    """Columns of the terminal (80 when there is none, e.g. output to a file or a notebook)."""
-    return max(40, shutil.get_terminal_size((80, 24)).columns)
-
-
 def wrap(text: str, indent: int = 0, first: str | None = None, width: int | None = None) -> str:
     """``text`` wrapped to the terminal, paragraph by paragraph (its own newlines are kept); continuation
     lines are indented by ``indent`` spaces, the first line starts with ``first`` (default: the indent)."""
-    width = width or terminal_width()
+    # the terminal's columns; 80 when there is none (output to a file or a notebook)
+    width = width or max(40, shutil.get_terminal_size((80, 24)).columns)
     pad = " " * indent
     lines = []
     for i, paragraph in enumerate(str(text).split("\n")):
