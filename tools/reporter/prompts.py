@@ -55,7 +55,7 @@ class RenderedPrompt:
     @property
     def text(self) -> str:
         """The user message with ``<image: REF>`` where each image goes (for records and reports)."""
-        return "\n".join(p if isinstance(p, str) else f"<image: {p.ref}>" for p in self.parts)
+        return self.to_record().text
 
     def hf_messages(self) -> list[dict]:
         """Chat messages for a transformers processor's chat template (images passed separately)."""
