@@ -40,18 +40,10 @@ def _index_options(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace, **index: Any) -> Settings:
-    return settings_from_args(
-        args,
-        classifier={"checkpoint": args.checkpoint},
-        index={
-            "embedder": args.embedder,
-            "clip_model": args.clip_model,
-            "clip_pretrained": args.clip_pretrained,
-            "chroma_path": args.chroma_path,
-            "chroma_url": args.chroma_url,
-            **index,
-        },
-    )
+    """Settings with the flags of :func:`_index_options` (and ``index``) over the lower layers."""
+    flags = ("embedder", "clip_model", "clip_pretrained", "chroma_path", "chroma_url")
+    return settings_from_args(args, classifier={"checkpoint": args.checkpoint},
+                              index={**{k: getattr(args, k) for k in flags}, **index})
 
 
 def _parser(sub: argparse._SubParsersAction, name: str, summary: str, description: str, examples: str = "") -> argparse.ArgumentParser:
