@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 import warnings
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -205,25 +207,32 @@ def resize_views(img: Image.Image, size: int = SIZE) -> np.ndarray:
     ])
 
 
-def decode_image(path: Path, size: int = SIZE) -> DecodedImage:
-    """Read an image file as uint8 (size, size) grayscale (centre square crop, bicubic resize, the
-    way MedMNIST made its images); also says what was done to it and, for files of another size,
-    the other resize views of :func:`resize_views`."""
+@contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """The image file open (its header read), or a :class:`CaseError` for a file that is unreadable or
+    too large to decode safely (also when decoding inside the block finds either)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
             with Image.open(path) as im:
                 if im.width * im.height > MAX_PIXELS:
-                    raise Image.DecompressionBombError("too many pixels")
-                im.load()
-                mode, original = im.mode, f"{im.width}x{im.height} {im.mode}"
-                img = ImageOps.exif_transpose(im)
-                img = _to_gray8(img)
+                    raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels")
+                yield im
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise CaseError(f"{path}: image too large to be read safely (over {MAX_PIXELS:,} pixels; a decompression bomb?)") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise CaseError(f"{path}: unreadable image ({exc})") from exc
+
+
+def decode_image(path: Path, size: int = SIZE) -> DecodedImage:
+    """Read an image file as uint8 (size, size) grayscale (centre square crop, bicubic resize, the
+    way MedMNIST made its images); also says what was done to it and, for files of another size,
+    the other resize views of :func:`resize_views`."""
+    with _opened(path) as im:
+        im.load()
+        mode, original = im.mode, f"{im.width}x{im.height} {im.mode}"
+        img = _to_gray8(ImageOps.exif_transpose(im))
     w, h = img.size
     if min(w, h) < 8:
         raise CaseError(f"{path}: image of {w}x{h} px is too small to be a chest X-ray")
@@ -254,14 +263,8 @@ def check_image_path(path: Path | str) -> Path:
         raise CaseError(f"image not found: {path}")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise CaseError(f"{path}: not a PNG or JPEG file (expected one of {', '.join(IMAGE_SUFFIXES)})")
-    try:
-        with Image.open(path) as im:  # reads the header only: the image is decoded once, when the case is loaded
-            if im.width * im.height > MAX_PIXELS:
-                raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels")
-    except Image.DecompressionBombError as exc:
-        raise CaseError(f"{path}: image too large to be read safely (over {MAX_PIXELS:,} pixels; a decompression bomb?)") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise CaseError(f"{path}: unreadable image ({exc})") from exc
+    with _opened(path):  # reads the header only: the image is decoded once, when the case is loaded
+        pass
     return path
 
 

@@ -34,13 +34,9 @@ def record_stem(case_id: str) -> str:
     return f"{name}-{digest}"
 
 
-def _tmp_name(name: str, pid: int) -> str:
-    return f".{name}.{pid}.tmp"
-
-
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write ``path`` through a temporary file in the same folder and rename it into place."""
-    tmp = path.with_name(_tmp_name(path.name, os.getpid()))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # remove_orphan_tmp reads the writer's pid from it
     try:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
         tmp.replace(path)

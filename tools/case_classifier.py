@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from casereview.config import Settings
 from casereview.data import load_split
+from casereview.records import write_atomic
 from casereview.schemas import ClassifierResult
 from casereview.training.checkpoint import Classifier, load_classifier
 from casereview.training.conformal import conformal_qhat, prediction_set
@@ -79,9 +80,7 @@ def _conformal(clf: Classifier, settings: Settings) -> tuple[float, float]:
     val = load_split("val", settings.data.root, settings.data.download)
     qhat = conformal_qhat(val.labels, predict_proba(clf, val.images), alpha, clf.threshold)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp")
-    tmp.write_text(json.dumps({"qhat": qhat, "centre": clf.threshold, "alpha": alpha, "fitted_on": "val"}))
-    tmp.replace(cache)
+    write_atomic(cache, json.dumps({"qhat": qhat, "centre": clf.threshold, "alpha": alpha, "fitted_on": "val"}))
     return qhat, clf.threshold
 
 

@@ -30,6 +30,7 @@ from casereview.config import Settings
 from casereview.errors import CaseReviewError, root_cause
 from casereview.provenance import sha256_file
 from casereview.data import data_file, load_split
+from casereview.training.predict import l2_normalise
 
 if TYPE_CHECKING:
     from casereview.training.checkpoint import Classifier
@@ -97,11 +98,6 @@ class Embedder(ABC):
             "weights_sha256": self.weights_sha256,
             "checkpoint_sha256": self.weights_sha256 if self.name == "cnn" else None,
         }
-
-
-def l2_normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.clip(norms, 1e-12, None)).astype(np.float32)
 
 
 class CnnEmbedder(Embedder):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from casereview.data import Split, subset_indices
 from casereview.training.augment import AugmentConfig, augment_batch
@@ -26,39 +26,15 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return normalize(x.float() / 255.0)
 
 
-class ImageDataset(Dataset):
-    """uint8 (1, 28, 28) images and float labels; scaling and augmentation happen per batch."""
-
-    def __init__(self, split: Split, limit: int | None = None):
-        idx = subset_indices(len(split), limit)
-        self.images = torch.from_numpy(split.images[idx]).unsqueeze(1)  # (N, 1, 28, 28) uint8
-        self.labels = torch.from_numpy(split.labels[idx]).float()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[i], self.labels[i]
-
-
-def make_loader(
-    split: Split,
-    batch_size: int,
-    shuffle: bool = False,
-    seed: int = 0,
-    limit: int | None = None,
-    num_workers: int = 0,
-) -> DataLoader:
-    ds = ImageDataset(split, limit=limit)
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
-        ds,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        drop_last=False,
-        num_workers=num_workers,
-        generator=generator,
-    )
+def make_loader(split: Split, batch_size: int, shuffle: bool = False, seed: int = 0, limit: int | None = None,
+                num_workers: int = 0) -> DataLoader:
+    """Batches of uint8 (B, 1, 28, 28) images and float labels (a fixed random subset of ``limit`` cases
+    when given); scaling and augmentation happen per batch, in :func:`prepare_batch`."""
+    idx = subset_indices(len(split), limit)
+    images = torch.from_numpy(split.images[idx]).unsqueeze(1)
+    labels = torch.from_numpy(split.labels[idx]).float()
+    return DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=shuffle,
+                      num_workers=num_workers, generator=torch.Generator().manual_seed(seed))
 
 
 def prepare_batch(

@@ -22,7 +22,7 @@ from casereview.data import data_file, load_split
 from casereview.provenance import git_commit, package_versions, sha256_file, utc_now
 from casereview.training.calibration import fit_calibration
 from casereview.training.checkpoint import CheckpointError, Classifier, load_classifier, save_checkpoint
-from casereview.training.metrics import binary_metrics, fit_temperature, sigmoid
+from casereview.training.metrics import binary_metrics, binary_nll, fit_temperature, sigmoid
 from casereview.training.models import MeanLogitEnsemble, count_parameters
 from casereview.training.predict import predict_logits
 
@@ -101,7 +101,7 @@ def tta_review(clf: Classifier, images: np.ndarray, y: np.ndarray, shift: int = 
         logits = predict_logits(clf, images)
         cpu_s = (time.process_time() - start) * PREDICT_BUDGET_N / len(images)
         rows[str(s)] = {"val_roc_auc": float(roc_auc_score(y, logits)),
-                        "val_nll_at_fitted_temperature": _nll(logits / fit_temperature(logits, y), y),
+                        "val_nll_at_fitted_temperature": binary_nll(logits / fit_temperature(logits, y), y),
                         f"cpu_s_per_{PREDICT_BUDGET_N}": cpu_s}
     clf.model.tta_shift = 0
     better = rows[str(shift)]["val_roc_auc"] > rows["0"]["val_roc_auc"]
@@ -110,10 +110,6 @@ def tta_review(clf: Classifier, images: np.ndarray, y: np.ndarray, shift: int = 
             "raises_val_auc": better, "within_budget": affordable,
             "rule": (f"{shift}-pixel shift TTA (5 views) kept only if it raises validation ROC AUC and predicts "
                      f"{PREDICT_BUDGET_N} films in at most {PREDICT_BUDGET_S:.0f} CPU seconds")}
-
-
-def _nll(z: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean(np.logaddexp(0.0, -z) * y + np.logaddexp(0.0, z) * (1 - y)))
 
 
 def member_logits(path: Path, images: np.ndarray) -> np.ndarray:

@@ -117,14 +117,15 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """Temperature T minimising the negative log-likelihood of sigmoid(logits / T) (Guo et al., 2017)."""
     logits, y = np.asarray(logits, dtype=np.float64), np.asarray(y, dtype=np.float64)
-
-    def nll(log_t: float) -> float:
-        z = logits / np.exp(log_t)
-        # log(1 + exp(-z)) for y=1, log(1 + exp(z)) for y=0, computed stably
-        return float(np.mean(np.logaddexp(0.0, -z) * y + np.logaddexp(0.0, z) * (1 - y)))
-
-    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    res = minimize_scalar(lambda log_t: binary_nll(logits / np.exp(log_t), y),
+                          bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(res.x))
+
+
+def binary_nll(z: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of labels ``y`` under sigmoid(``z``)."""
+    # log(1 + exp(-z)) for y=1, log(1 + exp(z)) for y=0, computed stably
+    return float(np.mean(np.logaddexp(0.0, -z) * y + np.logaddexp(0.0, z) * (1 - y)))
 
 
 def youden_threshold(y: np.ndarray, prob: np.ndarray) -> float:

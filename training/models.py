@@ -163,18 +163,14 @@ def create_classifier(arch: str, pretrained: bool = False, input_norm: str = "da
     return PerImageStandardized(model) if input_norm == "per_image" else model
 
 
-def create_ensemble(member_arch: str, n_members: int, input_norm: str = "dataset", tta_shift: int = 0) -> MeanLogitEnsemble:
-    """An untrained ensemble skeleton whose state dict matches one saved by ``casereview ensemble``."""
-    members = [create_classifier(member_arch, input_norm=input_norm) for _ in range(n_members)]
-    return MeanLogitEnsemble(members, tta_shift=tta_shift)
-
-
 def build_from_meta(meta: dict) -> nn.Module:
-    """The (untrained) module a checkpoint's metadata describes: a single model or an ensemble."""
+    """The (untrained) module a checkpoint's metadata describes: a single model, or an ensemble skeleton
+    whose state dict matches one saved by ``casereview ensemble``."""
+    input_norm = meta.get("input_norm", "dataset")
     if meta["arch"] == "ensemble":
-        return create_ensemble(meta["member_arch"], int(meta["n_members"]), meta.get("input_norm", "dataset"),
-                               int(meta.get("tta_shift", 0)))
-    return create_classifier(meta["arch"], input_norm=meta.get("input_norm", "dataset"))
+        members = [create_classifier(meta["member_arch"], input_norm=input_norm) for _ in range(int(meta["n_members"]))]
+        return MeanLogitEnsemble(members, tta_shift=int(meta.get("tta_shift", 0)))
+    return create_classifier(meta["arch"], input_norm=input_norm)
 
 
 @torch.no_grad()

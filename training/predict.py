@@ -52,11 +52,15 @@ def predict_proba(clf: Classifier, images: np.ndarray, batch_size: int = 256) ->
     return calibrated_proba(predict_logits(clf, images, batch_size), clf.temperature)
 
 
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length, as float32 (cosine similarity is then a dot product)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+
 def embed_images(clf: Classifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Penultimate features, L2-normalised, shape (N, D) float32."""
-    feats = _batched(clf, images, lambda x: embed(clf.model, x), batch_size)
-    norms = np.linalg.norm(feats, axis=1, keepdims=True)
-    return (feats / np.clip(norms, 1e-12, None)).astype(np.float32)
+    return l2_normalise(_batched(clf, images, lambda x: embed(clf.model, x), batch_size))
 
 
 def predict_logits_and_embeddings(clf: Classifier, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +78,4 @@ def predict_logits_and_embeddings(clf: Classifier, images: np.ndarray, batch_siz
             logit = clf.model(x) if tta else clf.model.forward_head(features)
             logits.append(logit.reshape(-1).float().cpu().numpy())
             feats.append(pooled.flatten(1).float().cpu().numpy())
-    feats_all = np.concatenate(feats)
-    norms = np.linalg.norm(feats_all, axis=1, keepdims=True)
-    return np.concatenate(logits), (feats_all / np.clip(norms, 1e-12, None)).astype(np.float32)
+    return np.concatenate(logits), l2_normalise(np.concatenate(feats))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from timm.utils import ModelEmaV3
+from timm.utils import ModelEmaV3, random_seed
 from tqdm.auto import tqdm
 
 from casereview.config import Settings, TrainConfig
@@ -28,22 +27,11 @@ from casereview.training.checkpoint import save_checkpoint
 from casereview.data import data_file, load_split
 from casereview.training.augment import PRESETS
 from casereview.training.data import PIXEL_MEAN, PIXEL_STD, make_loader, prepare_batch
-from casereview.training.metrics import (
-    binary_metrics,
-    bootstrap_youden_threshold,
-    expected_calibration_error,
-    fit_temperature,
-    sigmoid,
-)
+from casereview.training.calibration import temperature_and_threshold
+from casereview.training.metrics import binary_metrics, sigmoid
 from casereview.training.models import count_parameters, create_classifier
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def pos_weight(labels: np.ndarray, weighting: str) -> torch.Tensor | None:
@@ -121,7 +109,7 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
     """Train with ``settings.train``; write ``out/classifier.safetensors`` and ``out/history.json``."""
     cfg = settings.train
     commit = git_commit()  # the code that trains, not whatever is checked out when it ends
-    seed_everything(cfg.seed)
+    random_seed(cfg.seed)  # timm's: Python's, numpy's and torch's generators
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -132,7 +120,7 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
     )
     val_loader = make_loader(val_split, 512, limit=cfg.limit)
     clean_train_loader = make_loader(train_split, 512, limit=cfg.limit)
-    train_labels = train_loader.dataset.labels.numpy()
+    train_labels = train_loader.dataset.tensors[1].numpy()  # (images, labels) of the subset trained on
 
     model = create_classifier(cfg.arch, pretrained=cfg.pretrained, input_norm=cfg.input_norm).to(device)
     augment_cfg = PRESETS[cfg.augment_preset]
@@ -196,20 +184,8 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
     # Calibration on validation only: temperature (NLL), then the threshold rule on the
     # temperature-scaled probabilities.
     val_logits, val_y = collect_logits(model, val_loader, device)
-    temperature = fit_temperature(val_logits, val_y)
-    val_prob = sigmoid(val_logits / temperature)
-    thr = bootstrap_youden_threshold(val_y, val_prob, seed=cfg.seed)
-    calibration = {
-        "temperature": temperature,
-        "threshold": thr["threshold"],
-        "threshold_rule": "median over 500 bootstrap resamples of validation of the Youden-optimal threshold",
-        "threshold_p05": thr["p05"],
-        "threshold_p95": thr["p95"],
-        "threshold_single_youden": thr["single_youden"],
-        "val_ece_before": expected_calibration_error(val_y, sigmoid(val_logits)),
-        "val_ece_after": expected_calibration_error(val_y, val_prob),
-        "fitted_on": "val",
-    }
+    calibration = {**temperature_and_threshold(val_logits, val_y, slice(None), cfg.seed, "validation"), "fitted_on": "val"}
+    val_prob = sigmoid(val_logits / calibration["temperature"])
     meta: dict[str, Any] = {
         "arch": cfg.arch,
         "input_norm": cfg.input_norm,
@@ -227,7 +203,7 @@ def train(settings: Settings, out: Path, show_progress: bool = True) -> Path:
         "train_cpu_seconds": round(cpu_seconds, 1),
         "device": str(device),
         "calibration": calibration,
-        "val_metrics": binary_metrics(val_y, val_prob, thr["threshold"]),
+        "val_metrics": binary_metrics(val_y, val_prob, calibration["threshold"]),
         "history": history,
     }
     out.mkdir(parents=True, exist_ok=True)

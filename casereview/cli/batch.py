@@ -126,10 +126,8 @@ def comparison_text(metrics: dict) -> str:
         m = metrics["arms"][name]
         if not m["scores"]:
             continue
-        cells = []
-        for k in ("accuracy", "balanced_accuracy"):
-            s = m["scores"][k]
-            cells.append(f"{s['value']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]")
+        cells = [f"{s['value']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
+                 for s in (m["scores"]["accuracy"], m["scores"]["balanced_accuracy"])]
         lines.append(f"{name:42s} {m['n']:5d}  {cells[0]:>22s}  {cells[1]:>22s}")
     for name, p in metrics["probe"].items():
         lines.append(f"probe {name:36s} n={p['n']:4d}  anchoring {p['anchoring_rate']:.3f}  changed {p['changed_rate']:.3f}")

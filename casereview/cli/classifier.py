@@ -147,11 +147,11 @@ def _named_checkpoints(pairs: list[str]) -> dict[str, Path | None]:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from casereview.config import TrainConfig
     from casereview.training.train import train
 
-    keys = ("arch", "pretrained", "epochs", "batch_size", "lr", "weight_decay", "optimizer", "scheduler",
-            "class_weighting", "augment", "augment_preset", "input_norm", "ema_decay", "early_stopping_metric", "patience", "seed", "limit", "threads", "device")
-    settings = settings_from_args(args, train={k: getattr(args, k) for k in keys})
+    # every train setting that has a flag (the others come from the config file or the environment)
+    settings = settings_from_args(args, train={k: getattr(args, k) for k in TrainConfig.model_fields if hasattr(args, k)})
     path = train(settings, check_folder(args.out, "--out"))
     from casereview.training.checkpoint import read_meta
 

@@ -40,18 +40,10 @@ def _index_options(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace, **index: Any) -> Settings:
-    return settings_from_args(
-        args,
-        classifier={"checkpoint": args.checkpoint},
-        index={
-            "embedder": args.embedder,
-            "clip_model": args.clip_model,
-            "clip_pretrained": args.clip_pretrained,
-            "chroma_path": args.chroma_path,
-            "chroma_url": args.chroma_url,
-            **index,
-        },
-    )
+    """Settings with the flags of :func:`_index_options` (and ``index``) over the lower layers."""
+    flags = ("embedder", "clip_model", "clip_pretrained", "chroma_path", "chroma_url")
+    return settings_from_args(args, classifier={"checkpoint": args.checkpoint},
+                              index={**{k: getattr(args, k) for k in flags}, **index})
 
 
 def _parser(sub: argparse._SubParsersAction, name: str, summary: str, description: str, examples: str = "") -> argparse.ArgumentParser:
@@ -120,8 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--json", action="store_true", help="print a JSON list of {case_id, split, index, label, similarity}")
         p.add_argument("--grid", type=Path, metavar="PNG", help="also save the query beside its neighbours as an image")
         _index_options(p)
-    image.set_defaults(func=run_search_image)
-    text.set_defaults(func=run_search_text)
+        p.set_defaults(func=run_search)
 
     evaluate = _parser(
         sub,
@@ -179,7 +170,8 @@ def _print_hits(header: str, hits: list, as_json: bool) -> None:
         print(f"{rank:>4}  {h.case_id:<12} {h.label:<10} {h.similarity:>10.4f}")
 
 
-def run_search_image(args: argparse.Namespace) -> int:
+def run_search(args: argparse.Namespace) -> int:
+    """``search image`` and ``search text``: the query differs, the listing and the grid are the same."""
     from casereview.data import load_case
     from casereview.tools.case_index import open_index
     from casereview.studies.retrieval_figures import GridRow, save_retrieval_grid
@@ -187,29 +179,19 @@ def run_search_image(args: argparse.Namespace) -> int:
     settings = _settings(args, k=args.k)
     k = settings.index.k
     index = open_index(settings)
-    case = load_case(args.ref, settings.data.root, settings.data.download)
-    hits = index.search_image(case.image, k, args.split, exclude_case_id=case.case_id)
-    query = f"{case.case_id} ({case.label_name or 'label unknown'})"
+    if args.search_command == "image":
+        case = load_case(args.ref, settings.data.root, settings.data.download)
+        hits = index.search_image(case.image, k, args.split, exclude_case_id=case.case_id)
+        query = f"{case.case_id} ({case.label_name or 'label unknown'})"
+        row = GridRow(query, case.image, case.label_name, hits)
+        title = f"top {k} of {args.split} by {index.embedder_id}"
+    else:
+        hits = index.search_text(args.text, k, args.split)
+        query = repr(args.text)
+        row, title = GridRow(query, None, None, hits), None  # a text query has no image to show
     _print_hits(f"query {query}; case base {args.split}; {index.embedder_id}", hits, args.json)
     if args.grid:
-        row = GridRow(query, case.image, case.label_name, hits)
-        save_retrieval_grid([row], args.grid, settings.data.root, f"top {k} of {args.split} by {index.embedder_id}")
-        if not args.json:
-            print(f"grid saved to {args.grid}")
-    return 0
-
-
-def run_search_text(args: argparse.Namespace) -> int:
-    from casereview.tools.case_index import open_index
-    from casereview.studies.retrieval_figures import GridRow, save_retrieval_grid
-
-    settings = _settings(args, k=args.k)
-    k = settings.index.k
-    index = open_index(settings)
-    hits = index.search_text(args.text, k, args.split)
-    _print_hits(f"query {args.text!r}; case base {args.split}; {index.embedder_id}", hits, args.json)
-    if args.grid:
-        save_retrieval_grid([GridRow(repr(args.text), None, None, hits)], args.grid, settings.data.root)
+        save_retrieval_grid([row], args.grid, settings.data.root, title)
         if not args.json:
             print(f"grid saved to {args.grid}")
     return 0

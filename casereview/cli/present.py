@@ -27,26 +27,26 @@ STEP_KEYS = {
 }
 
 
+def _map_leaves(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``value`` with ``leaf`` applied to everything that is not a dict, list or tuple (those become dicts
+    and lists of the results)."""
+    if isinstance(value, dict):
+        return {k: _map_leaves(v, leaf) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_map_leaves(v, leaf) for v in value]
+    return leaf(value)
+
+
 def plain(value: Any) -> Any:
     """``value`` with every pydantic model in it (also inside lists and dicts) as a plain dict."""
-    if hasattr(value, "model_dump"):
-        return value.model_dump()
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
-
-
-def terminal_width() -> int:
-    """Columns of the terminal (80 when there is none, e.g. output to a file or a notebook)."""
-    return max(40, shutil.get_terminal_size((80, 24)).columns)
+    return _map_leaves(value, lambda v: v.model_dump() if hasattr(v, "model_dump") else v)
 
 
 def wrap(text: str, indent: int = 0, first: str | None = None, width: int | None = None) -> str:
     """``text`` wrapped to the terminal, paragraph by paragraph (its own newlines are kept); continuation
     lines are indented by ``indent`` spaces, the first line starts with ``first`` (default: the indent)."""
-    width = width or terminal_width()
+    # the terminal's columns; 80 when there is none (output to a file or a notebook)
+    width = width or max(40, shutil.get_terminal_size((80, 24)).columns)
     pad = " " * indent
     lines = []
     for i, paragraph in enumerate(str(text).split("\n")):
@@ -63,13 +63,7 @@ def _row(label: str, text: str) -> str:
 
 def rounded(value: Any, digits: int = 3) -> Any:
     """``value`` with every float rounded to ``digits`` (for display only)."""
-    if isinstance(value, float):
-        return round(value, digits)
-    if isinstance(value, dict):
-        return {k: rounded(v, digits) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [rounded(v, digits) for v in value]
-    return value
+    return _map_leaves(value, lambda v: round(v, digits) if isinstance(v, float) else v)
 
 
 # --- one case -------------------------------------------------------------------------------------
@@ -98,10 +92,6 @@ def gate_text(gate: dict[str, Any]) -> str | None:
     return None
 
 
-def needs_review_text(needs: bool, reasons: list[str]) -> str:
-    return "YES: " + "; ".join(reasons) if needs else "no"
-
-
 def summary(record: dict[str, Any], timings: bool = False) -> str:
     """A finished case in a few lines: input check, classifier, neighbours, report, verdict, review flag."""
     record = plain(record)
@@ -118,7 +108,7 @@ def summary(record: dict[str, Any], timings: bool = False) -> str:
                            f"{record['attempts']} attempt{'s' if record['attempts'] > 1 else ''})"),
             _row("verification", f"{v['verdict']}: {'; '.join(v['reasons'])}"),
         ]
-    lines.append(_row("needs review", needs_review_text(record["needs_review"], record["review_reasons"])))
+    lines.append(_row("needs review", "YES: " + "; ".join(record["review_reasons"]) if record["needs_review"] else "no"))
     if timings:
         t = record["provenance"]["timings_s"]
         total = record["provenance"].get("graph_total_s")
@@ -181,21 +171,9 @@ def _report(r: dict[str, Any]) -> list[str]:
     return lines + ["raw text:", fence(wrap(r["raw"]))]
 
 
-def _verification(v: dict[str, Any]) -> list[str]:
-    return [v["verdict"]] + [f"- {r}" for r in v["reasons"]]
-
-
-def _attempts(log: list[dict[str, Any]]) -> list[str]:
-    return [f"attempt {a['attempt']} ({a['variant']}): {a['impression'] or 'unparseable'} -> {a['verdict']}" for a in log]
-
-
 def _record(r: dict[str, Any]) -> list[str]:
     # its content is the updates shown before; the summary follows when the case is saved
     return [f"the case record of {r['case_id']}, {len(r)} fields (JSON schema: `casereview schema`)"]
-
-
-def _settings(s: dict[str, Any]) -> list[str]:
-    return [", ".join(f"{k}={str(v)[:12] if k.endswith('sha256') else v}" for k, v in s.items() if v is not None)]
 
 
 def _items(values: list[str]) -> list[str]:
@@ -211,7 +189,8 @@ FORMATTERS: dict[str, Callable[[Any], list[str]]] = {
     "views": lambda v: ["none (already 28x28)" if v is None else f"{len(v)} resize views of the image file"],
     "fingerprint": lambda v: [str(v)[:16]],
     "timings": lambda v: [", ".join(f"{node} {s:.3f} s" for node, s in v.items())],
-    "settings": _settings,
+    "settings": lambda s: [", ".join(f"{k}={str(v)[:12] if k.endswith('sha256') else v}"
+                                     for k, v in s.items() if v is not None)],
     "notes": _items,
     "input_check": _input_check,
     "opinion": _classifier,
@@ -224,8 +203,9 @@ FORMATTERS: dict[str, Callable[[Any], list[str]]] = {
     "prompt": _prompt,
     "report": _report,
     "reporter": lambda v: [", ".join(f"{k}={v[k]}" for k in ("backend", "model_id", "generate_s") if k in v)],
-    "verification": _verification,
-    "attempt_log": _attempts,
+    "verification": lambda v: [v["verdict"]] + [f"- {r}" for r in v["reasons"]],
+    "attempt_log": lambda log: [f"attempt {a['attempt']} ({a['variant']}): {a['impression'] or 'unparseable'} "
+                                f"-> {a['verdict']}" for a in log],
     "errors": _items,
     "needs_review": lambda v: ["yes" if v else "no"],
     "review_reasons": _items,

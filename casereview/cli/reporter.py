@@ -75,19 +75,9 @@ def run(args: argparse.Namespace) -> int:
     from casereview.paths import check_folder, check_name, resolve_inside
     from casereview.tools.case_index import require_index_folder
 
-    settings = settings_from_args(
-        args,
-        reporter={
-            "backend": args.backend,
-            "variant": args.variant,
-            "model_id": args.model_id,
-            "base_url": args.base_url,
-            "max_new_tokens": args.max_new_tokens,
-            "batch_size": args.batch_size,
-        },
-        classifier={"checkpoint": args.checkpoint},
-        graph={"k": args.k},
-    )
+    reporter_flags = ("backend", "variant", "model_id", "base_url", "max_new_tokens", "batch_size")
+    settings = settings_from_args(args, reporter={k: getattr(args, k) for k in reporter_flags},
+                                  classifier={"checkpoint": args.checkpoint}, graph={"k": args.k})
     run_id = check_name(args.run_id, "--run-id") if args.run_id is not None else uuid.uuid4().hex[:12]
     out = check_folder(args.out or resolve_inside(settings.paths.workdir / "reports", run_id, what="--run-id"), "--out")
     refs = expand_case_refs(args.cases, settings) if args.cases else None

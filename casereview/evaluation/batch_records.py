@@ -88,13 +88,8 @@ class Row:
 
 def read_records(out: Path, arm: str, refs: list[str]) -> dict[str, dict[str, Any]]:
     """The finished records of ``arm`` for ``refs`` (cases without a record are absent)."""
-    folder = arm_dir(out, arm)
-    found = {}
-    for ref in refs:
-        path = folder / f"{record_stem(ref)}.json"
-        if path.is_file():
-            found[ref] = json.loads(path.read_text())
-    return found
+    paths = {ref: arm_dir(out, arm) / f"{record_stem(ref)}.json" for ref in refs}
+    return {ref: json.loads(path.read_text()) for ref, path in paths.items() if path.is_file()}
 
 
 def _vote(record: dict[str, Any], majority: float) -> str | None:

@@ -28,16 +28,14 @@ class Shifted:
     views: list[np.ndarray | None]  # resize views per image (files of another size), else None
 
 
-def _u8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(x), 0, 255).astype(np.uint8)
-
-
-def _contrast(x: np.ndarray, factor: float) -> np.ndarray:
+def contrast(x: np.ndarray, factor: float) -> np.ndarray:
+    """Each image's deviation from its own mean scaled by ``factor`` (any intensity scale)."""
     mean = x.mean(axis=(1, 2), keepdims=True)
     return (x - mean) * factor + mean
 
 
-def _noise(sigma: float) -> Callable[[np.ndarray], np.ndarray]:
+def noise(sigma: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Additive Gaussian noise of std ``sigma``, the same draw every call: every model sees the same noisy films."""
     return lambda x: x + np.random.default_rng(SEED).normal(0, sigma, x.shape)
 
 
@@ -50,20 +48,20 @@ ARRAY_SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "brighter (+60)": lambda x: x + 60,
     "darker (-40)": lambda x: x - 40,
     "darker (-80)": lambda x: x - 80,
-    "contrast x0.5": lambda x: _contrast(x, 0.5),
-    "contrast x2": lambda x: _contrast(x, 2.0),
+    "contrast x0.5": lambda x: contrast(x, 0.5),
+    "contrast x2": lambda x: contrast(x, 2.0),
     "gamma 0.5 (lighter mid-tones)": lambda x: 255 * (x / 255) ** 0.5,
     "gamma 2 (darker mid-tones)": lambda x: 255 * (x / 255) ** 2,
     "blur (sigma 1 px)": lambda x: gaussian_filter(x, (0, 1, 1)),
     "blur (sigma 1.5 px)": lambda x: gaussian_filter(x, (0, 1.5, 1.5)),
-    "noise (sigma 8)": _noise(8),
-    "noise (sigma 20)": _noise(20),
+    "noise (sigma 8)": noise(8),
+    "noise (sigma 20)": noise(20),
     "rotated 90 degrees": lambda x: np.rot90(x, axes=(1, 2)),
 }
 
 
 def array_shift(name: str, images: np.ndarray) -> Shifted:
-    shifted = _u8(ARRAY_SHIFTS[name](np.asarray(images, dtype=np.float64)))
+    shifted = np.clip(np.round(ARRAY_SHIFTS[name](np.asarray(images, dtype=np.float64))), 0, 255).astype(np.uint8)
     return Shifted(shifted, [None] * len(shifted))
 
 

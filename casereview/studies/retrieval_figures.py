@@ -23,10 +23,6 @@ class GridRow:
     neighbours: list[Neighbour]
 
 
-def _neighbour_images(neighbours: Sequence[Neighbour], data_root: Path | None) -> list[np.ndarray]:
-    return [load_split(n.split, data_root).images[n.index] for n in neighbours]
-
-
 def save_retrieval_grid(rows: Sequence[GridRow], path: Path, data_root: Path | None, title: str | None = None) -> Path:
     """Draw one row per query (query first, then its neighbours) and save it as an image file."""
     k = max(len(r.neighbours) for r in rows)
@@ -39,8 +35,8 @@ def save_retrieval_grid(rows: Sequence[GridRow], path: Path, data_root: Path | N
         if row.image is not None:
             query_ax.imshow(row.image, cmap="gray", vmin=0, vmax=255)
         query_ax.set_title(f"QUERY\n{row.caption}", fontsize=7, fontweight="bold")
-        for ax, neighbour, image in zip(ax_row[1:], row.neighbours, _neighbour_images(row.neighbours, data_root)):
-            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        for ax, neighbour in zip(ax_row[1:], row.neighbours):
+            ax.imshow(load_split(neighbour.split, data_root).images[neighbour.index], cmap="gray", vmin=0, vmax=255)
             colour = NEUTRAL if row.label is None else AGREE if neighbour.label == row.label else DISAGREE
             ax.set_title(f"{neighbour.case_id}\n{neighbour.label}\nsim {neighbour.similarity:.3f}", fontsize=7, color=colour)
     if title:

@@ -17,6 +17,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
+from casereview.studies.gate_shifts import contrast, noise
 from casereview.training.checkpoint import load_classifier
 from casereview.training.metrics import binary_metrics
 from casereview.training.predict import predict_proba
@@ -30,29 +31,20 @@ class Shift:
     apply: Callable[[np.ndarray], np.ndarray]  # float images in [0, 1] -> same
 
 
-def _noise(std: float) -> Callable[[np.ndarray], np.ndarray]:
-    # Fixed seed: every checkpoint sees the same noisy films.
-    return lambda x: x + std * np.random.default_rng(0).standard_normal(x.shape)
-
-
-def _contrast(c: float) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda x: (x - x.mean(axis=(1, 2), keepdims=True)) * c + x.mean(axis=(1, 2), keepdims=True)
-
-
 SHIFTS: tuple[Shift, ...] = (
     Shift("none", 0.0, "original", lambda x: x),
     Shift("brightness", 0.75, "darker x0.75", lambda x: x * 0.75),
     Shift("brightness", 0.5, "darker x0.5 (beyond training range)", lambda x: x * 0.5),
     Shift("brightness", 1.25, "brighter x1.25", lambda x: x * 1.25),
-    Shift("contrast", 0.75, "contrast x0.75", _contrast(0.75)),
-    Shift("contrast", 0.5, "contrast x0.5 (beyond training range)", _contrast(0.5)),
+    Shift("contrast", 0.75, "contrast x0.75", lambda x: contrast(x, 0.75)),
+    Shift("contrast", 0.5, "contrast x0.5 (beyond training range)", lambda x: contrast(x, 0.5)),
     Shift("gamma", 0.67, "gamma 0.67", lambda x: x**0.67),
     Shift("gamma", 1.5, "gamma 1.5", lambda x: x**1.5),
     Shift("blur", 0.75, "Gaussian blur sigma 0.75 px", lambda x: gaussian_filter(x, sigma=(0, 0.75, 0.75))),
     Shift("blur", 1.5, "Gaussian blur sigma 1.5 px (beyond training range)",
           lambda x: gaussian_filter(x, sigma=(0, 1.5, 1.5))),
-    Shift("noise", 0.05, "Gaussian noise std 0.05", _noise(0.05)),
-    Shift("noise", 0.1, "Gaussian noise std 0.10 (beyond training range)", _noise(0.1)),
+    Shift("noise", 0.05, "Gaussian noise std 0.05", noise(0.05)),
+    Shift("noise", 0.1, "Gaussian noise std 0.10 (beyond training range)", noise(0.1)),
 )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 
 from casereview.training.data import PIXEL_MEAN, to_tensor
@@ -57,15 +58,6 @@ def mean_map(model: nn.Module, images: np.ndarray, method: str, batch: int = 16,
     return np.concatenate(maps).mean(0)
 
 
-def _shift(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """Move the content by (dy, dx) pixels; uncovered pixels become black, like a film inside a frame."""
-    out = np.zeros_like(images)
-    h, w = images.shape[1:]
-    out[:, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = \
-        images[:, max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)]
-    return out
-
-
 def shift_consistency(model: nn.Module, images: np.ndarray, shift: int = 3,
                       methods: tuple[str, ...] = ("smoothgrad", "occlusion")) -> dict[str, dict[str, Any]]:
     """Where does each method's mean-map peak go when the films move by ``shift`` pixels?
@@ -78,7 +70,9 @@ def shift_consistency(model: nn.Module, images: np.ndarray, shift: int = 3,
         base = peak(mean_map(model, images, method, stride=3))
         rows = []
         for dy, dx in ((shift, 0), (-shift, 0), (0, shift), (0, -shift)):
-            p = peak(mean_map(model, _shift(images, dy, dx), method, stride=3))
+            # the content moved by (dy, dx) pixels; uncovered pixels black, like a film inside a frame
+            moved_films = ndimage.shift(images, (0, dy, dx), order=0, mode="constant", cval=0)
+            p = peak(mean_map(model, moved_films, method, stride=3))
             moved = abs(p["row"] - base["row"] - dy) + abs(p["col"] - base["col"] - dx)
             stayed = abs(p["row"] - base["row"]) + abs(p["col"] - base["col"])
             rows.append({"dy": dy, "dx": dx, "peak": p, "follows_content": bool(moved < stayed)})

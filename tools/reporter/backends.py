@@ -42,15 +42,11 @@ class Generation(BaseModel):
     truncated_from: int | None = None  # the answer's length in characters when it was cut to the cap
 
 
-def response_cap(max_new_tokens: int) -> int:
-    """The most characters of one answer that are stored: far above what ``max_new_tokens`` tokens
-    spell, so only a server that ignores the limit (a 1 MB answer) is cut."""
-    return max(8_000, 16 * max_new_tokens)
-
-
 def capped(text: str, max_new_tokens: int) -> tuple[str, int | None]:
-    """``text`` cut to :func:`response_cap`, with a note saying so, and its original length (None if whole)."""
-    cap = response_cap(max_new_tokens)
+    """``text`` cut to the most characters of one answer that are stored, with a note saying so, and its
+    original length (None if whole). The cap is far above what ``max_new_tokens`` tokens spell, so only
+    a server that ignores the limit (a 1 MB answer) is cut."""
+    cap = max(8_000, 16 * max_new_tokens)
     if len(text) <= cap:
         return text, None
     return f"{text[:cap]}\n[casereview: answer truncated to {cap:,} of {len(text):,} characters]", len(text)

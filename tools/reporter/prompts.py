@@ -55,7 +55,7 @@ class RenderedPrompt:
     @property
     def text(self) -> str:
         """The user message with ``<image: REF>`` where each image goes (for records and reports)."""
-        return "\n".join(p if isinstance(p, str) else f"<image: {p.ref}>" for p in self.parts)
+        return self.to_record().text
 
     def hf_messages(self) -> list[dict]:
         """Chat messages for a transformers processor's chat template (images passed separately)."""
@@ -95,14 +95,10 @@ class RenderedPrompt:
         return cls(record.variant, record.template_sha256, record.system, parts, evidence)
 
 
-def _source_dir() -> str:
-    return str(resources.files("casereview.prompts"))
-
-
 @lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(_source_dir()),
+        loader=jinja2.FileSystemLoader(str(resources.files("casereview.prompts"))),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -142,20 +138,17 @@ def _image_function(evidence: Evidence):
 
 def _split_parts(text: str, evidence: Evidence) -> tuple[str | ImagePart, ...]:
     parts: list[str | ImagePart] = []
-    pos = 0
-    for m in _MARKER.finditer(text):
-        if m.start() > pos:
-            parts.append(text[pos : m.start()])
-        ref = m.group(1)
-        if ref == "case":
+    # split() with the marker's group gives text, image ref, text, image ref, ..., text
+    for i, piece in enumerate(_MARKER.split(text)):
+        if i % 2 == 0:
+            if piece.strip():
+                parts.append(_tidy(piece))
+        elif piece == "case":
             parts.append(ImagePart("case", evidence.image))
         else:
-            i = int(ref)
-            parts.append(ImagePart(evidence.neighbours[i].case_id, evidence.neighbour_images[i]))
-        pos = m.end()
-    if pos < len(text):
-        parts.append(text[pos:])
-    return tuple(_tidy(p) if isinstance(p, str) else p for p in parts if not (isinstance(p, str) and not p.strip()))
+            n = int(piece)
+            parts.append(ImagePart(evidence.neighbours[n].case_id, evidence.neighbour_images[n]))
+    return tuple(parts)
 
 
 def _tidy(text: str) -> str:
