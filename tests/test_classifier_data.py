@@ -93,10 +93,11 @@ def test_image_files_become_medmnist_style(tmp_path):
     rgb[:, :, 0] = 200
     Image.fromarray(rgb).save(tmp_path / "wide.png")
     Image.fromarray(rgb).save(tmp_path / "x.jpg")
-    with pytest.warns(UserWarning, match="brought to 28x28"):
+    # the note says what was done, only that: this RGB file was converted, cropped and resized
+    with pytest.warns(UserWarning, match=r"converted from RGB to 8-bit grayscale, centre-cropped to 200x200, resized to 28x28"):
         img = load_case(str(tmp_path / "wide.png")).image
     assert img.shape == (28, 28) and img.dtype == np.uint8
-    with pytest.warns(UserWarning, match="brought to 28x28"):
+    with pytest.warns(UserWarning, match="resized to 28x28"):
         assert load_case(str(tmp_path / "x.jpg")).image.shape == (28, 28)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(CaseError, match="unreadable"):
