@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from casereview.training.checkpoint import Classifier
 from casereview.training.data import to_tensor
-from casereview.training.metrics import sigmoid
 from casereview.training.models import embed
 
 
@@ -44,7 +44,8 @@ def predict_logits(clf: Classifier, images: np.ndarray, batch_size: int = 256) -
 
 def calibrated_proba(logits: np.ndarray, temperature: float) -> np.ndarray:
     """p(pneumonia) after temperature scaling: sigmoid(logit / T)."""
-    return sigmoid(np.asarray(logits, dtype=np.float64) / temperature)
+    # scipy.special, not training.metrics: the review path need not import scikit-learn
+    return expit(np.asarray(logits, dtype=np.float64) / temperature)
 
 
 def predict_proba(clf: Classifier, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
