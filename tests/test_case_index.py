@@ -142,7 +142,9 @@ def _hnsw_folders(folder: Path) -> dict[str, int]:
     return {d.name: sum(f.stat().st_size for f in d.iterdir()) for d in folder.iterdir() if (d / "header.bin").is_file()}
 
 
-def test_rebuilds_and_a_killed_build_leave_no_segment_folders(tmp_path, data_root):
+def test_rebuilds_and_a_killed_build_leave_no_segment_folders(tmp_path, data_root, capsys):
+    from casereview.cli import main
+
     """Chroma's delete_collection leaves the collection's HNSW folder on disk: a build removes every one
     that no collection uses, and nothing else."""
     settings = index_settings(tmp_path, data_root, limit=LIMIT, embedder="pixels")
@@ -173,6 +175,16 @@ def test_rebuilds_and_a_killed_build_leave_no_segment_folders(tmp_path, data_roo
     left = _hnsw_folders(chroma)
     assert set(after) < set(left)  # the killed build's train and half-built val collections
     assert [h.case_id for h in open_index(settings).search_image(image, 5, split="test")] == before
+    assert disk_usage(settings)["orphans"] == 0  # the killed build's collections still exist: not orphans yet
+    client = chroma_client(settings)
+    client.delete_collection(next(c.name for c in client.list_collections() if c.name.endswith("-train") and
+                                  c.name not in {c.name for c in open_index(settings).collections.values()}))
+    assert _hnsw_folders(chroma) == left  # Chroma's own delete leaves the folder: now an orphan
+    usage = disk_usage(settings)
+    assert usage["orphans"] == 1 and usage["segment_folders"] == len(left)
+    assert main(["index", "list", "--embedder", "pixels", "--workdir", str(tmp_path)]) == 0
+    assert (f"in {len(left)} HNSW segment folders; 1 of them ({usage['orphan_bytes'] / 1e6:.1f} MB) belong to deleted "
+            "collections, the next `casereview index build` removes them") in capsys.readouterr().out
 
     kept = build_index(settings, progress=False)  # up to date: kept, and the killed build's leftovers removed
     assert not kept.built and kept.reclaimed.folders == len(left) - 3
@@ -182,6 +194,17 @@ def test_rebuilds_and_a_killed_build_leave_no_segment_folders(tmp_path, data_roo
     assert usage["total"] <= total  # back to one build's disk (Chroma reuses the catalogue's freed pages)
     assert [h.case_id for h in open_index(settings).search_image(image, 5, split="test")] == before
     assert all((folder / "keep.txt").read_text() == "mine" for folder in foreign)
+
+
+def test_segment_folders_stay_when_the_catalogue_cannot_be_read(tmp_path):
+    from casereview.tools.case_index import remove_orphan_segments
+
+    segment = tmp_path / str(uuid.uuid4())
+    segment.mkdir()
+    (segment / "header.bin").write_bytes(b"hnsw")
+    assert remove_orphan_segments(tmp_path) == Reclaimed()  # no chroma.sqlite3: not a Chroma folder
+    (tmp_path / "chroma.sqlite3").write_bytes(b"not a database")
+    assert remove_orphan_segments(tmp_path) == Reclaimed() and segment.is_dir()
 
 
 def test_index_of_the_single_collection_layout_is_rebuilt(tmp_path, data_root):
@@ -427,6 +450,7 @@ def test_index_on_a_chroma_server(tmp_path, data_root, pixel_index):
         assert remote.location == f"http://127.0.0.1:{port}"
         image = load_split("test", data_root).images[9]
         assert [h.case_id for h in remote.search_image(image, 5)] == [h.case_id for h in pixel_index.search_image(image, 5)]
+        assert build_index(settings, rebuild=True, progress=False).reclaimed == Reclaimed()  # the server's disk is its own
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -369,12 +369,11 @@ def _drop(client: ClientAPI, names: list[str]) -> None:
             pass
 
 
-def _reclaim(client: ClientAPI) -> Reclaimed:
-    """In an on-disk Chroma, remove every segment folder that no collection uses (what deleted collections left)."""
-    chroma = client.get_settings()
-    if not chroma.is_persistent or not chroma.persist_directory:  # a server manages its own disk; in memory: none
+def _reclaim(settings: Settings) -> Reclaimed:
+    """In an on-disk index, remove every segment folder that no collection uses (what deleted collections left)."""
+    if settings.index.chroma_url:  # a server manages its own disk
         return Reclaimed()
-    return remove_orphan_segments(Path(chroma.persist_directory))
+    return remove_orphan_segments(chroma_path(settings))
 
 
 def _tree_bytes(folder: Path) -> int:
@@ -498,7 +497,7 @@ def build_index(
     manifest = _get(client, iname)
     current = dict(manifest.metadata or {}) if manifest is not None else {}
     _drop(client, _other_builds(client, iname, current.get("build")))  # left by an interrupted build
-    reclaimed = _reclaim(client)  # and the folders of those, of pruned indexes and of replaced builds
+    reclaimed = _reclaim(settings)  # and the folders of those, of pruned indexes and of replaced builds
     if manifest is not None and not rebuild and _same_build(current, expected):
         try:
             CaseIndex(iname, _split_collections(client, iname, current, location, command), current, emb, location).verify()
@@ -523,7 +522,7 @@ def build_index(
             start = stop
     except BaseException:
         _drop(client, staged)  # the working index was never touched
-        _reclaim(client)
+        _reclaim(settings)
         raise
     timings = {
         "load_s": round(load_s, 3),
@@ -543,7 +542,7 @@ def build_index(
     }
     _switch(client, manifest, iname, meta)
     _drop(client, _other_builds(client, iname, build))  # the replaced build
-    reclaimed += _reclaim(client)
+    reclaimed += _reclaim(settings)
     return BuildReport(iname, location, meta["n_items"], True, timings, others, pruned, reclaimed)
 
 
