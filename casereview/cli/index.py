@@ -149,8 +149,10 @@ def run_build(args: argparse.Namespace) -> int:
     print("timings: " + ", ".join(f"{k} {v:.2f}" for k, v in report.timings.items()))
     for name in report.pruned:
         print(f"deleted {name} (other weights)")
-    if report.reclaimed.folders:
-        print(f"removed {report.reclaimed.folders} segment folder(s) of deleted collections ({_size(report.reclaimed.bytes)})")
+    freed = report.reclaimed
+    if freed.folders or freed.catalogue_bytes:
+        print(f"freed {_size(freed.bytes + freed.catalogue_bytes)} that deleted collections took: {freed.folders} "
+              f"segment folder(s) ({_size(freed.bytes)}), chroma.sqlite3 compacted ({_size(freed.catalogue_bytes)})")
     for name in report.other_indexes:
         print(f"note: {name} holds the same embedder with other weights; --prune deletes it")
     return 0
