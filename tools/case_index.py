@@ -408,8 +408,9 @@ def orphan_segments(folder: Path) -> list[Path] | None:
     Chroma 1.5.9 names a collection's HNSW folder after its vector segment's id; deleting the
     collection removes its rows from ``chroma.sqlite3`` (table ``segments``) but leaves the folder,
     and neither the client nor ``chroma vacuum`` (a log purge and SQLite ``VACUUM``) removes it. The
-    folders are listed before the catalogue is read: Chroma records a segment before it writes its
-    folder, so a folder listed here whose collection is live is always in the catalogue read after.
+    folders are listed before the catalogue is read: Chroma writes a segment's row when it creates the
+    collection and its folder on the first add (a manifest, which holds no items, has the row and no
+    folder), so a folder listed here whose collection is live is always in the catalogue read after.
     """
     if not (folder / SQLITE_FILE).is_file():
         return []
@@ -438,7 +439,7 @@ def compact_catalogue(folder: Path) -> Reclaimed:
 
     SQLite keeps a deleted collection's pages for reuse, so a rebuild (new build beside the old one)
     leaves the catalogue at two builds' size for good; ``chroma vacuum`` does the same ``VACUUM`` (and a
-    log purge, which Chroma now does on every write) but asks for confirmation. A ``VACUUM`` is one
+    log purge, automatic in the databases Chroma creates now) but asks for confirmation. A ``VACUUM`` is one
     transaction: a busy or unreadable catalogue is left as it was (its free pages are reused)."""
     path = folder / SQLITE_FILE
     if not path.is_file():
