@@ -42,3 +42,27 @@ def index_settings(workdir: Path, data_root: Path, checkpoint: Path | None = Non
             "index": {"limit": limit, "device": "cpu", **index},
         }
     )
+
+
+def build_killed_mid_add(workdir: str, data_root: str, limit: str) -> None:
+    """Rebuild a pixels index and SIGKILL this process once part of the val collection is added.
+
+    Run in a child process (``python -c``): no ``except``/``finally`` of the build runs, as when a
+    user kills it; the train collection is complete and the val collection half built."""
+    import os
+    import signal
+
+    from casereview.tools import case_index
+
+    real_add = case_index._add
+
+    def add_then_die(collection, ids, vectors, metadatas, progress):
+        if collection.name.endswith("-val"):
+            half = len(ids) // 2
+            real_add(collection, ids[:half], vectors[:half], metadatas[:half], progress)
+            os.kill(os.getpid(), signal.SIGKILL)
+        real_add(collection, ids, vectors, metadatas, progress)
+
+    case_index._add = add_then_die
+    settings = index_settings(Path(workdir), Path(data_root), limit=int(limit), embedder="pixels")
+    case_index.build_index(settings, rebuild=True, progress=False)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +20,12 @@ from casereview.tools.case_index import (
     CaseIndexError,
     IndexMissingError,
     QueryError,
+    Reclaimed,
     StaleIndexError,
     build_index,
     chroma_client,
+    chroma_path,
+    disk_usage,
     open_index,
 )
 from casereview.tools.embedders import EmbedderError
@@ -130,6 +135,79 @@ def test_interrupted_rebuild_leaves_the_working_index(tmp_path, data_root, monke
     monkeypatch.undo()
     assert not build_index(settings, progress=False).built  # the working index is up to date
     assert len(_collection_names(settings)) == 4 and not set(added) & _collection_names(settings)
+
+
+def _hnsw_folders(folder: Path) -> dict[str, int]:
+    """The HNSW folders in a Chroma folder (the ones hnswlib wrote a header into) and their bytes."""
+    return {d.name: sum(f.stat().st_size for f in d.iterdir()) for d in folder.iterdir() if (d / "header.bin").is_file()}
+
+
+def test_rebuilds_and_a_killed_build_leave_no_segment_folders(tmp_path, data_root, capsys, monkeypatch):
+    from casereview.cli import main
+
+    monkeypatch.setattr(case_index, "COMPACT_MIN_FREE", 0)  # a tiny index frees less than a full one
+
+    """Chroma's delete_collection leaves the collection's HNSW folder on disk: a build removes every one
+    that no collection uses, and nothing else."""
+    settings = index_settings(tmp_path, data_root, limit=LIMIT, embedder="pixels")
+    chroma = chroma_path(settings)
+    build_index(settings, progress=False)
+    foreign = [chroma / "notes", chroma / str(uuid.uuid4())]  # not Chroma's segments, even the UUID-named one
+    for folder in foreign:
+        folder.mkdir()
+        (folder / "keep.txt").write_text("mine")
+    one_build, first = _hnsw_folders(chroma), disk_usage(settings)
+    assert len(one_build) == 3  # one per split collection; the manifest holds no vectors
+    image = load_split("test", data_root).images[INDEXED_TEST[3]]
+    before = [h.case_id for h in open_index(settings).search_image(image, 5, split="test")]
+
+    rebuilt = build_index(settings, rebuild=True, progress=False)
+    after = _hnsw_folders(chroma)
+    assert len(after) == 3 and not set(after) & set(one_build)  # the replaced build's folders are gone
+    assert (rebuilt.reclaimed.folders, rebuilt.reclaimed.bytes) == (3, sum(one_build.values()))
+    assert rebuilt.reclaimed.catalogue_bytes > 0  # chroma.sqlite3 compacted
+    assert sum(after.values()) == sum(one_build.values())
+    assert disk_usage(settings)["total"] <= first["total"]  # one build's disk, not two
+
+    killed = subprocess.run(
+        [sys.executable, "-c", "import sys, case_index_support as s; s.build_killed_mid_add(*sys.argv[1:])",
+         str(tmp_path), str(data_root), str(LIMIT)],
+        cwd=Path(__file__).parent, capture_output=True, text=True, timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = _hnsw_folders(chroma)
+    assert set(after) < set(left)  # the killed build's train and half-built val collections
+    assert [h.case_id for h in open_index(settings).search_image(image, 5, split="test")] == before
+    assert disk_usage(settings)["orphans"] == 0  # the killed build's collections still exist: not orphans yet
+    client = chroma_client(settings)
+    client.delete_collection(next(c.name for c in client.list_collections() if c.name.endswith("-train") and
+                                  c.name not in {c.name for c in open_index(settings).collections.values()}))
+    assert _hnsw_folders(chroma) == left  # Chroma's own delete leaves the folder: now an orphan
+    usage = disk_usage(settings)
+    assert usage["orphans"] == 1 and usage["segment_folders"] == len(left)
+    assert main(["index", "list", "--embedder", "pixels", "--workdir", str(tmp_path)]) == 0
+    assert (f"in {len(left)} HNSW segment folders; 1 of them ({usage['orphan_bytes'] / 1e6:.1f} MB) belong to deleted "
+            "collections, the next `casereview index build` removes them") in capsys.readouterr().out
+
+    kept = build_index(settings, progress=False)  # up to date: kept, and the killed build's leftovers removed
+    assert not kept.built and kept.reclaimed.folders == len(left) - 3
+    assert _hnsw_folders(chroma) == after
+    usage = disk_usage(settings)
+    assert usage["segments"] == sum(one_build.values()) and usage["orphans"] == 0
+    assert usage["total"] <= first["total"]  # back to one build's disk
+    assert [h.case_id for h in open_index(settings).search_image(image, 5, split="test")] == before
+    assert all((folder / "keep.txt").read_text() == "mine" for folder in foreign)
+
+
+def test_segment_folders_stay_when_the_catalogue_cannot_be_read(tmp_path):
+    from casereview.tools.case_index import remove_orphan_segments
+
+    segment = tmp_path / str(uuid.uuid4())
+    segment.mkdir()
+    (segment / "header.bin").write_bytes(b"hnsw")
+    assert remove_orphan_segments(tmp_path) == Reclaimed()  # no chroma.sqlite3: not a Chroma folder
+    (tmp_path / "chroma.sqlite3").write_bytes(b"not a database")
+    assert remove_orphan_segments(tmp_path) == Reclaimed() and segment.is_dir()
 
 
 def test_index_of_the_single_collection_layout_is_rebuilt(tmp_path, data_root):
@@ -375,6 +453,7 @@ def test_index_on_a_chroma_server(tmp_path, data_root, pixel_index):
         assert remote.location == f"http://127.0.0.1:{port}"
         image = load_split("test", data_root).images[9]
         assert [h.case_id for h in remote.search_image(image, 5)] == [h.case_id for h in pixel_index.search_image(image, 5)]
+        assert build_index(settings, rebuild=True, progress=False).reclaimed == Reclaimed()  # the server's disk is its own
     finally:
         server.terminate()
         server.wait(timeout=30)

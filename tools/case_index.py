@@ -13,7 +13,9 @@ at them only once every one is complete and read back: that single metadata writ
 switch, so a build interrupted at any point leaves the previous index as it was.
 
 Chroma runs in process on disk (``PersistentClient``, ``<workdir>/chroma``) unless
-``index.chroma_url`` names a server started with ``chroma run``.
+``index.chroma_url`` names a server started with ``chroma run``. On disk, every collection deleted
+here also loses its HNSW segment folder (see :func:`remove_orphan_segments`); a server manages its
+own disk.
 
 The case base that grounds a report is ``split="train"`` (or ``"train+val"``): only those
 collections are searched, so a search cannot return a test case by construction. Searching
@@ -24,8 +26,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import sqlite3
 import time
 import uuid
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +60,11 @@ PREFIX = "cases"
 SQL_VARIABLES = 20_000
 TIMINGS = ("load_s", "embed_s", "add_s", "build_s")  # build timings kept in the manifest
 ADD_BATCH = 1000  # items per Chroma `add` (below client.get_max_batch_size(), and a finer progress bar)
+SQLITE_FILE = "chroma.sqlite3"  # Chroma's catalogue in a persistent folder
+# What hnswlib writes into a vector segment's folder (Chroma 1.5.9): a folder holding anything else
+# is not taken for a segment folder and never removed.
+COMPACT_MIN_FREE = 1_000_000  # bytes of free pages in chroma.sqlite3 worth a VACUUM (0.25 s for a full cnn index's 25 MB)
+HNSW_FILES = frozenset({"header.bin", "data_level0.bin", "length.bin", "link_lists.bin", "index_metadata.pickle"})
 
 
 class CaseIndexError(CaseReviewError):
@@ -279,6 +289,18 @@ def case_indices(case_ids: list[str]) -> np.ndarray:
 
 
 @dataclass
+class Reclaimed:
+    """What the items of deleted collections took in an on-disk Chroma and a build freed."""
+
+    folders: int = 0
+    bytes: int = 0  # of those folders
+    catalogue_bytes: int = 0  # by which compacting chroma.sqlite3 shrank it
+
+    def __add__(self, other: Reclaimed) -> Reclaimed:
+        return Reclaimed(self.folders + other.folders, self.bytes + other.bytes, self.catalogue_bytes + other.catalogue_bytes)
+
+
+@dataclass
 class BuildReport:
     name: str
     location: str
@@ -287,6 +309,7 @@ class BuildReport:
     timings: dict[str, float] = field(default_factory=dict)
     other_indexes: list[str] = field(default_factory=list)  # same embedder, other weights
     pruned: list[str] = field(default_factory=list)
+    reclaimed: Reclaimed = field(default_factory=Reclaimed)  # segment folders of deleted collections removed
 
 
 def _expected_meta(settings: Settings, embedder: Embedder, data_sha: str, counts: dict[str, int]) -> dict[str, Any]:
@@ -348,6 +371,110 @@ def _drop(client: ClientAPI, names: list[str]) -> None:
             pass
 
 
+def _reclaim(settings: Settings) -> Reclaimed:
+    """In an on-disk index, free what deleted collections left: their segment folders and the catalogue's free pages."""
+    if settings.index.chroma_url:  # a server manages its own disk
+        return Reclaimed()
+    folder = chroma_path(settings)
+    return remove_orphan_segments(folder) + compact_catalogue(folder)
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _segment_ids(folder: Path) -> set[str] | None:
+    """The ids of every segment of every collection in the Chroma folder's catalogue (None: unreadable)."""
+    try:
+        with closing(sqlite3.connect(f"{(folder / SQLITE_FILE).resolve().as_uri()}?mode=ro", uri=True, timeout=10)) as db:
+            return {str(row[0]) for row in db.execute("SELECT id FROM segments")}
+    except sqlite3.Error:
+        return None
+
+
+def _segment_folder(entry: Path) -> bool:
+    """A folder Chroma made for a vector segment: a plain folder named by a UUID holding only HNSW files."""
+    try:
+        named = str(uuid.UUID(entry.name)) == entry.name
+    except ValueError:
+        return False
+    return (named and entry.is_dir() and not entry.is_symlink()
+            and all(f.name in HNSW_FILES and f.is_file() and not f.is_symlink() for f in entry.iterdir()))
+
+
+def orphan_segments(folder: Path) -> list[Path] | None:
+    """Segment folders in an on-disk Chroma folder that no collection uses (None: the catalogue is unreadable).
+
+    Chroma 1.5.9 names a collection's HNSW folder after its vector segment's id; deleting the
+    collection removes its rows from ``chroma.sqlite3`` (table ``segments``) but leaves the folder,
+    and neither the client nor ``chroma vacuum`` (a log purge and SQLite ``VACUUM``) removes it. The
+    folders are listed before the catalogue is read: Chroma writes a segment's row when it creates the
+    collection and its folder on the first add (a manifest, which holds no items, has the row and no
+    folder), so a folder listed here whose collection is live is always in the catalogue read after.
+    """
+    if not (folder / SQLITE_FILE).is_file():
+        return []
+    candidates = [entry for entry in sorted(folder.iterdir()) if _segment_folder(entry)]
+    live = _segment_ids(folder)
+    if live is None:
+        return None
+    return [entry for entry in candidates if entry.name not in live]
+
+
+def remove_orphan_segments(folder: Path) -> Reclaimed:
+    """Delete the segment folders of deleted collections (replaced, pruned or killed builds) in one Chroma folder.
+
+    Only direct entries of ``folder`` that :func:`orphan_segments` finds are touched; when the
+    catalogue cannot be read nothing is removed."""
+    reclaimed = Reclaimed()
+    for entry in orphan_segments(folder) or []:
+        size = _tree_bytes(entry)
+        shutil.rmtree(entry)
+        reclaimed += Reclaimed(1, size)
+    return reclaimed
+
+
+def compact_catalogue(folder: Path) -> Reclaimed:
+    """``VACUUM`` chroma.sqlite3 when deleted collections left more than ``COMPACT_MIN_FREE`` bytes of free pages in it.
+
+    SQLite keeps a deleted collection's pages for reuse, so a rebuild (new build beside the old one)
+    leaves the catalogue at two builds' size for good; ``chroma vacuum`` does the same ``VACUUM`` (and a
+    log purge, automatic in the databases Chroma creates now) but asks for confirmation. A ``VACUUM`` is one
+    transaction: a busy or unreadable catalogue is left as it was (its free pages are reused)."""
+    path = folder / SQLITE_FILE
+    if not path.is_file():
+        return Reclaimed()
+    size = path.stat().st_size
+    try:
+        with closing(sqlite3.connect(path, timeout=10, isolation_level=None)) as db:
+            free = db.execute("PRAGMA freelist_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
+            if free <= COMPACT_MIN_FREE:
+                return Reclaimed()
+            db.execute("VACUUM")
+    except sqlite3.Error:
+        return Reclaimed()
+    return Reclaimed(catalogue_bytes=size - path.stat().st_size)
+
+
+def disk_usage(settings: Settings) -> dict[str, int] | None:
+    """Bytes an on-disk index location takes: ``total``, ``sqlite`` (the catalogue, items and metadata),
+    ``segments`` and ``segment_folders`` (HNSW), and ``orphans``/``orphan_bytes`` (folders the next build
+    removes). None for a Chroma server, which manages its own disk."""
+    if settings.index.chroma_url:
+        return None
+    folder = chroma_path(settings)
+    segments = [entry for entry in folder.iterdir() if _segment_folder(entry)]
+    orphans = orphan_segments(folder) or []
+    return {
+        "total": _tree_bytes(folder),
+        "sqlite": sum(f.stat().st_size for f in folder.glob(f"{SQLITE_FILE}*") if f.is_file()),
+        "segments": sum(_tree_bytes(entry) for entry in segments),
+        "segment_folders": len(segments),
+        "orphans": len(orphans),
+        "orphan_bytes": sum(_tree_bytes(entry) for entry in orphans),
+    }
+
+
 def _other_builds(client: ClientAPI, name: str, keep: str | None) -> list[str]:
     """Split collections of ``name`` that belong to no current build (replaced or interrupted builds)."""
     return [n for n in _names(client) if n.startswith(f"{name}-") and not (keep and n.startswith(f"{name}-{keep}-"))]
@@ -373,7 +500,8 @@ def build_index(
     ``rebuild`` rebuilds even an up-to-date index; ``prune`` deletes this embedder's indexes
     built from other weights. A (re)build writes new collections beside the working ones and
     switches to them only when they are complete; until then the working index stays usable.
-    One build at a time per location: a build removes the collections other builds left behind.
+    One build at a time per location: a build removes the collections other builds left behind, and in an
+    on-disk Chroma the segment folders of every deleted collection (Chroma leaves them).
     """
     started = time.perf_counter()
     load_avg = os.getloadavg()[0]  # timings mean little without the machine's load: kept beside them
@@ -395,11 +523,12 @@ def build_index(
     manifest = _get(client, iname)
     current = dict(manifest.metadata or {}) if manifest is not None else {}
     _drop(client, _other_builds(client, iname, current.get("build")))  # left by an interrupted build
+    reclaimed = _reclaim(settings)  # and the folders of those, of pruned indexes and of replaced builds
     if manifest is not None and not rebuild and _same_build(current, expected):
         try:
             CaseIndex(iname, _split_collections(client, iname, current, location, command), current, emb, location).verify()
             timings = {k: float(current[k]) for k in TIMINGS if k in current}
-            return BuildReport(iname, location, int(current["n_items"]), False, timings, others, pruned)
+            return BuildReport(iname, location, int(current["n_items"]), False, timings, others, pruned, reclaimed)
         except IndexMissingError:
             pass  # incomplete: build it again
 
@@ -419,6 +548,7 @@ def build_index(
             start = stop
     except BaseException:
         _drop(client, staged)  # the working index was never touched
+        _reclaim(settings)
         raise
     timings = {
         "load_s": round(load_s, 3),
@@ -438,7 +568,8 @@ def build_index(
     }
     _switch(client, manifest, iname, meta)
     _drop(client, _other_builds(client, iname, build))  # the replaced build
-    return BuildReport(iname, location, meta["n_items"], True, timings, others, pruned)
+    reclaimed += _reclaim(settings)
+    return BuildReport(iname, location, meta["n_items"], True, timings, others, pruned, reclaimed)
 
 
 def _write_split(

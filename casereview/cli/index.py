@@ -140,15 +140,24 @@ def run_build(args: argparse.Namespace) -> int:
     print("timings: " + ", ".join(f"{k} {v:.2f}" for k, v in report.timings.items()))
     for name in report.pruned:
         print(f"deleted {name} (other weights)")
+    freed = report.reclaimed
+    if freed.folders or freed.catalogue_bytes:
+        print(f"freed {_size(freed.bytes + freed.catalogue_bytes)} that deleted collections took: {freed.folders} "
+              f"segment folder(s) ({_size(freed.bytes)}), chroma.sqlite3 compacted ({_size(freed.catalogue_bytes)})")
     for name in report.other_indexes:
         print(f"note: {name} holds the same embedder with other weights; --prune deletes it")
     return 0
 
 
-def run_list(args: argparse.Namespace) -> int:
-    from casereview.tools.case_index import list_indexes
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
 
-    rows = list_indexes(_settings(args))
+
+def run_list(args: argparse.Namespace) -> int:
+    from casereview.tools.case_index import disk_usage, list_indexes
+
+    settings = _settings(args)
+    rows = list_indexes(settings)
     if not rows:
         print("no case index here; build one with `casereview index build`")
     for row in rows:
@@ -157,6 +166,12 @@ def run_list(args: argparse.Namespace) -> int:
                       f"`casereview index build --embedder {row.get('embedder', '...')}`" if row["missing_splits"] else "")
         print(f"{row['name']}: {row['count']} cases, {row.get('model_id')} (sha256 {sha}), built {row.get('built_at', '?')}"
               + incomplete)
+    disk = disk_usage(settings)
+    if disk is not None:  # a Chroma server's disk is its own
+        leftovers = (f"; {disk['orphans']} of them ({_size(disk['orphan_bytes'])}) belong to deleted collections, "
+                     "the next `casereview index build` removes them" if disk["orphans"] else "")
+        print(f"on disk: {_size(disk['total'])} ({_size(disk['sqlite'])} chroma.sqlite3, {_size(disk['segments'])} in "
+              f"{disk['segment_folders']} HNSW segment folders{leftovers})")
     return 0
 
 
