@@ -58,7 +58,8 @@ def sqlite_checkpointer(path: Path) -> BaseCheckpointSaver:
     return SqliteSaver(connection, serde=SERDE)
 
 
-def make_checkpointer(kind: str, path: Path) -> BaseCheckpointSaver | None:
+def make_checkpointer(kind: str, path: Path | None = None) -> BaseCheckpointSaver | None:
+    """``sqlite`` (at ``path``), ``memory`` or ``none``, each restoring the state's records (``SERDE``)."""
     return {"sqlite": lambda: sqlite_checkpointer(path), "memory": lambda: InMemorySaver(serde=SERDE),
             "none": lambda: None}[kind]()
 

@@ -190,7 +190,7 @@ class ReviewRun:
         each case's state as the report node's update; the cases resume, in rounds (a retry is a
         round more) until each is final. Yields (position, final state or error)."""
         if self.checkpointer is None:  # pausing needs one; this run's threads need not outlive it
-            self.checkpointer = make_checkpointer("memory", Path())
+            self.checkpointer = make_checkpointer("memory")
             self.graph = build_graph(self.checkpointer)
         active = list(range(len(inputs)))
         while active:
@@ -224,7 +224,7 @@ class ReviewRun:
         ``ask(next_node, values)`` is asked before the next node (False stops: returns None; the case
         stays resumable by run id)."""
         if self.checkpointer is None:
-            self.checkpointer = make_checkpointer("memory", Path())
+            self.checkpointer = make_checkpointer("memory")
             self.graph = build_graph(self.checkpointer)
         cfg = thread_config(self.run_id, ref)
         values = self.graph.get_state(cfg).values

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.runtime import Runtime
 from PIL import Image
 
@@ -161,7 +160,7 @@ def test_full_run_with_tiny_gemma(settings, tiny_vlm_dir, tmp_path):  # noqa: F8
 
 
 def test_step_before_each_node(settings):
-    graph = build_graph(InMemorySaver())
+    graph = build_graph(make_checkpointer("memory"))
     cfg, ctx = thread_config("step", "test:5"), build_context(settings)
     graph.invoke({"case_ref": "test:5"}, cfg, context=ctx, interrupt_before=list(NODE_ORDER))
     visited = []
