@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import ExitStack
 from dataclasses import replace
@@ -258,6 +259,7 @@ def write_task1_report(settings: Settings, out_dir: Path) -> Path:
     start = time.perf_counter()
     predict_logits(clf, data["test"].images)
     predict_test_s = time.perf_counter() - start
+    predict_load = os.getloadavg()[0]  # the 2-core machines are shared: a timing means little without it
     test = evaluate(settings, "test", fig_dir / "test", figures=True, n_boot=N_BOOT)
     val = evaluate(settings, "val", fig_dir / "val", figures=True, n_boot=N_BOOT)
     sweep_path, sweep = threshold_sweep(
@@ -289,7 +291,7 @@ def write_task1_report(settings: Settings, out_dir: Path) -> Path:
         anchors=ANCHORS, sweep=sweep, patience=PATIENCE, n_boot=N_BOOT, panel_per_outcome=SALIENCY_PER_OUTCOME,
         counts={s: len(d.labels) for s, d in data.items()},
         lattice={"n": len(LATTICE) ** 2, "share": len(LATTICE) ** 2 / float(np.prod(data["test"].images.shape[1:]))},
-        predict_test_s=predict_test_s, train_minutes=sum(m["train_seconds"] for m in members) / 60,
+        predict_test_s=predict_test_s, predict_load=predict_load, n_cores=os.cpu_count(), train_minutes=sum(m["train_seconds"] for m in members) / 60,
         prevalence={s: float(d.labels.mean()) for s, d in data.items()},
         fig={**{f"test_{k}": rel(v) for k, v in test["figures"].items()},
              **{f"val_{k}": rel(v) for k, v in val["figures"].items()},
