@@ -160,3 +160,12 @@ def test_probe_arms_with_the_same_outputs_are_one_row(tmp_path):
     probe_rows = [line for line in text.splitlines() if ".flip-classifier" in line and line.startswith("| ")]
     assert len(probe_rows) == 2  # the two model probes together, the five reference probes together
     assert probe_rows[0].startswith("| x-a.flip-classifier = x-b.flip-classifier | opinion | 20 |")
+
+
+def test_console_table_names_identical_arms_together():
+    from casereview.cli.batch import comparison_text
+
+    same = rows_saying({0, 1, 2, 13}, flagged={2})
+    text = comparison_text(compute_metrics(batch({"x-a": same, "x-b": same}, same), n_boot=50))
+    rows = [line for line in text.splitlines()[1:] if not line.startswith("probe ")]
+    assert len(rows) == 1 and rows[0].startswith("x-a = x-b = " + " = ".join(REFERENCE_ARMS))

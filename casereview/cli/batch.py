@@ -122,13 +122,13 @@ def comparison_text(metrics: dict) -> str:
     if not any(m["scores"] for m in metrics["arms"].values()):
         return "nothing to score: no arm has a finished review of a case with a known label"
     lines = [f"{'arm':42s} {'n':>5s}  {'accuracy':>22s}  {'balanced accuracy':>22s}"]
-    for name in metrics["batch"]["arms"] + metrics["batch"]["reference_arms"]:
-        m = metrics["arms"][name]
+    for group in metrics["identical"]:  # arms with the same outputs on every case: one row, named together
+        m = metrics["arms"][group[0]]
         if not m["scores"]:
             continue
         cells = [f"{s['value']:.3f} [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]"
                  for s in (m["scores"]["accuracy"], m["scores"]["balanced_accuracy"])]
-        lines.append(f"{name:42s} {m['n']:5d}  {cells[0]:>22s}  {cells[1]:>22s}")
+        lines.append(f"{' = '.join(group):42s} {m['n']:5d}  {cells[0]:>22s}  {cells[1]:>22s}")
     for name, p in metrics["probe"].items():
         lines.append(f"probe {name:36s} n={p['n']:4d}  anchoring {p['anchoring_rate']:.3f}  changed {p['changed_rate']:.3f}")
     return "\n".join(lines)
