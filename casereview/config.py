@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from casereview.errors import CaseReviewError
+from casereview.paths import file_in_the_way
 
 ENV_PREFIX = "CASEREVIEW_"
 EmbedderName = Literal["cnn", "clip", "pixels"]  # the registry of casereview.tools.embedders
@@ -158,11 +159,8 @@ class PathsConfig(Section):
     @classmethod
     def _a_folder(cls, value: Path) -> Path:
         # a file here would surface as a FileExistsError or sqlite error deep inside a run, after model loading
-        for existing in (value, *value.parents):
-            if existing.exists():
-                if not existing.is_dir():
-                    raise ValueError(f"{existing} is a file; the workdir must be a folder (or not exist yet)")
-                break
+        if (existing := file_in_the_way(value)) is not None:
+            raise ValueError(f"{existing} is a file; the workdir must be a folder (or not exist yet)")
         return value
 
 

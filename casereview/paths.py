@@ -40,13 +40,17 @@ def resolve_inside(root: Path | str, *parts: str, what: str = "path") -> Path:
     return target
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The file that keeps ``path`` from being (or becoming) a folder: ``path`` itself or the first of its
+    parents that exists, when that is not a folder; None when ``path`` is a folder or can be made one."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
 def check_folder(path: Path, what: str, purpose: str = "the output") -> Path:
     """``path`` if it is a folder or can be made one; an :class:`UnsafePathError` naming ``what`` if it,
     or the first of its parents that exists, is a file (checked before any work, so no traceback later)."""
-    for existing in (path, *path.parents):
-        if existing.exists():
-            if not existing.is_dir():
-                where = "is a file" if existing == path else f"is inside {existing}, which is a file"
-                raise UnsafePathError(f"{what} {path} {where}; give a folder for {purpose}")
-            break
+    if (existing := file_in_the_way(path)) is not None:
+        where = "is a file" if existing == path else f"is inside {existing}, which is a file"
+        raise UnsafePathError(f"{what} {path} {where}; give a folder for {purpose}")
     return path
