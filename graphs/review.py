@@ -34,8 +34,12 @@ class RunInUseError(CaseReviewError):
 _HELD_LOCKS: dict[Path, IO[str]] = {}  # run locks this process holds (a process may reopen its own runs)
 
 
-def lock_run(workdir: Path, run_id: str) -> Path:
-    """Hold the run id's lock for the rest of this process, or raise :class:`RunInUseError`.
+RUN_IN_USE = "run {run_id} is in use by {holder}; wait for it to finish, or start a new run (omit --run-id)"
+
+
+def lock_run(workdir: Path, run_id: str, in_use: str = RUN_IN_USE) -> Path:
+    """Hold the run id's lock for the rest of this process, or raise :class:`RunInUseError` with the message
+    ``in_use`` (``{run_id}`` and ``{holder}`` filled in: the caller knows what the user can do instead).
 
     An OS file lock (``flock``): it is released when the holding process ends, even by ``kill -9``,
     so a crashed run never blocks its own resume."""
@@ -50,11 +54,7 @@ def lock_run(workdir: Path, run_id: str) -> Path:
         fh.seek(0)
         holder = fh.read().strip() or "another process"
         fh.close()
-        if run_id.startswith("batch-"):  # a batch's arms run under ids made from its folder
-            raise RunInUseError(f"another `casereview batch` ({holder}) is using this batch folder; wait for it to "
-                                "finish, or give another --out") from None
-        raise RunInUseError(f"run {run_id} is in use by {holder}; wait for it to finish, or start a new run "
-                            "(omit --run-id)") from None
+        raise RunInUseError(in_use.format(run_id=run_id, holder=holder)) from None
     fh.seek(0)
     fh.truncate()
     fh.write(f"process {os.getpid()}")
@@ -97,9 +97,10 @@ class GraphClock(BaseCallbackHandler):
 class ReviewRun:
     """One run (run id) of the review graph over any number of cases, checkpointed per case."""
 
-    def __init__(self, settings: Settings, run_id: str, out: Path, context: RunContext | None = None):
+    def __init__(self, settings: Settings, run_id: str, out: Path, context: RunContext | None = None,
+                 in_use: str = RUN_IN_USE):
         self.settings, self.run_id, self.out = settings, run_id, out
-        lock_run(settings.paths.workdir, run_id)  # before any model loads: a second process exits at once
+        lock_run(settings.paths.workdir, run_id, in_use)  # before any model loads: a second process exits at once
         self.context = context or build_context(settings, run_id)
         self.checkpointer = make_checkpointer(settings.graph.checkpointer, settings.paths.workdir / "checkpoints.sqlite")
         self.graph = build_graph(self.checkpointer)
@@ -127,11 +128,10 @@ class ReviewRun:
 
     def review(self, ref: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Review one case (see :meth:`review_many`); a failure raises."""
-        for _, outcome in self.review_many([ref], {ref: extra} if extra else None):
-            if isinstance(outcome, BaseException):
-                raise outcome
-            return outcome
-        raise AssertionError("unreachable")
+        [(_, outcome)] = self.review_many([ref], {ref: extra} if extra else None)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def review_many(self, refs: list[str], inputs: dict[str, dict[str, Any]] | None = None,
                     concurrency: int = 1) -> Iterator[tuple[str, dict[str, Any] | CaseReviewError]]:

@@ -142,3 +142,31 @@ def test_ids_that_resolve_to_one_file_are_reviewed_once(env, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     s = load_settings(overrides={"data": {"root": env["CASEREVIEW_DATA_ROOT"]}})
     assert expand_case_refs(["a.png", "./a.png", str(tmp_path / "a.png"), "test:1", "test:1"], s) == ["a.png", "test:1"]
+
+
+@pytest.mark.slow
+def test_a_held_lock_names_what_the_user_can_do_instead(tmp_path):
+    """The lock's message is the caller's: a batch's arms, whose run ids the user never typed, say to
+    give another --out instead of suggesting --run-id, which `casereview batch` does not have."""
+    from casereview.evaluation.batch_runner import BATCH_IN_USE
+    from casereview.graphs.review import RunInUseError, lock_run
+
+    ready, release = tmp_path / "ready", tmp_path / "release"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time, pathlib; from casereview.graphs.review import lock_run; "
+        f"lock_run(pathlib.Path({str(tmp_path)!r}), 'batch-abc-arm'); pathlib.Path({str(ready)!r}).touch(); "
+        f"[time.sleep(0.1) for _ in iter(lambda: pathlib.Path({str(release)!r}).exists(), True)]")])
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert holder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        with pytest.raises(RunInUseError) as caught:
+            lock_run(tmp_path, "batch-abc-arm", BATCH_IN_USE)
+        assert str(caught.value) == (f"another `casereview batch` (process {holder.pid}) is using this batch folder; "
+                                     "wait for it to finish, or give another --out")
+        with pytest.raises(RunInUseError, match=r"run batch-abc-arm is in use by .*omit --run-id"):
+            lock_run(tmp_path, "batch-abc-arm")
+    finally:
+        release.touch()
+        holder.wait(timeout=60)

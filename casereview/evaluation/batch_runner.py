@@ -32,6 +32,9 @@ from casereview.provenance import sha256_text
 from casereview.records import record_stem, write_atomic
 from casereview.tools.context import build_context, fingerprint, fingerprint_fields
 
+# A batch's arms run under ids made from its folder, which the user never typed.
+BATCH_IN_USE = ("another `casereview batch` ({holder}) is using this batch folder; wait for it to finish, "
+                "or give another --out")
 PLAN_FILE = "batch.json"
 ARMS_DIR = "arms"
 
@@ -136,7 +139,7 @@ class BatchRunner:
         for arm in self.plan.arms:
             arm_s, run_id = arm_settings(s, arm), f"batch-{self._folder_id}-{arm.name}"
             runs[arm.name] = ReviewRun(arm_s, run_id, arm_dir(self.plan.out, arm.name),
-                                       context=replace(base, settings=arm_s, run_id=run_id))
+                                       context=replace(base, settings=arm_s, run_id=run_id), in_use=BATCH_IN_USE)
         self._tidy()
         start = time.perf_counter()
         bar = tqdm(total=len(pending), desc="batch", unit="review", disable=not self.progress, file=sys.stderr)
