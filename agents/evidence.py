@@ -15,7 +15,6 @@ import numpy as np
 from casereview.config import GraphConfig
 from casereview.data import Case
 from casereview.schemas import ClassifierResult, Neighbour
-from casereview.tools.case_classifier import all_cores
 from casereview.tools.context import RunContext
 
 OTHER = {"normal": "pneumonia", "pneumonia": "normal"}
@@ -36,12 +35,12 @@ def batch_evidence(ctx: RunContext, cases: list[Case]) -> list[dict[str, Any]]:
     if not cases:
         return []
     images = np.stack([c.image for c in cases])
-    with all_cores():
+    with ctx.classifier.clf.all_cores():
         opinions, embeddings = ctx.classifier.analyse(images)
-    files = [i for i, c in enumerate(cases) if c.views is not None]  # image files: the gate also checks the resize
     measures = ctx.gate.measures(images, embeddings=embeddings)
-    for i in files:
-        measures[i] = ctx.gate.measure(images[i], cases[i].views, embeddings[i])
+    for i, case in enumerate(cases):
+        if case.views is not None:  # an image file: the gate also checks the resize
+            measures[i] = measures[i].model_copy(update={"resize_spread": ctx.gate.resize_spread(case.views)})
     vectors = np.stack([ctx.case_vector(im, emb) for im, emb in zip(images, embeddings)])
     g = ctx.settings.graph
     ks = [neighbour_count(op, g) for op in opinions]

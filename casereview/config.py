@@ -81,9 +81,11 @@ class ClassifierConfig(Section):
     """Which checkpoint the rest of the system uses; ``None`` means the released one."""
 
     checkpoint: Path | None = None
-    device: str = "auto"
+    # onnx: the checkpoint's ONNX export on ONNX Runtime (no torch import); torch: the checkpoint itself
+    runtime: Literal["onnx", "torch"] = "onnx"
+    device: str = "auto"  # torch runtime only (ONNX Runtime serves on the CPU)
     batch_size: int = Field(default=256, ge=1)
-    # torch and BLAS CPU threads while reviewing: one image at a time gains nothing from a second thread,
+    # CPU threads (ONNX Runtime or torch, and BLAS) while reviewing: one image at a time gains nothing from a second thread,
     # and on a shared 2-core machine two threads made one forward pass 50x slower (150 ms against 3 ms)
     threads: int | None = Field(default=1, ge=1)
 

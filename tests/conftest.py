@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,11 +38,13 @@ def data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A cr_resnet_small with random weights, saved like `casereview train` saves one.
+    """A cr_resnet_small with random weights, saved like `casereview train` saves one, with its ONNX export
+    beside it (as `casereview release --export-only` writes it), so that it serves on either runtime.
 
     Random weights: anything computed from it is a test of code paths, never a result.
     """
-    from casereview.training.checkpoint import save_checkpoint
+    from casereview.training.checkpoint import load_classifier, save_checkpoint
+    from casereview.training.export import export_onnx
     from casereview.training.models import create_classifier
 
     torch.manual_seed(0)
@@ -51,4 +54,6 @@ def random_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "calibration": {"temperature": 1.0, "threshold": 0.5, "threshold_rule": "fixed 0.5 (test fixture)"},
         "note": "random weights, test fixture",
     }
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "random.safetensors", meta)
+    path = save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "random.safetensors", meta)
+    export_onnx(load_classifier(path, "cpu"), np.random.default_rng(0).integers(0, 256, (16, 28, 28), dtype=np.uint8))
+    return path

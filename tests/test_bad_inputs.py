@@ -100,7 +100,7 @@ def test_bad_input_in_process(row, tmp_path, capsys, monkeypatch, data_root):
         raise AssertionError("a model was loaded for a bad input")
 
     monkeypatch.setattr("casereview.training.checkpoint.load_classifier", no_model)
-    monkeypatch.setattr("casereview.tools.case_classifier.load_classifier", no_model)
+    monkeypatch.setattr("casereview.training.classifier.load_onnx_classifier", no_model)
     code = main([fill(a, tmp_path) for a in argv])
     check(code, capsys.readouterr().err, words, tmp_path)
 

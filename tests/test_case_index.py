@@ -228,14 +228,14 @@ def test_index_of_the_single_collection_layout_is_rebuilt(tmp_path, data_root):
 
 
 def test_open_index_reuses_a_loaded_classifier(tmp_path, data_root, random_checkpoint, monkeypatch):
-    from casereview.training import checkpoint
+    from casereview.training import classifier
 
     settings = index_settings(tmp_path, data_root, random_checkpoint, limit=8)
     build_index(settings, "cnn", progress=False)
-    clf = checkpoint.load_classifier(random_checkpoint, "cpu")
+    clf = classifier.open_classifier(random_checkpoint)
     loads = []
-    real_load = checkpoint.load_classifier
-    monkeypatch.setattr(checkpoint, "load_classifier", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
+    real_load = classifier.load_onnx_classifier
+    monkeypatch.setattr(classifier, "load_onnx_classifier", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
     index = open_index(settings, "cnn", classifier=clf)
     assert index.embedder.classifier is clf and loads == []
     image = load_split("test", data_root).images[2]
@@ -361,11 +361,13 @@ def test_missing_index_names_the_build_command(tmp_path, data_root):
 def test_index_from_another_checkpoint_is_detected(tmp_path, data_root, random_checkpoint):
     import torch
 
-    from casereview.training.checkpoint import save_checkpoint
+    from casereview.training.checkpoint import load_classifier, save_checkpoint
+    from casereview.training.export import export_onnx
     from casereview.training.models import create_classifier
 
     torch.manual_seed(1)
     other = save_checkpoint(create_classifier("cr_resnet_small"), tmp_path / "other.safetensors", {"arch": "cr_resnet_small"})
+    export_onnx(load_classifier(other, "cpu"), load_split("val", data_root).images[:8])
     built = build_index(index_settings(tmp_path, data_root, random_checkpoint, limit=8), "cnn", progress=False)
     with pytest.raises(StaleIndexError, match="other weights.*casereview index build --embedder cnn"):
         open_index(index_settings(tmp_path, data_root, other, limit=8), "cnn")

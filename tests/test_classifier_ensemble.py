@@ -93,7 +93,10 @@ def test_model_card_describes_the_ensemble(built):
 
     meta = read_meta(built[0])
     row = {k: 0.9 for k in ("roc_auc", "accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy")}
+    onnx = {"sha256": "1" * 64, "opset": 17, "parity": {"n": 524, "max_abs_logit_diff": 3e-6, "min_cosine": 0.9999999,
+                                                         "label_changes": 0}}
     card = render("model_card.md.j2", meta=meta, cal=meta["calibration"], sha256="0" * 64,
-                  evals=[{"split": "val", "n": 524, **row}])
+                  evals=[{"split": "val", "n": 524, **row}], onnx=onnx)
     assert "ensemble of 2" in card and "no seed picked" in card and "conformal" in card
+    assert "classifier.onnx` (sha256 `" + "1" * 64 in card and "largest logit difference 3.0e-06" in card
     assert "casereview ensemble" in card

@@ -52,17 +52,18 @@ def test_cnn_embedder_is_the_classifier_penultimate_layer(settings, images, rand
     expected = embed_images(load_classifier(random_checkpoint, "cpu"), images)
     np.testing.assert_allclose(vectors, expected, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert emb.provenance()["checkpoint_sha256"] == sha256_file(random_checkpoint)
+    assert emb.provenance()["checkpoint_sha256"] == sha256_file(random_checkpoint)  # the trained weights
+    assert emb.weights_sha256 == sha256_file(random_checkpoint.with_suffix(".onnx"))  # the file that served them
     assert not emb.has_text_tower
 
 
 def test_cnn_embedder_reuses_a_loaded_classifier(settings, images, monkeypatch, random_checkpoint):
-    from casereview.training import checkpoint
+    from casereview.training import classifier
 
-    clf = checkpoint.load_classifier(random_checkpoint, "cpu")
+    clf = classifier.open_classifier(random_checkpoint)
     loads = []
-    real_load = checkpoint.load_classifier
-    monkeypatch.setattr(checkpoint, "load_classifier", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
+    real_load = classifier.load_onnx_classifier
+    monkeypatch.setattr(classifier, "load_onnx_classifier", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
     shared = create_embedder("cnn", settings, classifier=clf)
     assert shared.classifier is clf and loads == []  # no second load of the checkpoint
     own = create_embedder("cnn", settings)

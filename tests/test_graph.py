@@ -123,7 +123,7 @@ def test_full_run_with_template_backend(settings, tmp_path):
     record = run.review("test:3")
     CaseReview.model_validate(record)  # the saved record is the published schema
     assert record["case_id"] == "test:3" and record["ground_truth"] in ("normal", "pneumonia")
-    assert record["classifier"]["checkpoint_sha256"] == run.context.classifier.clf.sha256
+    assert record["classifier"]["checkpoint_sha256"] == run.context.classifier.clf.checkpoint_sha256
     k = settings.graph.k_uncertain if record["classifier"]["uncertain"] else settings.graph.k
     assert len(record["neighbours"]) == k and {n["split"] for n in record["neighbours"]} == {"train"}
     assert record["report"]["raw"].startswith("[template backend: not a vision-language model")
@@ -238,6 +238,7 @@ def test_one_decode_one_checkpoint_load_one_prompt(settings, tmp_path, monkeypat
     import casereview.data
     import casereview.tools.input_gate
     import casereview.training.checkpoint
+    import casereview.training.classifier
 
     counts = {"decode": 0, "load": 0, "forward": 0, "index_embed": 0, "gate_embed": 0}
 
@@ -248,9 +249,9 @@ def test_one_decode_one_checkpoint_load_one_prompt(settings, tmp_path, monkeypat
         return wrapper
 
     monkeypatch.setattr(casereview.data, "decode_image", counting("decode", casereview.data.decode_image))
-    load = counting("load", casereview.training.checkpoint.load_classifier)
-    monkeypatch.setattr(casereview.training.checkpoint, "load_classifier", load)
-    monkeypatch.setattr("casereview.tools.case_classifier.load_classifier", load)
+    load = counting("load", casereview.training.classifier.load_onnx_classifier)
+    monkeypatch.setattr(casereview.training.classifier, "load_onnx_classifier", load)
+    monkeypatch.setattr(casereview.training.checkpoint, "load_classifier", counting("load", casereview.training.checkpoint.load_classifier))
     files = []
     films = load_split("val", settings.data.root).images
     for i, name in enumerate(("a b.png", "a_b.png")):  # names that a naive stem would merge

@@ -9,22 +9,18 @@ under the workdir so that later processes start without predicting the validatio
 from __future__ import annotations
 
 import json
-import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from threadpoolctl import threadpool_limits
 
 from casereview.config import Settings
 from casereview.data import load_split
 from casereview.records import write_atomic
 from casereview.schemas import ClassifierResult
-from casereview.training.checkpoint import Classifier, load_classifier
+from casereview.training.classifier import Classifier, open_classifier
 from casereview.training.conformal import conformal_qhat, prediction_set
 from casereview.training.predict import calibrated_proba, predict_logits_and_embeddings, predict_proba
 
@@ -51,7 +47,7 @@ class CaseClassifier:
         pset = prediction_set(p, self.qhat, self.centre)
         return ClassifierResult(
             prob_pneumonia=p, label=label, threshold=self.clf.threshold, temperature=self.clf.temperature,
-            uncertain=pset != [label], checkpoint_sha256=self.clf.sha256, prediction_set=pset,
+            uncertain=pset != [label], checkpoint_sha256=self.clf.checkpoint_sha256, prediction_set=pset,
             conformal_alpha=self.alpha, arch=self.clf.arch,
         )
 
@@ -78,32 +74,20 @@ def _conformal(clf: Classifier, settings: Settings) -> tuple[float, float]:
     print(f"fitting the conformal band of checkpoint {clf.sha256[:12]} on the validation split (once; cached "
           f"in {cache.parent})", file=sys.stderr)
     val = load_split("val", settings.data.root, settings.data.download)
-    qhat = conformal_qhat(val.labels, predict_proba(clf, val.images), alpha, clf.threshold)
+    with clf.all_cores():
+        qhat = conformal_qhat(val.labels, predict_proba(clf, val.images), alpha, clf.threshold)
     cache.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(cache, json.dumps({"qhat": qhat, "centre": clf.threshold, "alpha": alpha, "fitted_on": "val"}))
     return qhat, clf.threshold
-
-
-@contextmanager
-def all_cores() -> Iterator[None]:
-    """torch on every core for a batched pass, then back to the review path's thread count
-    (``classifier.threads``, which suits one image at a time)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or before)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def load_case_classifier(settings: Settings) -> CaseClassifier:
     """The configured checkpoint, loaded once, with its conformal calibration."""
     c = settings.classifier
     if c.threads:
-        torch.set_num_threads(c.threads)
         # numpy's BLAS too, for the rest of the process (the input gate's distance is one small
         # product per case): its idle threads stalled each call by ~10 ms on a busy machine.
         threadpool_limits(limits=c.threads, user_api="blas")
-    clf = load_classifier(c.checkpoint, c.device)
+    clf = open_classifier(c.checkpoint, c.runtime, c.device, c.threads)
     qhat, centre = _conformal(clf, settings)
     return CaseClassifier(clf, qhat, settings.graph.conformal_alpha, centre)

@@ -30,7 +30,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,10 +49,11 @@ from casereview.data import CLASS_NAMES, SPLITS, load_split, parse_ref, subset_i
 from casereview.errors import CaseReviewError, one_line
 from casereview.provenance import package_versions, redact_url, utc_now
 from casereview.schemas import Neighbour
-from casereview.tools.embedders import Embedder, create_embedder, data_sha256
+from casereview.tools.embedders import CnnEmbedder, Embedder, create_embedder, data_sha256
+from casereview.tools.input_gate import load_input_gate
 
 if TYPE_CHECKING:
-    from casereview.training.checkpoint import Classifier
+    from casereview.training.classifier import Classifier
 
 PREFIX = "cases"
 # Chroma fetches the metadata of all results of one query call in one SQL statement, which fails
@@ -83,8 +84,9 @@ class QueryError(CaseIndexError, ValueError):
     """A search that cannot be answered: bad k or an unknown split."""
 
 
-def build_command(embedder: str) -> str:
-    return f"casereview index build --embedder {embedder}"
+def build_command(embedder: str, runtime: str = "onnx") -> str:
+    torch = " --runtime torch" if embedder == "cnn" and runtime == "torch" else ""  # the index follows the served file
+    return f"casereview index build --embedder {embedder}{torch}"
 
 
 def index_name(embedder: Embedder) -> str:
@@ -135,7 +137,7 @@ def require_index_folder(settings: Settings, embedder: str | None = None) -> Non
     exists (whether it holds this embedder's index is known once the embedder is built)."""
     if not settings.index.chroma_url and not chroma_path(settings).is_dir():
         raise IndexMissingError(f"no case index at {chroma_path(settings)}; build it with "
-                                f"`{build_command(embedder or settings.index.embedder)}`")
+                                f"`{build_command(embedder or settings.index.embedder, settings.classifier.runtime)}`")
 
 
 def _existing_client(settings: Settings, embedder: str) -> ClientAPI:
@@ -174,6 +176,7 @@ class CaseIndex:
     meta: dict[str, Any]  # the manifest
     embedder: Embedder
     location: str
+    command: str  # how to build it again
     _verified: set[str] = field(default_factory=set, repr=False)
 
     def verify(self, splits: tuple[str, ...] | list[str] = SPLITS) -> None:
@@ -188,7 +191,7 @@ class CaseIndex:
             if found != self.count(s):
                 raise IndexMissingError(
                     f"the index {self.name} at {self.location} is incomplete ({found} of {self.count(s)} {s} items); "
-                    f"rebuild it with `{build_command(self.embedder.name)}`"
+                    f"rebuild it with `{self.command}`"
                 )
             self._verified.add(s)
 
@@ -516,7 +519,7 @@ def build_index(
     client = chroma_client(settings)
     iname = index_name(emb)
     location = chroma_location(settings)
-    command = build_command(name)
+    command = build_command(name, settings.classifier.runtime)
 
     pruned = _prune(client, name, iname) if prune else []
     others = [n for n in _index_names(client, name) if n != iname]
@@ -526,16 +529,21 @@ def build_index(
     reclaimed = _reclaim(settings)  # and the folders of those, of pruned indexes and of replaced builds
     if manifest is not None and not rebuild and _same_build(current, expected):
         try:
-            CaseIndex(iname, _split_collections(client, iname, current, location, command), current, emb, location).verify()
+            CaseIndex(iname, _split_collections(client, iname, current, location, command), current, emb, location, command).verify()
             timings = {k: float(current[k]) for k in TIMINGS if k in current}
+            _prepare_gate(settings, emb)
             return BuildReport(iname, location, int(current["n_items"]), False, timings, others, pruned, reclaimed)
         except IndexMissingError:
             pass  # incomplete: build it again
 
     t0 = time.perf_counter()
     images = np.concatenate([data[s].images[picked[s]] for s in SPLITS])
-    vectors = emb.embed_images(images, progress=progress, desc=f"embedding {len(images)} images ({name})")
+    with emb.classifier.all_cores() if isinstance(emb, CnnEmbedder) else nullcontext():
+        vectors = emb.embed_images(images, progress=progress, desc=f"embedding {len(images)} images ({name})")
     embed_s = time.perf_counter() - t0
+    ends = np.cumsum([len(picked[s]) for s in SPLITS])
+    _prepare_gate(settings, emb, {s: vectors[end - len(picked[s]) : end] for s, end in zip(SPLITS, ends)
+                                  if len(picked[s]) == len(data[s])})
 
     t0 = time.perf_counter()
     build = uuid.uuid4().hex[:8]
@@ -570,6 +578,13 @@ def build_index(
     _drop(client, _other_builds(client, iname, build))  # the replaced build
     reclaimed += _reclaim(settings)
     return BuildReport(iname, location, meta["n_items"], True, timings, others, pruned, reclaimed)
+
+
+def _prepare_gate(settings: Settings, emb: Embedder, features: dict[str, np.ndarray] | None = None) -> None:
+    """Fit and cache the input gate of the cnn embedder's classifier, on the features just computed (whole
+    splits only), so that the first review after ``index build`` loads it instead of fitting it."""
+    if isinstance(emb, CnnEmbedder):
+        load_input_gate(settings, emb.classifier, features)
 
 
 def _write_split(
@@ -645,7 +660,7 @@ def copy_with_hnsw(index: CaseIndex, m: int, ef_construction: int, ef_search: in
         )
         _add(collections[split], list(got["ids"]), np.asarray(got["embeddings"], dtype=np.float32), list(got["metadatas"]), False)
     meta = {**index.meta, "hnsw_m": m, "hnsw_ef_construction": ef_construction, "hnsw_ef_search": ef_search}
-    return CaseIndex(index.name, collections, meta, index.embedder, "in memory")
+    return CaseIndex(index.name, collections, meta, index.embedder, "in memory", index.command)
 
 
 def open_index(settings: Settings, embedder: str | None = None, *, classifier: Classifier | None = None) -> CaseIndex:
@@ -658,7 +673,7 @@ def open_index(settings: Settings, embedder: str | None = None, *, classifier: C
     """
     name = embedder or settings.index.embedder
     emb = create_embedder(name, settings, classifier)
-    command = build_command(name)
+    command = build_command(name, settings.classifier.runtime)
     location = chroma_location(settings)
     client = _existing_client(settings, name)
     iname = index_name(emb)
@@ -680,7 +695,7 @@ def open_index(settings: Settings, embedder: str | None = None, *, classifier: C
             f"the {name} index at {location} was built from another data file (case ids would point at "
             f"other images); rebuild it with `{command}`"
         )
-    return CaseIndex(iname, _split_collections(client, iname, meta, location, command), meta, emb, location)
+    return CaseIndex(iname, _split_collections(client, iname, meta, location, command), meta, emb, location, command)
 
 
 def list_indexes(settings: Settings) -> list[dict[str, Any]]:

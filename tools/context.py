@@ -24,7 +24,7 @@ from casereview.tools.case_classifier import CaseClassifier, load_case_classifie
 from casereview.tools.case_index import CaseIndex, open_index, parse_splits
 from casereview.tools.input_gate import InputGate, load_input_gate
 from casereview.tools.reporter.backends import ReporterBackend, get_backend
-from casereview.training.checkpoint import released_checkpoint
+from casereview.training.classifier import onnx_file, released_checkpoint
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,12 @@ def server_context() -> RunContext:
 def fingerprint_fields(settings: Settings) -> dict[str, Any]:
     """The settings that shape a case's result (a resumed case must run with the same ones)."""
     s, r = settings, settings.reporter
+    checkpoint = Path(s.classifier.checkpoint or released_checkpoint())
+    served = onnx_file(checkpoint) if s.classifier.runtime == "onnx" else checkpoint
     return {
-        "checkpoint_sha256": _checkpoint_sha256(str(s.classifier.checkpoint or released_checkpoint())),
+        "checkpoint_sha256": _checkpoint_sha256(str(checkpoint)),
+        "runtime": s.classifier.runtime,
+        "model_sha256": _checkpoint_sha256(str(served)),  # the file that serves: the checkpoint or its ONNX export
         "embedder": s.index.embedder,
         "clip_model": s.index.clip_model if s.index.embedder == "clip" else None,
         "case_base": s.graph.case_base,

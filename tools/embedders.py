@@ -23,17 +23,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from casereview.config import Settings
 from casereview.errors import CaseReviewError, root_cause
 from casereview.provenance import sha256_file
 from casereview.data import data_file, load_split
+from casereview.training.classifier import Classifier, onnx_file, open_classifier
 from casereview.training.predict import l2_normalise
 
 if TYPE_CHECKING:
-    from casereview.training.checkpoint import Classifier
+    import torch
 
 MEDICAL_CLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 
@@ -92,36 +92,35 @@ class Embedder(ABC):
 
     def provenance(self) -> dict[str, Any]:
         """What produced the vectors; ``checkpoint_sha256`` is the classifier's for ``cnn``, else None."""
-        return {
-            "embedder": self.name,
-            "model_id": self.model_id,
-            "weights_sha256": self.weights_sha256,
-            "checkpoint_sha256": self.weights_sha256 if self.name == "cnn" else None,
-        }
+        return {"embedder": self.name, "model_id": self.model_id, "weights_sha256": self.weights_sha256,
+                "checkpoint_sha256": None}
 
 
 class CnnEmbedder(Embedder):
-    """Penultimate features of a classifier checkpoint; ``weights_sha256`` is the checkpoint's sha256."""
+    """Penultimate features of a classifier checkpoint; ``weights_sha256`` is the sha256 of the file that
+    serves it (the checkpoint under torch, its ONNX export under ONNX Runtime)."""
 
     name = "cnn"
 
     def __init__(self, classifier: Classifier, batch_size: int) -> None:
-        super().__init__(f"{classifier.arch}@{classifier.path.name}", classifier.sha256, batch_size)
+        served = onnx_file(classifier.path) if classifier.runtime == "onnx" else classifier.path
+        super().__init__(f"{classifier.arch}@{served.name}", classifier.sha256, batch_size)
         self.classifier = classifier
 
     @classmethod
     def from_settings(cls, settings: Settings, classifier: Classifier | None = None) -> CnnEmbedder:
         """The classifier's features; ``classifier`` (already loaded) saves loading the checkpoint again."""
         if classifier is None:
-            from casereview.training.checkpoint import load_classifier
-
-            classifier = load_classifier(settings.classifier.checkpoint, settings.classifier.device)
+            c = settings.classifier
+            classifier = open_classifier(c.checkpoint, c.runtime, c.device, c.threads)
         return cls(classifier, settings.index.batch_size)
 
     def _embed_batch(self, images: np.ndarray) -> np.ndarray:
-        from casereview.training.predict import embed_images
+        return self.classifier.forward(images)[1]
 
-        return embed_images(self.classifier, images, batch_size=len(images))
+    def provenance(self) -> dict[str, Any]:
+        return {**super().provenance(), "checkpoint_sha256": self.classifier.checkpoint_sha256,
+                "runtime": self.classifier.runtime}
 
 
 class PixelEmbedder(Embedder):
@@ -195,15 +194,19 @@ class ClipEmbedder(Embedder):
         cfg = settings.index
         return cls(cfg.clip_model, cfg.clip_pretrained, cfg.device, cfg.batch_size)
 
-    @torch.no_grad()
     def _embed_batch(self, images: np.ndarray) -> np.ndarray:
-        x = torch.stack([self.preprocess(self._to_pil(img).convert("RGB")) for img in images]).to(self.device)
-        return self.model.encode_image(x).float().cpu().numpy()
+        import torch  # open_clip's import brought it in already; the module itself stays torch-free
 
-    @torch.no_grad()
+        with torch.no_grad():
+            x = torch.stack([self.preprocess(self._to_pil(img).convert("RGB")) for img in images]).to(self.device)
+            return self.model.encode_image(x).float().cpu().numpy()
+
     def _embed_text(self, texts: list[str]) -> np.ndarray:
-        tokens = self.tokenizer(texts).to(self.device)
-        return self.model.encode_text(tokens).float().cpu().numpy()
+        import torch
+
+        with torch.no_grad():
+            tokens = self.tokenizer(texts).to(self.device)
+            return self.model.encode_text(tokens).float().cpu().numpy()
 
 
 def _require_weights(model_name: str, pretrained: str | None) -> None:
@@ -250,6 +253,8 @@ def _require_hub(repo: str) -> None:
 
 
 def _state_dict_sha256(model: torch.nn.Module) -> str:
+    import torch
+
     digest = hashlib.sha256()
     for key, tensor in sorted(model.state_dict().items()):
         digest.update(key.encode())

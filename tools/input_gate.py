@@ -34,8 +34,7 @@ from casereview.config import Settings
 from casereview.data import SIZE, load_split, resize_views, subset_indices
 from casereview.provenance import sha256_text
 from casereview.schemas import GateMeasure
-from casereview.tools.case_classifier import all_cores
-from casereview.training.checkpoint import Classifier
+from casereview.training.classifier import Classifier
 from casereview.training.predict import embed_images, predict_proba
 
 GATE_VERSION = 3  # bump when a measurement changes: cached gates of older versions are refitted
@@ -183,14 +182,23 @@ class InputGate:
         return self.measures(np.asarray(image)[None], [spread], embedding)[0]
 
 
-def fit_gate(clf: Classifier, settings: Settings) -> GateModel:
-    """Fit on train, set the thresholds on validation (the test split is never read)."""
+def fit_gate(clf: Classifier, settings: Settings, features: dict[str, np.ndarray] | None = None) -> GateModel:
+    """Fit on train, set the thresholds on validation (the test split is never read).
+
+    ``features``: the classifier's embeddings of every image of a split, in split order, where
+    already computed (``index build``); the others are computed here."""
     from sklearn.covariance import LedoitWolf
 
     g, root, dl = settings.gate, settings.data.root, settings.data.download
     train, val = load_split("train", root, dl), load_split("val", root, dl)
     ti, vi = subset_indices(len(train), g.fit_limit), subset_indices(len(val), g.fit_limit)
-    t_stats, t_feat = image_stats(train.images[ti]), embed_images(clf, train.images[ti])
+    features = features or {}
+
+    def embedded(split: str, images: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        given = features.get(split)
+        return given[rows] if given is not None and len(given) == len(images) else embed_images(clf, images[rows])
+
+    t_stats, t_feat = image_stats(train.images[ti]), embedded("train", train.images, ti)
     labels = train.labels[ti]
     means = np.stack([t_feat[labels == c].mean(axis=0) for c in (0, 1)])
     precision = LedoitWolf(assume_centered=True).fit(t_feat - means[labels]).precision_
@@ -199,7 +207,7 @@ def fit_gate(clf: Classifier, settings: Settings) -> GateModel:
     half = g.false_flag_rate / 2  # the two measurements share the budget; their union stays within it
     low, high = stat_bounds(t_stats, v_stats, half)
     partial = GateModel(low, high, means, precision, 0.0, 0.0, {})
-    v_ood = partial.ood_distance(embed_images(clf, v_images))
+    v_ood = partial.ood_distance(embedded("val", val.images, vi))
     ood_thr = upper_threshold(v_ood, half)
     views = np.stack([resize_views(as_external_file(im)) for im in v_images])  # (N, V, 28, 28)
     spreads = np.ptp(predict_proba(clf, views.reshape(-1, SIZE, SIZE)).reshape(len(views), -1), axis=1)
@@ -221,8 +229,9 @@ def gate_key(clf: Classifier, settings: Settings) -> str:
                                    g.fit_limit]))[:16]
 
 
-def load_input_gate(settings: Settings, clf: Classifier) -> InputGate:
-    """The gate for ``clf``: from ``<workdir>/cache/`` when fitted before, else fitted now and cached."""
+def load_input_gate(settings: Settings, clf: Classifier, features: dict[str, np.ndarray] | None = None) -> InputGate:
+    """The gate for ``clf``: from ``<workdir>/cache/`` when fitted before, else fitted now (on ``features``
+    where given, see :func:`fit_gate`) and cached."""
     cache = Path(settings.paths.workdir) / "cache" / f"gate-{clf.sha256[:16]}-{gate_key(clf, settings)}.npz"
     if cache.is_file():
         return InputGate(clf, GateModel.load(cache))
@@ -230,8 +239,8 @@ def load_input_gate(settings: Settings, clf: Classifier) -> InputGate:
     start = time.perf_counter()
     print(f"fitting the input gate for classifier {clf.sha256[:12]} (once; cached in {cache.parent}) ...",
           file=sys.stderr, flush=True)
-    with all_cores():  # ~8,000 forward passes, once per checkpoint: the review path's single thread would double it
-        model = fit_gate(clf, settings)
+    with clf.all_cores():  # ~8,000 forward passes, once per checkpoint: the review path's single thread would double it
+        model = fit_gate(clf, settings, features)
     model.save(cache)
     fitted = model.meta["fitted_on"]
     print(f"input gate fitted on {fitted['train']} train and {fitted['val']} validation images in "

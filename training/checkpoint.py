@@ -1,62 +1,61 @@
-"""Classifier checkpoints: safetensors weights with their config and calibration as metadata.
+"""Classifier checkpoints under torch: safetensors weights with their config and calibration as metadata.
 
 One file holds everything needed to rebuild and use a model: the architecture, the
 training config, the data file's checksum, the git commit, the temperature and decision
-threshold fitted on validation, and the validation metrics they came from.
+threshold fitted on validation, and the validation metrics they came from. Serving without
+torch goes through its ONNX export (:mod:`casereview.training.classifier`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from casereview.devices import resolve_device
 from casereview.provenance import sha256_file
+from casereview.training.classifier import META_KEY, CheckpointError, Classifier, checkpoint_path, read_meta
+from casereview.training.data import to_tensor
 from casereview.training.models import build_from_meta
-from casereview.errors import CaseReviewError
-
-META_KEY = "casereview"
-
-
-class CheckpointError(CaseReviewError):
-    """A checkpoint is missing or unreadable; the message says how to make one."""
-
-
-def released_checkpoint() -> Path:
-    """The checkpoint the system uses by default (committed; see released/MODEL_CARD.md)."""
-    from importlib import resources
-
-    return Path(str(resources.files("casereview") / "released" / "classifier.safetensors"))
 
 
 @dataclass
-class Classifier:
-    """A loaded classifier: model in eval mode plus the calibration it ships with."""
+class TorchClassifier(Classifier):
+    """A checkpoint served by torch: the timm model in eval mode."""
 
-    model: nn.Module
-    meta: dict[str, Any]
-    path: Path
-    sha256: str
+    model: nn.Module = field(default_factory=nn.Identity)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
-    @property
-    def arch(self) -> str:
-        return self.meta["arch"]
+    runtime = "torch"
 
-    @property
-    def temperature(self) -> float:
-        return float(self.meta.get("calibration", {}).get("temperature", 1.0))
+    @torch.no_grad()
+    def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # channels-last like the weights (see load_classifier)
+        x = to_tensor(images).to(self.device, memory_format=torch.channels_last)
+        features = self.model.forward_features(x)
+        pooled = self.model.forward_head(features, pre_logits=True)
+        # a model with test-time augmentation takes its logit over its views
+        logit = self.model(x) if getattr(self.model, "tta_shift", 0) else self.model.forward_head(features)
+        return logit.reshape(-1).float().cpu().numpy(), pooled.flatten(1).float().cpu().numpy()
 
-    @property
-    def threshold(self) -> float:
-        return float(self.meta.get("calibration", {}).get("threshold", 0.5))
+    @contextmanager
+    def all_cores(self) -> Iterator[None]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(os.cpu_count() or before)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
 
 def save_checkpoint(model: nn.Module, path: Path, meta: dict[str, Any]) -> Path:
@@ -68,31 +67,13 @@ def save_checkpoint(model: nn.Module, path: Path, meta: dict[str, Any]) -> Path:
     return path
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    with safe_open(str(path), framework="pt") as fh:
-        raw = (fh.metadata() or {}).get(META_KEY)
-    if raw is None:
-        raise CheckpointError(f"{path} is a safetensors file without casereview metadata")
-    return json.loads(raw)
-
-
-def load_classifier(path: Path | str | None = None, device: str = "auto") -> Classifier:
-    """Load a checkpoint written by ``casereview train`` (``None``: the released one)."""
-    path = Path(path) if path else released_checkpoint()
-    if not path.is_file() and path == released_checkpoint():
-        raise CheckpointError(
-            f"the released checkpoint is missing from this installation ({path}); reinstall casereview, "
-            "or train one with `casereview train --out DIR` and pass --checkpoint DIR/classifier.safetensors."
-        )
-    if not path.is_file():
-        raise CheckpointError(
-            f"classifier checkpoint not found: {path}. Train one with `casereview train --out DIR` "
-            "or omit --checkpoint to use the released model."
-        )
+def load_classifier(path: Path | str | None = None, device: str = "auto") -> TorchClassifier:
+    """Load a checkpoint written by ``casereview train`` (``None``: the released one) into torch."""
+    path = checkpoint_path(path)
+    meta = read_meta(path)
     try:
-        meta = read_meta(path)
         state = load_file(str(path))
-    except (SafetensorError, OSError, json.JSONDecodeError) as exc:
+    except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable casereview checkpoint ({exc})") from exc
     model = build_from_meta(meta)
     try:
@@ -102,4 +83,5 @@ def load_classifier(path: Path | str | None = None, device: str = "auto") -> Cla
     dev = resolve_device(device)
     # Channels-last runs the CPU convolutions and max-pool of a batch 1.5-2x faster (outputs equal to ~2e-6).
     model = model.to(dev, memory_format=torch.channels_last).eval()
-    return Classifier(model, meta, path, sha256_file(path), dev)
+    sha = sha256_file(path)
+    return TorchClassifier(meta, path, sha, sha, model=model, device=dev)

@@ -21,7 +21,8 @@ from casereview.config import Settings
 from casereview.data import data_file, load_split
 from casereview.provenance import git_commit, package_versions, sha256_file, utc_now
 from casereview.training.calibration import fit_calibration
-from casereview.training.checkpoint import CheckpointError, Classifier, load_classifier, save_checkpoint
+from casereview.training.checkpoint import TorchClassifier, load_classifier, save_checkpoint
+from casereview.training.classifier import CheckpointError
 from casereview.training.metrics import binary_metrics, binary_nll, fit_temperature, sigmoid
 from casereview.training.models import MeanLogitEnsemble, count_parameters
 from casereview.training.predict import predict_logits
@@ -32,7 +33,7 @@ TTA_SHIFT = 1  # pixels; about 4% of the image side, within the training augment
 MEMBER_KEYS = ("seed", "threads", "device", "num_workers")
 
 
-def _as_classifier(template: Classifier, model: nn.Module) -> Classifier:
+def _as_classifier(template: TorchClassifier, model: nn.Module) -> TorchClassifier:
     """``template`` with another module, so that members and ensemble share the one prediction path."""
     return replace(template, model=model)
 
@@ -86,7 +87,7 @@ def build_ensemble(settings: Settings, members: list[Path], out: Path) -> Path:
     return save_checkpoint(model, out, meta)
 
 
-def tta_review(clf: Classifier, images: np.ndarray, y: np.ndarray, shift: int = TTA_SHIFT) -> dict[str, Any]:
+def tta_review(clf: TorchClassifier, images: np.ndarray, y: np.ndarray, shift: int = TTA_SHIFT) -> dict[str, Any]:
     """Validation ROC AUC, loss and prediction cost without and with shift test-time augmentation.
 
     TTA is kept only if it raises the validation AUC and the CPU time it needs for a test-sized split

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from casereview.cli.common import add_common_options, settings_from_args
+from casereview.cli.common import add_common_options, add_runtime_option, settings_from_args
 from casereview.errors import CaseReviewError
 from casereview.paths import check_folder
 
@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
     p.add_argument("--chroma-url", help="http://host:port of a `chroma run` server holding the case index")
     p.add_argument("--checkpoint", type=Path, help="classifier checkpoint (default: the released one)")
+    add_runtime_option(p)
     p.add_argument("--max-attempts", type=int, help="report attempts per case including the strict retry (default: 2)")
     p.add_argument("--probe", choices=["flip"],
                    help="also run grounded variants with the classifier flipped and, separately, the neighbours' labels swapped")

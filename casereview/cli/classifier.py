@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from casereview.cli.common import add_common_options, require_positive, settings_from_args
+from casereview.cli.common import add_common_options, add_runtime_option, require_positive, settings_from_args
 from casereview.paths import check_folder
 
 
@@ -56,6 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common_options(p)
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
     p.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate (default: the released one)")
+    add_runtime_option(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="metrics and predictions only")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
@@ -69,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common_options(p)
     p.add_argument("cases", nargs="+", help="case refs like test:42, image paths or folders of images")
     p.add_argument("--checkpoint", type=Path, help="default: the released checkpoint")
+    add_runtime_option(p)
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     p.set_defaults(func=run_predict)
 
@@ -91,14 +93,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "release",
-        help="install a checkpoint as the released default and write its model card",
+        help="export a checkpoint to ONNX and install it as the released default, with its model card",
         description=(
-            "Evaluate a checkpoint on val and test, copy it to casereview/released/classifier.safetensors "
-            "(the default of every command) and write casereview/released/MODEL_CARD.md."
+            "Export a checkpoint to one ONNX graph beside it (checked against torch on validation), evaluate it "
+            "on val and test, copy both to casereview/released/ (the default of every command) and write "
+            "casereview/released/MODEL_CARD.md. With --export-only, only write CHECKPOINT.onnx beside it, so that "
+            "the checkpoint serves with ONNX Runtime (--checkpoint CHECKPOINT). Needs `pip install 'casereview[export]'`."
         ),
     )
     add_common_options(p)
-    p.add_argument("checkpoint", type=Path, help="a checkpoint written by `casereview train`")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint written by `casereview train` or `casereview ensemble`")
+    p.add_argument("--export-only", action="store_true", help="write the ONNX export beside the checkpoint; install nothing")
     p.add_argument("--eval-out", type=Path, default=Path("runs/release_eval"), help="where the evaluations go")
     p.set_defaults(func=run_release)
 
@@ -153,7 +158,7 @@ def run_train(args: argparse.Namespace) -> int:
     # every train setting that has a flag (the others come from the config file or the environment)
     settings = settings_from_args(args, train={k: getattr(args, k) for k in TrainConfig.model_fields if hasattr(args, k)})
     path = train(settings, check_folder(args.out, "--out"))
-    from casereview.training.checkpoint import read_meta
+    from casereview.training.classifier import read_meta
 
     meta = read_meta(path)
     cal = meta["calibration"]
@@ -185,12 +190,13 @@ def run_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from casereview.data import check_refs, expand_folders, load_case
-    from casereview.training.checkpoint import load_classifier
+    from casereview.training.classifier import open_classifier
     from casereview.training.predict import predict_proba
 
     settings = settings_from_args(args, classifier={"checkpoint": args.checkpoint})
     refs = check_refs(expand_folders(args.cases), settings.data.root, settings.data.download)  # before the model loads
-    clf = load_classifier(settings.classifier.checkpoint, settings.classifier.device)
+    c = settings.classifier
+    clf = open_classifier(c.checkpoint, c.runtime, c.device)
     cases = [load_case(ref, settings.data.root, settings.data.download) for ref in refs]
     probs = predict_proba(clf, np.stack([c.image for c in cases]))
     width = max(len(c.case_id) for c in cases)  # file paths can be long: one column for all rows
@@ -217,15 +223,20 @@ def run_study(args: argparse.Namespace) -> int:
 
 
 def run_release(args: argparse.Namespace) -> int:
-    from casereview.studies.release import release
+    from casereview.studies.release import export, release
 
+    if args.export_only:
+        path, parity = export(settings_from_args(args), args.checkpoint)
+        print(f"wrote {path}; against torch on {parity['n']} validation films: largest logit difference "
+              f"{parity['max_abs_logit_diff']:.1e}, smallest embedding cosine {parity['min_cosine']:.7f}")
+        return 0
     path = release(settings_from_args(args), args.checkpoint, args.eval_out)
     print(f"released {path} (model card: {path.parent / 'MODEL_CARD.md'})")
     return 0
 
 
 def run_ensemble(args: argparse.Namespace) -> int:
-    from casereview.training.checkpoint import read_meta
+    from casereview.training.classifier import read_meta
     from casereview.training.ensemble import build_ensemble
 
     path = build_ensemble(settings_from_args(args), args.members, args.out)

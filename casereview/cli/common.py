@@ -30,11 +30,18 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, help="where indexes and runs are kept (default: runs/)")
 
 
+def add_runtime_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runtime", choices=("onnx", "torch"),
+                        help="what serves the classifier: its ONNX export on ONNX Runtime (default; no torch import) "
+                             "or the checkpoint on torch ($CASEREVIEW_CLASSIFIER_RUNTIME)")
+
+
 def settings_from_args(args: argparse.Namespace, **sections: dict[str, Any]) -> Settings:
     """Defaults < YAML < environment < these flags (``None`` flags leave lower layers alone)."""
     overrides: dict[str, dict[str, Any]] = {
         "data": {"root": getattr(args, "data_root", None)},
         "paths": {"workdir": getattr(args, "workdir", None)},
+        "classifier": {"runtime": getattr(args, "runtime", None)},
     }
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)

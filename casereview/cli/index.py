@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, get_args
 
-from casereview.cli.common import add_common_options, settings_from_args
+from casereview.cli.common import add_common_options, add_runtime_option, settings_from_args
 from casereview.paths import check_folder
 from casereview.config import EmbedderName, Settings
 
@@ -32,6 +32,7 @@ downloaded there when missing, unless CASEREVIEW_DATA_DOWNLOAD=false.
 def _index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedder", choices=get_args(EmbedderName), help="which embedder's index (default: index.embedder, cnn)")
     p.add_argument("--checkpoint", type=Path, help="classifier checkpoint for the cnn embedder (default: the released one)")
+    add_runtime_option(p)
     p.add_argument("--clip-model", help="open_clip model for the clip embedder (default: BiomedCLIP from the hub)")
     p.add_argument("--clip-pretrained", help="open_clip pretrained tag or weights file, for built-in model names")
     p.add_argument("--chroma-path", type=Path, help="Chroma folder (default: <workdir>/chroma)")

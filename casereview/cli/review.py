@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import get_args
 
-from casereview.cli.common import add_common_options, settings_from_args
+from casereview.cli.common import add_common_options, add_runtime_option, settings_from_args
 from casereview.config import EmbedderName
 from casereview.errors import CaseReviewError
 from casereview.paths import check_folder, check_name, resolve_inside
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, help="similar cases retrieved (default: 5; more when the classifier is uncertain)")
     p.add_argument("--embedder", choices=get_args(EmbedderName), help="case-index embedder (default: cnn)")
     p.add_argument("--checkpoint", type=Path, help="classifier checkpoint (default: the released one)")
+    add_runtime_option(p)
     p.add_argument("--max-attempts", type=int, help="report attempts including the first (default: 2)")
     p.add_argument("--out", type=Path, help="where records go (default: <workdir>/reviews/<run id>)")
     p.add_argument("--run-id", help="resume or extend this run (default: a new id)")

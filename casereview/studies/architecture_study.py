@@ -17,7 +17,7 @@ import numpy as np
 
 from casereview.config import Settings
 from casereview.provenance import utc_now
-from casereview.training.checkpoint import read_meta
+from casereview.training.classifier import read_meta
 from casereview.studies.classifier_evaluation import evaluate
 from casereview.training.train import train
 

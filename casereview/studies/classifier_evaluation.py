@@ -19,7 +19,8 @@ from casereview.data import case_id
 from casereview.config import Settings
 from casereview.provenance import package_versions, utc_now
 from casereview.studies import classifier_figures as figures
-from casereview.training.checkpoint import Classifier, load_classifier
+from casereview.training.checkpoint import load_classifier
+from casereview.training.classifier import Classifier, open_classifier
 from casereview.data import CLASS_NAMES, load_split
 from casereview.training.data import to_tensor
 from casereview.training.metrics import (
@@ -96,8 +97,10 @@ def _figures(clf: Classifier, split: str, images: np.ndarray, y: np.ndarray, pro
     # Saliency for a fixed sample by SmoothGrad (local gradient) and occlusion (what the logit loses without a region).
     sample = saliency_sample(groups, failures)
     if sample:
-        x = to_tensor(images[sample]).to(clf.device)
-        with single_view(clf.model) as model:
+        # saliency needs gradients: the checkpoint in torch, whichever runtime made the predictions
+        torch_clf = clf if clf.runtime == "torch" else load_classifier(clf.path, "cpu")
+        x = to_tensor(images[sample]).to(torch_clf.device)
+        with single_view(torch_clf.model) as model:
             maps = {"SmoothGrad": smoothgrad(model, x), "occlusion (5x5)": occlusion(model, x, stride=2)}
         caps = [_caption(split, i, y, prob, groups[i]) for i in sample]
         paths["saliency"] = figures.map_panel(images[sample], caps, maps, out / "saliency.png")
@@ -107,10 +110,11 @@ def _figures(clf: Classifier, split: str, images: np.ndarray, y: np.ndarray, pro
 def evaluate(settings: Settings, split: str, out: Path, figures: bool = True, n_boot: int = 1000) -> dict[str, Any]:
     """Evaluate ``settings.classifier.checkpoint`` (default: released) on ``split``; write to ``out``."""
     start = time.perf_counter()
-    clf = load_classifier(settings.classifier.checkpoint, settings.classifier.device)
+    c = settings.classifier
+    clf = open_classifier(c.checkpoint, c.runtime, c.device)
     data = load_split(split, settings.data.root, settings.data.download)
     # minutes on a small CPU (most of it the saliency maps): say what is running
-    print(f"evaluating {clf.path.name} on {len(data.images)} {split} images: predictions, 2 x {n_boot} bootstrap "
+    print(f"evaluating {clf.path.name} ({clf.runtime}) on {len(data.images)} {split} images: predictions, 2 x {n_boot} bootstrap "
           "resamples" + (", figures and saliency maps" if figures else "") + " ...", file=sys.stderr, flush=True)
     logits = predict_logits(clf, data.images, settings.classifier.batch_size)
     infer_s = time.perf_counter() - start
@@ -134,7 +138,9 @@ def evaluate(settings: Settings, split: str, out: Path, figures: bool = True, n_
         **eces,
         "failures": failures,
         "checkpoint": str(clf.path),
-        "checkpoint_sha256": clf.sha256,
+        "checkpoint_sha256": clf.checkpoint_sha256,
+        "runtime": clf.runtime,
+        "model_sha256": clf.sha256,  # the file that made the predictions (the checkpoint, or its ONNX export)
         "arch": clf.arch,
         "data_sha256_at_training": clf.meta.get("data_sha256"),
         "packages": package_versions(),

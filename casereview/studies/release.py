@@ -1,24 +1,42 @@
-"""``casereview release``: copy a trained checkpoint to the released location and write its model card."""
+"""``casereview release``: export a trained checkpoint to ONNX, evaluate it, install both at the released
+location and write the model card."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from casereview.config import Settings
+from casereview.data import load_split
+from casereview.provenance import sha256_file
 from casereview.render import render
-from casereview.training.checkpoint import load_classifier, released_checkpoint
 from casereview.studies.classifier_evaluation import evaluate
+from casereview.training.checkpoint import load_classifier
+from casereview.training.classifier import onnx_file, released_checkpoint
+from casereview.training.export import OPSET, export_onnx
+
+
+def export(settings: Settings, checkpoint: Path) -> tuple[Path, dict[str, Any]]:
+    """Write ``checkpoint``'s ONNX export beside it, checked against torch on the validation split."""
+    val = load_split("val", settings.data.root, settings.data.download)
+    return export_onnx(load_classifier(checkpoint, "cpu"), val.images)
 
 
 def release(settings: Settings, checkpoint: Path, eval_dir: Path) -> Path:
-    """Evaluate ``checkpoint`` on val and test, install it as the released checkpoint, write MODEL_CARD.md."""
-    clf = load_classifier(checkpoint, settings.classifier.device)
+    """Export ``checkpoint`` to ONNX, evaluate it on val and test (served as every command serves it),
+    install both files as the released classifier, write MODEL_CARD.md."""
+    exported, parity = export(settings, checkpoint)
     local = settings.model_copy(update={"classifier": settings.classifier.model_copy(update={"checkpoint": checkpoint})})
     evals = [evaluate(local, split, eval_dir / split, figures=False) for split in ("val", "test")]
     target = released_checkpoint()
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(checkpoint, target)
-    card = render("model_card.md.j2", meta=clf.meta, cal=clf.meta["calibration"], sha256=clf.sha256, evals=evals)
+    if checkpoint.resolve() != target.resolve():
+        shutil.copyfile(checkpoint, target)
+        shutil.copyfile(exported, onnx_file(target))
+    clf = load_classifier(target, "cpu")
+    onnx = {"sha256": sha256_file(onnx_file(target)), "opset": OPSET, "parity": parity}
+    card = render("model_card.md.j2", meta=clf.meta, cal=clf.meta["calibration"], sha256=clf.sha256, evals=evals,
+                  onnx=onnx)
     (target.parent / "MODEL_CARD.md").write_text(card)
     return target

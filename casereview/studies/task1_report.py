@@ -22,7 +22,7 @@ from casereview.render import render
 from casereview.studies import classifier_figures as figures, saliency_checks as explain
 from casereview.studies.saliency_checks import LATTICE
 from casereview.training.calibration import validation_parts
-from casereview.training.checkpoint import Classifier, load_classifier
+from casereview.training.checkpoint import TorchClassifier, load_classifier
 from casereview.training.data import to_tensor
 from casereview.training.ensemble import member_logits
 from casereview.studies.classifier_evaluation import SALIENCY_PER_OUTCOME, evaluate, saliency_sample
@@ -86,7 +86,7 @@ def threshold_sweep(preds: dict[str, Path], shipped: float, path: Path) -> tuple
     return figures.save(fig, path), best
 
 
-def single_models(clf: Classifier, splits: dict[str, Any]) -> dict[str, Any]:
+def single_models(clf: TorchClassifier, splits: dict[str, Any]) -> dict[str, Any]:
     """Each member alone, with its own validation-fitted temperature and threshold: per seed and mean +- std."""
     rows = []
     logits = {s: member_logits(clf.path, d.images) for s, d in splits.items()}
@@ -126,16 +126,16 @@ def schedule_review(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _random_copy(clf: Classifier, seed: int = 1) -> torch.nn.Module:
+def _random_copy(clf: TorchClassifier, seed: int = 1) -> torch.nn.Module:
     torch.manual_seed(seed)  # fresh timm initialisation of the same architecture
     return build_from_meta(clf.meta).eval()
 
 
-def _logits_fn(clf: Classifier):
+def _logits_fn(clf: TorchClassifier):
     return lambda images: predict_logits(clf, images)
 
 
-def saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_images: int = 16,
+def saliency_study(models: dict[str, TorchClassifier], val, test, fig_dir: Path, n_images: int = 16,
                    n_check: int = 8) -> dict[str, Any]:
     """Mean maps, randomisation check, shift consistency and region occlusion for each model (one view:
     test-time augmentation is off here, so the maps explain the members' mean logit on the film itself)."""
@@ -145,7 +145,7 @@ def saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_im
         return _saliency_study(models, val, test, fig_dir, n_images, n_check)
 
 
-def _saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_images: int, n_check: int) -> dict[str, Any]:
+def _saliency_study(models: dict[str, TorchClassifier], val, test, fig_dir: Path, n_images: int, n_check: int) -> dict[str, Any]:
     images = val.images[:n_images]
     maps, result = {}, {}
     cams = tuple(f"gradcam_{s}" for s in GRADCAM_STAGES)
@@ -192,7 +192,7 @@ def _saliency_study(models: dict[str, Classifier], val, test, fig_dir: Path, n_i
     return {"models": result, "positions": list(positions), "figure": path, "n_images": n_images, "n_check": n_check}
 
 
-def gradcam_panel(clf: Classifier, test, prob: np.ndarray, failures: dict[str, list[int]], path: Path) -> Path:
+def gradcam_panel(clf: TorchClassifier, test, prob: np.ndarray, failures: dict[str, list[int]], path: Path) -> Path:
     """Occlusion and Grad-CAM at both stages for the films of the evaluation's saliency figure (the same
     fixed sample), one view."""
     groups = outcomes(test.labels, prob, clf.threshold)
@@ -205,7 +205,7 @@ def gradcam_panel(clf: Classifier, test, prob: np.ndarray, failures: dict[str, l
     return figures.map_panel(test.images[sample], caps, maps, path)
 
 
-def embedding_check(clf: Classifier, train, val, k: int = 5) -> dict[str, dict[str, float]]:
+def embedding_check(clf: TorchClassifier, train, val, k: int = 5) -> dict[str, dict[str, float]]:
     """kNN retrieval of validation films among train films, by cosine similarity (numpy brute force):
     the ensemble's embedding (concatenated, per-member L2-normalised) against each member's own.
 
@@ -227,7 +227,7 @@ def embedding_check(clf: Classifier, train, val, k: int = 5) -> dict[str, dict[s
     return out
 
 
-def failure_analysis(clf: Classifier, test, prob: np.ndarray, fig_dir: Path) -> dict[str, Any]:
+def failure_analysis(clf: TorchClassifier, test, prob: np.ndarray, fig_dir: Path) -> dict[str, Any]:
     """Image statistics by outcome, and the cases between the shipped threshold and 0.5."""
     groups = outcomes(test.labels, prob, clf.threshold)
     mid = between(prob, clf.threshold, 0.5)
