@@ -58,6 +58,8 @@ ROWS = {
     "CASEREVIEW_CONFIG names a missing file": (["predict", "test:0"], {"CASEREVIEW_CONFIG": "{tmp}/nope.yaml"}, "config file not found"),
     "CASEREVIEW_TRAIN_EPOCHS=abc": (["predict", "test:0"], {"CASEREVIEW_TRAIN_EPOCHS": "abc"},
                                     "invalid setting train.epochs = 'abc' (CASEREVIEW_TRAIN_EPOCHS): Input should be a valid integer"),
+    "CASEREVIEW_CLASSIFIER_RUNTIME=tensorrt": (["review", "test:0"], {"CASEREVIEW_CLASSIFIER_RUNTIME": "tensorrt"},
+                                               "invalid setting classifier.runtime = 'tensorrt' (CASEREVIEW_CLASSIFIER_RUNTIME)"),
     "CASEREVIEW_GRAPH_K=-3": (["review", "test:0"], {"CASEREVIEW_GRAPH_K": "-3"}, "invalid setting graph.k = '-3' (CASEREVIEW_GRAPH_K)"),
     "evaluate --bootstrap 0": (["evaluate", "--bootstrap", "0", "--out", "{tmp}/ev"], {}, "--bootstrap must be at least 1, got 0"),
     "review --out an existing file": (["review", "test:3", "--out", "{tmp}/a_file"], {}, "a_file is a file; give a folder for the records"),

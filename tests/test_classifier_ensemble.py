@@ -8,7 +8,8 @@ import torch
 
 import casereview.training.ensemble as ensemble_mod
 from casereview.config import load_settings
-from casereview.training.checkpoint import CheckpointError, load_classifier, read_meta, save_checkpoint
+from casereview.training.checkpoint import load_classifier, save_checkpoint
+from casereview.training.classifier import CheckpointError, read_meta
 from casereview.training.models import PerImageStandardized, create_classifier, shifted_views
 from casereview.training.predict import embed_images, predict_logits, predict_proba
 from split_spy import splits_read

@@ -11,7 +11,9 @@ import pytest
 import casereview.training.train as train_mod
 from casereview.cli import main
 from casereview.config import load_settings
-from casereview.training.checkpoint import CheckpointError, load_classifier, read_meta
+from casereview.provenance import sha256_file
+from casereview.training.checkpoint import load_classifier
+from casereview.training.classifier import CheckpointError, read_meta
 from casereview.studies.classifier_evaluation import evaluate
 from casereview.training.predict import embed_images, predict_proba
 from split_spy import splits_read
@@ -53,14 +55,18 @@ def test_checkpoint_loads_and_predicts(trained, data_root):
 
 @pytest.mark.slow
 def test_evaluate_writes_metrics_predictions_and_figures(trained, data_root, tmp_path, capsys):
+    """Evaluated as a user would after `casereview release CHECKPOINT --export-only`: served by ONNX Runtime,
+    saliency maps from the checkpoint in torch."""
+    assert main(["release", str(trained[0]), "--export-only", "--data-root", str(data_root)]) == 0
     settings = load_settings(overrides={"data": {"root": data_root}, "classifier": {"checkpoint": trained[0]}})
     m = evaluate(settings, "test", tmp_path, figures=True, n_boot=50)
-    assert capsys.readouterr().err.startswith(f"evaluating {trained[0].name} on 624 test images: predictions, "
+    assert capsys.readouterr().err.startswith(f"evaluating {trained[0].name} (onnx) on 624 test images: predictions, "
                                               "2 x 50 bootstrap resamples, figures and saliency maps ...")
     saved = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("roc_auc", "accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "threshold"):
         assert key in saved and saved[key] == pytest.approx(m[key])
     assert saved["threshold"] == pytest.approx(read_meta(trained[0])["calibration"]["threshold"])
+    assert saved["runtime"] == "onnx" and saved["model_sha256"] == sha256_file(trained[0].with_suffix(".onnx"))
     rows = list(csv.DictReader(open(tmp_path / "predictions.csv")))
     assert len(rows) == 624 and rows[42]["case_id"] == "test:42"
     assert {"case_id", "label", "prob_pneumonia", "pred"} <= set(rows[0])

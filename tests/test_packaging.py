@@ -1,5 +1,5 @@
 """The built wheel holds every package of the namespace, the prompts, the templates and the released
-checkpoint, and imports from outside the source tree."""
+checkpoint with its ONNX export, and imports (and serves) from outside the source tree."""
 
 from __future__ import annotations
 
@@ -23,12 +23,14 @@ def test_wheel_contents_and_import(tmp_path):
     for sub in ("training", "tools", "tools/reporter", "agents", "graphs", "cli", "evaluation", "studies"):
         assert f"casereview/{sub}/__init__.py" in names
     assert {"casereview/prompts/grounded.j2", "casereview/prompts/_macros.j2",
-            "casereview/templates/case_review.md.j2", "casereview/released/classifier.safetensors"} <= names
+            "casereview/templates/case_review.md.j2", "casereview/released/classifier.safetensors",
+            "casereview/released/classifier.onnx"} <= names
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
-    code = ("import casereview.graphs.graph as g, casereview.training.checkpoint as c;"
+    code = ("import casereview.graphs.graph as g, casereview.training.classifier as c;"
             "from casereview.tools.reporter import list_variants;"
             "assert g.__file__.startswith(%r), g.__file__;"
-            "assert c.released_checkpoint().is_file(); assert 'grounded' in list_variants()" % str(target))
+            "assert c.open_classifier().checkpoint_sha256 == c.sha256_file(c.released_checkpoint());"
+            "assert 'grounded' in list_variants()" % str(target))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": ""})

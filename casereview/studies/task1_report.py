@@ -23,6 +23,8 @@ from casereview.studies import classifier_figures as figures, saliency_checks as
 from casereview.studies.saliency_checks import LATTICE
 from casereview.training.calibration import validation_parts
 from casereview.training.checkpoint import TorchClassifier, load_classifier
+from casereview.training.classifier import open_classifier
+from casereview.training.export import parity
 from casereview.training.data import to_tensor
 from casereview.training.ensemble import member_logits
 from casereview.studies.classifier_evaluation import SALIENCY_PER_OUTCOME, evaluate, saliency_sample
@@ -256,10 +258,14 @@ def write_task1_report(settings: Settings, out_dir: Path) -> Path:
     v1 = load_classifier(out_dir / V1_CHECKPOINT, settings.classifier.device)
     data = {s: load_split(s, settings.data.root, settings.data.download) for s in ("train", "val", "test")}
 
-    start = time.perf_counter()
-    predict_logits(clf, data["test"].images)
-    predict_test_s = time.perf_counter() - start
+    served = open_classifier(settings.classifier.checkpoint, settings.classifier.runtime, threads=0)  # as evaluate serves
+    predict_test_s = {}
+    for model in (served, clf) if served.runtime != "torch" else (clf,):
+        start = time.perf_counter()
+        predict_logits(model, data["test"].images)
+        predict_test_s[model.runtime] = time.perf_counter() - start
     predict_load = os.getloadavg()[0]  # the 2-core machines are shared: a timing means little without it
+    agreement = {s: parity(clf, data[s].images) for s in ("val", "test")} if served.runtime == "onnx" else None
     test = evaluate(settings, "test", fig_dir / "test", figures=True, n_boot=N_BOOT)
     val = evaluate(settings, "val", fig_dir / "val", figures=True, n_boot=N_BOOT)
     sweep_path, sweep = threshold_sweep(
@@ -285,6 +291,7 @@ def write_task1_report(settings: Settings, out_dir: Path) -> Path:
     rel = lambda p: str(Path(p).relative_to(out_dir))  # noqa: E731 - paths in the Markdown are relative to it
     context = dict(
         meta=clf.meta, cfg=clf.meta["train_config"], cal=cal, ckpt_sha=clf.sha256, test=test, val=val,
+        served={"runtime": served.runtime, "sha256": served.sha256, "parity": agreement},
         study=study, recipe=recipe, recipe_choice=choose_recipe(recipe["checkpoints"]), auc_tolerance=AUC_TOLERANCE,
         robust=robust, singles=singles, schedule=schedule_review(members), conformal=conformal,
         saliency=saliency, failure=failure, embedding=embedding, v1={"threshold": v1.threshold}, v1_on=v1_on, v1_ece=v1_ece,
