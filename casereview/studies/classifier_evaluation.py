@@ -39,11 +39,14 @@ SALIENCY_PER_OUTCOME = 2  # films of each outcome (TP, TN, FP, FN) in the salien
 
 
 def write_predictions(path: Path, split: str, y: np.ndarray, prob: np.ndarray, logits: np.ndarray, threshold: float) -> None:
+    """One row per case. The probability is written exactly (shortest round-trip form): the reports recompute
+    conformal coverage from this file, and a case whose score defines the conformal quantile changes sets
+    when p is rounded to six decimals."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["case_id", "label", "prob_pneumonia", "pred", "logit"])
         for i, (yi, pi, li) in enumerate(zip(y, prob, logits)):
-            w.writerow([case_id(split, i), int(yi), f"{pi:.6f}", int(pi >= threshold), f"{li:.5f}"])
+            w.writerow([case_id(split, i), int(yi), repr(float(pi)), int(pi >= threshold), f"{li:.5f}"])
 
 
 def failure_cases(y: np.ndarray, prob: np.ndarray, threshold: float, n: int = GALLERY_SIZE) -> dict[str, list[int]]:
