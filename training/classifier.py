@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,15 +125,14 @@ class OnnxClassifier(Classifier):
 
     onnx_path: Path = Path()
     threads: int | None = 1
-    _sessions: dict[int, Any] | None = None
-    _wide: bool = False
+    _sessions: dict[int, Any] = field(default_factory=dict, init=False, repr=False)  # by thread count, made on first use
+    _wide: bool = field(default=False, init=False, repr=False)  # inside all_cores()
 
     runtime = "onnx"
 
     def _session(self, threads: int) -> Any:
         import onnxruntime as ort
 
-        self._sessions = self._sessions or {}
         if threads not in self._sessions:
             options = ort.SessionOptions()
             options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, every core
