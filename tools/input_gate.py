@@ -12,8 +12,9 @@ Three measurements of one case, each compared with what the classifier was train
   the resize views of :func:`casereview.data.resize_views`.
 
 Everything is fitted on train; the thresholds are set on validation, so that a stated share of
-validation cases is flagged (``settings.gate``). The fitted gate is cached per
-checkpoint under ``<workdir>/cache/`` and built once per process by the run context. What is
+validation cases is flagged (``settings.gate``). The fitted gate is cached per served
+classifier file under ``<workdir>/cache/``: ``index build`` fits it from the train and validation
+embeddings it has just computed, and the run context fits it only where none is cached. What is
 flagged and what cannot be judged at all is decided by ``casereview.agents.gate``.
 """
 
