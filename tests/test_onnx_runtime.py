@@ -88,6 +88,21 @@ def test_export_only_writes_the_onnx_beside_the_checkpoint(random_checkpoint, tm
     assert load_onnx_classifier(ckpt).checkpoint_sha256 == sha256_file(ckpt)
 
 
+def test_export_without_the_onnx_package_is_a_one_line_error(random_checkpoint, tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    from casereview.training import export
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(export.importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    monkeypatch.setattr("casereview.studies.release.load_classifier", lambda *a: pytest.fail("a model was loaded"))
+    ckpt = Path(shutil.copy(random_checkpoint, tmp_path / "mine.safetensors"))
+    assert main(["release", str(ckpt), "--export-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs the onnx package: pip install onnx" in err
+    assert not onnx_file(ckpt).exists()
+
+
 def broken(kind: str, random_checkpoint: Path, tmp_path: Path) -> Path:
     """A copy of the test checkpoint whose ONNX export is missing, exported from another checkpoint, or cut short."""
     ckpt = Path(shutil.copy(random_checkpoint, tmp_path / "ckpt.safetensors"))

@@ -8,6 +8,7 @@ numpy and ONNX Runtime. The export is checked against torch before it is kept.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -40,13 +41,18 @@ class ServingGraph(nn.Module):
         return logit.reshape(-1), pooled
 
 
+def require_onnx() -> None:
+    """The export's one extra package, checked before any model or data loads."""
+    if importlib.util.find_spec("onnx") is None:
+        raise CheckpointError("exporting to ONNX needs the onnx package: pip install onnx (the project's [export] extra)")
+
+
 def export_onnx(clf: TorchClassifier, check_images: np.ndarray) -> tuple[Path, dict[str, float]]:
     """Write ``clf``'s ONNX export beside its checkpoint, naming the checkpoint's sha256 in its metadata,
     and check it against torch on ``check_images`` (uint8 (N, 28, 28)): the path and the :func:`parity`."""
-    try:
-        import onnx
-    except ImportError as exc:
-        raise CheckpointError("exporting to ONNX needs the onnx package: pip install 'casereview[export]'") from exc
+    require_onnx()
+    import onnx
+
     out = onnx_file(clf.path)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     graph = ServingGraph(clf.model).to("cpu", memory_format=torch.contiguous_format).eval()

@@ -98,7 +98,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Export a checkpoint to one ONNX graph beside it (checked against torch on validation), evaluate it "
             "on val and test, copy both to casereview/released/ (the default of every command) and write "
             "casereview/released/MODEL_CARD.md. With --export-only, only write CHECKPOINT.onnx beside it, so that "
-            "the checkpoint serves with ONNX Runtime (--checkpoint CHECKPOINT). Needs `pip install 'casereview[export]'`."
+            "the checkpoint serves with ONNX Runtime (--checkpoint CHECKPOINT). Needs the onnx package (`pip install onnx`, the project's [export] extra)."
         ),
     )
     add_common_options(p)

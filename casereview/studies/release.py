@@ -14,11 +14,12 @@ from casereview.render import render
 from casereview.studies.classifier_evaluation import evaluate
 from casereview.training.checkpoint import load_classifier
 from casereview.training.classifier import onnx_file, released_checkpoint
-from casereview.training.export import OPSET, export_onnx
+from casereview.training.export import OPSET, export_onnx, require_onnx
 
 
 def export(settings: Settings, checkpoint: Path) -> tuple[Path, dict[str, Any]]:
     """Write ``checkpoint``'s ONNX export beside it, checked against torch on the validation split."""
+    require_onnx()
     val = load_split("val", settings.data.root, settings.data.download)
     return export_onnx(load_classifier(checkpoint, "cpu"), val.images)
 
