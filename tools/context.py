@@ -69,9 +69,9 @@ def fingerprint_fields(settings: Settings) -> dict[str, Any]:
     checkpoint = Path(s.classifier.checkpoint or released_checkpoint())
     served = onnx_file(checkpoint) if s.classifier.runtime == "onnx" else checkpoint
     return {
-        "checkpoint_sha256": _checkpoint_sha256(str(checkpoint)),
+        "checkpoint_sha256": _file_sha256(str(checkpoint)),
         "runtime": s.classifier.runtime,
-        "model_sha256": _checkpoint_sha256(str(served)),  # the file that serves: the checkpoint or its ONNX export
+        "model_sha256": _file_sha256(str(served)),  # the file that serves: the checkpoint or its ONNX export
         "embedder": s.index.embedder,
         "clip_model": s.index.clip_model if s.index.embedder == "clip" else None,
         "case_base": s.graph.case_base,
@@ -97,6 +97,6 @@ def fingerprint(fields: dict[str, Any]) -> str:
 
 
 @lru_cache(maxsize=8)
-def _checkpoint_sha256(path: str) -> str:
+def _file_sha256(path: str) -> str:
     p = Path(path)
     return sha256_file(p) if p.is_file() else f"missing: {path}"  # loading it later raises the clear error

@@ -13,7 +13,7 @@ from casereview.provenance import sha256_file
 from casereview.render import render
 from casereview.studies.classifier_evaluation import evaluate
 from casereview.training.checkpoint import load_classifier
-from casereview.training.classifier import onnx_file, released_checkpoint
+from casereview.training.classifier import onnx_file, read_meta, released_checkpoint
 from casereview.training.export import OPSET, export_onnx, require_onnx
 
 
@@ -35,9 +35,9 @@ def release(settings: Settings, checkpoint: Path, eval_dir: Path) -> Path:
     if checkpoint.resolve() != target.resolve():
         shutil.copyfile(checkpoint, target)
         shutil.copyfile(exported, onnx_file(target))
-    clf = load_classifier(target, "cpu")
+    meta = read_meta(target)
     onnx = {"sha256": sha256_file(onnx_file(target)), "opset": OPSET, "parity": parity}
-    card = render("model_card.md.j2", meta=clf.meta, cal=clf.meta["calibration"], sha256=clf.sha256, evals=evals,
+    card = render("model_card.md.j2", meta=meta, cal=meta["calibration"], sha256=sha256_file(target), evals=evals,
                   onnx=onnx)
     (target.parent / "MODEL_CARD.md").write_text(card)
     return target
