@@ -52,9 +52,9 @@ def build_killed_mid_add(workdir: str, data_root: str, limit: str) -> None:
     import os
     import signal
 
-    from casereview.tools import case_index
+    from casereview.tools import index_build
 
-    real_add = case_index._add
+    real_add = index_build._add
 
     def add_then_die(collection, ids, vectors, metadatas, progress):
         if collection.name.endswith("-val"):
@@ -63,6 +63,6 @@ def build_killed_mid_add(workdir: str, data_root: str, limit: str) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         real_add(collection, ids, vectors, metadatas, progress)
 
-    case_index._add = add_then_die
+    index_build._add = add_then_die
     settings = index_settings(Path(workdir), Path(data_root), limit=int(limit), embedder="pixels")
-    case_index.build_index(settings, rebuild=True, progress=False)
+    index_build.build_index(settings, rebuild=True, progress=False)

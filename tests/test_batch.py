@@ -28,7 +28,7 @@ from casereview.evaluation.batch_records import load_rows
 from casereview.studies.batch_report import write_reports
 from casereview.evaluation.batch_runner import BatchError, BatchPlan, BatchRunner, split_refs
 from casereview.schemas import CaseReview
-from casereview.tools.case_index import build_index
+from casereview.tools.index_build import build_index
 from casereview.tools.reporter.backends import Generation, TemplateBackend
 from casereview.tools.reporter.prompts import PromptError, list_variants
 

@@ -24,7 +24,8 @@ from casereview.evaluation.batch_metrics import summarize
 from casereview.evaluation.batch_records import load_rows
 from casereview.studies.batch_report import write_reports
 from casereview.evaluation.batch_runner import BatchPlan, BatchRunner, split_refs
-from casereview.tools.case_index import CaseIndexError, build_index, chroma_client
+from casereview.tools.case_index import CaseIndexError, chroma_client
+from casereview.tools.index_build import build_index
 from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow

@@ -14,20 +14,10 @@ import numpy as np
 import pytest
 
 from case_index_support import index_settings, make_tiny_clip
-from casereview.tools import case_index
-from casereview.tools.case_index import (
-    SQL_VARIABLES,
-    CaseIndexError,
-    IndexMissingError,
-    QueryError,
-    Reclaimed,
-    StaleIndexError,
-    build_index,
-    chroma_client,
-    chroma_path,
-    disk_usage,
-    open_index,
-)
+from casereview.tools import chroma_storage, index_build
+from casereview.tools.case_index import SQL_VARIABLES, CaseIndexError, IndexMissingError, QueryError, StaleIndexError, chroma_client, chroma_path, open_index
+from casereview.tools.index_build import build_index
+from casereview.tools.chroma_storage import Reclaimed, disk_usage
 from casereview.tools.embedders import EmbedderError
 from casereview.data import CLASS_NAMES, load_split, subset_indices
 
@@ -106,7 +96,7 @@ def test_interrupted_rebuild_leaves_the_working_index(tmp_path, data_root, monke
     image = load_split("test", data_root).images[5]
     working = open_index(settings)
     before = [h.case_id for h in working.search_image(image, 5)]
-    real_add = case_index._add
+    real_add = index_build._add
     added = []
 
     def add_then_fail(collection, ids, vectors, metadatas, progress):
@@ -116,7 +106,7 @@ def test_interrupted_rebuild_leaves_the_working_index(tmp_path, data_root, monke
             raise RuntimeError("injected failure")
         real_add(collection, ids, vectors, metadatas, progress)
 
-    monkeypatch.setattr(case_index, "_add", add_then_fail)
+    monkeypatch.setattr(index_build, "_add", add_then_fail)
     with pytest.raises(RuntimeError, match="injected"):
         build_index(settings, rebuild=True, progress=False)
     assert added[0] not in {c.name for c in working.collections.values()}  # it built beside the working index
@@ -127,7 +117,7 @@ def test_interrupted_rebuild_leaves_the_working_index(tmp_path, data_root, monke
 
     # A build killed before it could clean up leaves its collections: ignored, then removed by the next build.
     added.clear()
-    monkeypatch.setattr(case_index, "_drop", lambda client, names: None)
+    monkeypatch.setattr(index_build, "_drop", lambda client, names: None)
     with pytest.raises(RuntimeError, match="injected"):
         build_index(settings, rebuild=True, progress=False)
     assert set(added) <= _collection_names(settings)
@@ -145,7 +135,7 @@ def _hnsw_folders(folder: Path) -> dict[str, int]:
 def test_rebuilds_and_a_killed_build_leave_no_segment_folders(tmp_path, data_root, capsys, monkeypatch):
     from casereview.cli import main
 
-    monkeypatch.setattr(case_index, "COMPACT_MIN_FREE", 0)  # a tiny index frees less than a full one
+    monkeypatch.setattr(chroma_storage, "COMPACT_MIN_FREE", 0)  # a tiny index frees less than a full one
 
     """Chroma's delete_collection leaves the collection's HNSW folder on disk: a build removes every one
     that no collection uses, and nothing else."""
@@ -156,7 +146,7 @@ def test_rebuilds_and_a_killed_build_leave_no_segment_folders(tmp_path, data_roo
     for folder in foreign:
         folder.mkdir()
         (folder / "keep.txt").write_text("mine")
-    one_build, first = _hnsw_folders(chroma), disk_usage(settings)
+    one_build, first = _hnsw_folders(chroma), disk_usage(chroma_path(settings))
     assert len(one_build) == 3  # one per split collection; the manifest holds no vectors
     image = load_split("test", data_root).images[INDEXED_TEST[3]]
     before = [h.case_id for h in open_index(settings).search_image(image, 5, split="test")]
@@ -167,7 +157,7 @@ def test_rebuilds_and_a_killed_build_leave_no_segment_folders(tmp_path, data_roo
     assert (rebuilt.reclaimed.folders, rebuilt.reclaimed.bytes) == (3, sum(one_build.values()))
     assert rebuilt.reclaimed.catalogue_bytes > 0  # chroma.sqlite3 compacted
     assert sum(after.values()) == sum(one_build.values())
-    assert disk_usage(settings)["total"] <= first["total"]  # one build's disk, not two
+    assert disk_usage(chroma_path(settings))["total"] <= first["total"]  # one build's disk, not two
 
     killed = subprocess.run(
         [sys.executable, "-c", "import sys, case_index_support as s; s.build_killed_mid_add(*sys.argv[1:])",
@@ -178,12 +168,12 @@ def test_rebuilds_and_a_killed_build_leave_no_segment_folders(tmp_path, data_roo
     left = _hnsw_folders(chroma)
     assert set(after) < set(left)  # the killed build's train and half-built val collections
     assert [h.case_id for h in open_index(settings).search_image(image, 5, split="test")] == before
-    assert disk_usage(settings)["orphans"] == 0  # the killed build's collections still exist: not orphans yet
+    assert disk_usage(chroma_path(settings))["orphans"] == 0  # the killed build's collections still exist: not orphans yet
     client = chroma_client(settings)
     client.delete_collection(next(c.name for c in client.list_collections() if c.name.endswith("-train") and
                                   c.name not in {c.name for c in open_index(settings).collections.values()}))
     assert _hnsw_folders(chroma) == left  # Chroma's own delete leaves the folder: now an orphan
-    usage = disk_usage(settings)
+    usage = disk_usage(chroma_path(settings))
     assert usage["orphans"] == 1 and usage["segment_folders"] == len(left)
     assert main(["index", "list", "--embedder", "pixels", "--workdir", str(tmp_path)]) == 0
     assert (f"in {len(left)} HNSW segment folders; 1 of them ({usage['orphan_bytes'] / 1e6:.1f} MB) belong to deleted "
@@ -192,7 +182,7 @@ def test_rebuilds_and_a_killed_build_leave_no_segment_folders(tmp_path, data_roo
     kept = build_index(settings, progress=False)  # up to date: kept, and the killed build's leftovers removed
     assert not kept.built and kept.reclaimed.folders == len(left) - 3
     assert _hnsw_folders(chroma) == after
-    usage = disk_usage(settings)
+    usage = disk_usage(chroma_path(settings))
     assert usage["segments"] == sum(one_build.values()) and usage["orphans"] == 0
     assert usage["total"] <= first["total"]  # back to one build's disk
     assert [h.case_id for h in open_index(settings).search_image(image, 5, split="test")] == before
@@ -200,7 +190,7 @@ def test_rebuilds_and_a_killed_build_leave_no_segment_folders(tmp_path, data_roo
 
 
 def test_segment_folders_stay_when_the_catalogue_cannot_be_read(tmp_path):
-    from casereview.tools.case_index import remove_orphan_segments
+    from casereview.tools.chroma_storage import remove_orphan_segments
 
     segment = tmp_path / str(uuid.uuid4())
     segment.mkdir()

@@ -22,7 +22,8 @@ from casereview.graphs.review import ReviewRun, SettingsChangedError, expand_cas
 from casereview.schemas import CaseReview, ClassifierResult, Neighbour, Verification
 from casereview.tools.agent_tools import make_tools
 from casereview.tools.context import build_context
-from casereview.tools.case_index import build_index, chroma_path
+from casereview.tools.case_index import chroma_path
+from casereview.tools.index_build import build_index
 
 LIMIT = 60  # images per split in the test index
 GATE_FIT = 300  # train and val images the input gate is fitted on in these tests

@@ -19,7 +19,7 @@ import pytest
 
 from case_index_support import index_settings
 from casereview.cli import main
-from casereview.tools.case_index import build_index
+from casereview.tools.index_build import build_index
 from fake_openai import fake_openai
 
 pytestmark = pytest.mark.slow  # builds a small index and fits the input gate once per module

@@ -16,7 +16,7 @@ import pytest
 from case_index_support import index_settings
 from casereview.cli import main
 from casereview.graphs.graph import NODE_ORDER
-from casereview.tools.case_index import build_index
+from casereview.tools.index_build import build_index
 from server_support import free_port, http_ok, server
 
 ROOT = Path(__file__).resolve().parents[1]

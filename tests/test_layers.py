@@ -14,14 +14,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = ["core", "training", "tools", "agents", "graphs", "evaluation", "studies", "cli"]
-FOLDERS = {  # layer -> source folders (the top-level folders map into the casereview namespace)
+FOLDERS = {  # layer -> source folder (each top-level folder maps into the casereview namespace; pyproject.toml)
+    "core": [REPO / "core"],
     "training": [REPO / "training"],
     "tools": [REPO / "tools"],
     "agents": [REPO / "agents"],
     "graphs": [REPO / "graphs"],
-    "evaluation": [REPO / "casereview" / "evaluation"],
-    "studies": [REPO / "casereview" / "studies"],
-    "cli": [REPO / "casereview" / "cli"],
+    "evaluation": [REPO / "evaluation"],
+    "studies": [REPO / "studies"],
+    "cli": [REPO / "cli"],
 }
 
 
@@ -36,10 +37,7 @@ def layer_of_module(name: str) -> str | None:
 
 
 def source_files() -> list[tuple[str, Path]]:
-    files = [(layer, p) for layer, folders in FOLDERS.items() for f in folders for p in f.rglob("*.py")]
-    skip = {path for folders in FOLDERS.values() for f in folders for path in f.rglob("*.py")}
-    files += [("core", p) for p in (REPO / "casereview").rglob("*.py") if p not in skip]
-    return files
+    return [(layer, p) for layer, folders in FOLDERS.items() for f in folders for p in f.rglob("*.py")]
 
 
 def imported_modules(path: Path) -> list[str]:

@@ -20,7 +20,7 @@ from casereview.config import load_settings
 from casereview.data import load_split
 from casereview.provenance import sha256_file
 from casereview.tools import input_gate
-from casereview.tools.case_index import build_index
+from casereview.tools.index_build import build_index
 from casereview.tools.context import fingerprint_fields
 from casereview.training.checkpoint import load_classifier
 from casereview.training.classifier import (

@@ -19,7 +19,8 @@ from case_index_support import index_settings
 from casereview.cli import main
 from casereview.data import load_split
 from casereview.records import record_stem
-from casereview.tools.case_index import build_index, chroma_path
+from casereview.tools.case_index import chroma_path
+from casereview.tools.index_build import build_index
 
 LIMIT = 60
 GATE_FIT = 300

@@ -11,7 +11,7 @@ import pytest
 from casereview.cli import main
 from casereview.config import load_settings
 from casereview.studies.task2_report import write_task2_report
-from casereview.tools.case_index import build_index
+from casereview.tools.index_build import build_index
 from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)
 
 LIMIT = 200

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from case_index_support import index_settings
-from casereview.tools.case_index import build_index, open_index
+from casereview.tools.case_index import open_index
+from casereview.tools.index_build import build_index
 from casereview.evaluation.retrieval_eval import (
     evaluate_retrieval,
     knn_accuracy,

@@ -43,7 +43,8 @@ def test_task3_report_renders_from_its_metrics(tmp_path, data_root, random_check
 def test_classifier_agreement_pairs_each_indexed_image_with_its_vector(tmp_path, data_root, random_checkpoint):
     from casereview.data import subset_indices
     from casereview.studies.task3_report import classifier_agreement
-    from casereview.tools.case_index import build_index, open_index
+    from casereview.tools.case_index import open_index
+    from casereview.tools.index_build import build_index
     from casereview.training.predict import predict_proba
 
     settings = index_settings(tmp_path, data_root, random_checkpoint, limit=30)

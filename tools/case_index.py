@@ -8,14 +8,15 @@ is the index's manifest (embedder, model id, weights and data hashes, items per 
 settings, build timings) and names the build whose split collections are current. Vectors are
 computed here (never by Chroma's default embedding function, which downloads a model).
 
-A build writes a new set of split collections beside the working ones and points the manifest
+This module opens and searches an index; :mod:`casereview.tools.index_build` builds one and
+:mod:`casereview.tools.chroma_storage` keeps an on-disk Chroma folder small. A build writes a new set of split collections beside the working ones and points the manifest
 at them only once every one is complete and read back: that single metadata write is the
 switch, so a build interrupted at any point leaves the previous index as it was.
 
 Chroma runs in process on disk (``PersistentClient``, ``<workdir>/chroma``) unless
 ``index.chroma_url`` names a server started with ``chroma run``. On disk, every collection deleted
-here also loses its HNSW segment folder (see :func:`remove_orphan_segments`); a server manages its
-own disk.
+here also loses its HNSW segment folder (see :mod:`casereview.tools.chroma_storage`); a server
+manages its own disk.
 
 The case base that grounds a report is ``split="train"`` (or ``"train+val"``): only those
 collections are searched, so a search cannot return a test case by construction. Searching
@@ -24,13 +25,7 @@ collections are searched, so a search cannot return a test case by construction.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import sqlite3
-import time
-import uuid
-from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,30 +37,23 @@ from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import NotFoundError
-from tqdm.auto import tqdm
 
 from casereview.config import Settings
-from casereview.data import CLASS_NAMES, SPLITS, load_split, parse_ref, subset_indices
+from casereview.data import CLASS_NAMES, SPLITS, parse_ref
 from casereview.errors import CaseReviewError, one_line
-from casereview.provenance import package_versions, redact_url, utc_now
+from casereview.provenance import redact_url
 from casereview.schemas import Neighbour
-from casereview.tools.embedders import CnnEmbedder, Embedder, create_embedder, data_sha256
-from casereview.tools.input_gate import load_input_gate
+from casereview.tools.embedders import Embedder, create_embedder, data_sha256
 
 if TYPE_CHECKING:
     from casereview.training.classifier import Classifier
 
 PREFIX = "cases"
+
+
 # Chroma fetches the metadata of all results of one query call in one SQL statement, which fails
 # ("too many SQL variables") beyond SQLite's 32,766 variables: e.g. 3,000 queries x 11 results.
 SQL_VARIABLES = 20_000
-TIMINGS = ("load_s", "embed_s", "add_s", "build_s")  # build timings kept in the manifest
-ADD_BATCH = 1000  # items per Chroma `add` (below client.get_max_batch_size(), and a finer progress bar)
-SQLITE_FILE = "chroma.sqlite3"  # Chroma's catalogue in a persistent folder
-# What hnswlib writes into a vector segment's folder (Chroma 1.5.9): a folder holding anything else
-# is not taken for a segment folder and never removed.
-COMPACT_MIN_FREE = 1_000_000  # bytes of free pages in chroma.sqlite3 worth a VACUUM (0.25 s for a full cnn index's 25 MB)
-HNSW_FILES = frozenset({"header.bin", "data_level0.bin", "length.bin", "link_lists.bin", "index_metadata.pickle"})
 
 
 class CaseIndexError(CaseReviewError):
@@ -291,66 +279,24 @@ def case_indices(case_ids: list[str]) -> np.ndarray:
     return np.array([parse_ref(c)[1] for c in case_ids], dtype=np.int64)
 
 
-@dataclass
-class Reclaimed:
-    """What the items of deleted collections took in an on-disk Chroma and a build freed."""
-
-    folders: int = 0
-    bytes: int = 0  # of those folders
-    catalogue_bytes: int = 0  # by which compacting chroma.sqlite3 shrank it
-
-    def __add__(self, other: Reclaimed) -> Reclaimed:
-        return Reclaimed(self.folders + other.folders, self.bytes + other.bytes, self.catalogue_bytes + other.catalogue_bytes)
-
-
-@dataclass
-class BuildReport:
-    name: str
-    location: str
-    count: int
-    built: bool  # False: an up-to-date index was already there
-    timings: dict[str, float] = field(default_factory=dict)
-    other_indexes: list[str] = field(default_factory=list)  # same embedder, other weights
-    pruned: list[str] = field(default_factory=list)
-    reclaimed: Reclaimed = field(default_factory=Reclaimed)  # segment folders of deleted collections removed
-
-
-def _expected_meta(settings: Settings, embedder: Embedder, data_sha: str, counts: dict[str, int]) -> dict[str, Any]:
-    cfg = settings.index
-    return {
-        **{k: v for k, v in embedder.provenance().items() if v is not None},
-        "data_sha256": data_sha,
-        "n_items": sum(counts.values()),
-        **{f"n_{s}": n for s, n in counts.items()},
-        "hnsw_m": cfg.hnsw_m,
-        "hnsw_ef_construction": cfg.hnsw_ef_construction,
-        "hnsw_ef_search": cfg.hnsw_ef_search,
-        "limit": cfg.limit or 0,  # 0: every image of each split
-    }
-
-
-def _same_build(existing: dict[str, Any], expected: dict[str, Any]) -> bool:
-    return all(existing.get(key) == value for key, value in expected.items())
-
-
-def _get(client: ClientAPI, name: str) -> Collection | None:
+def get_collection(client: ClientAPI, name: str) -> Collection | None:
     try:
         return client.get_collection(name, embedding_function=None)
     except NotFoundError:
         return None
 
 
-def _names(client: ClientAPI) -> list[str]:
+def collection_names(client: ClientAPI) -> list[str]:
     return [c.name for c in client.list_collections()]
 
 
-def _index_names(client: ClientAPI, embedder_name: str = r"[a-z]+") -> list[str]:
+def index_names(client: ClientAPI, embedder_name: str = r"[a-z]+") -> list[str]:
     """Names of the indexes (manifests) of one embedder (default: any), any weights."""
     pattern = re.compile(rf"{PREFIX}-{embedder_name}-[0-9a-f]{{16}}")
-    return [n for n in _names(client) if pattern.fullmatch(n)]
+    return [n for n in collection_names(client) if pattern.fullmatch(n)]
 
 
-def _split_collections(client: ClientAPI, name: str, meta: dict[str, Any], location: str, command: str) -> dict[str, Collection]:
+def split_collections(client: ClientAPI, name: str, meta: dict[str, Any], location: str, command: str) -> dict[str, Collection]:
     """The manifest's split collections (their item counts are checked by :meth:`CaseIndex.verify`)."""
     if "build" not in meta:
         raise IndexMissingError(
@@ -359,308 +305,11 @@ def _split_collections(client: ClientAPI, name: str, meta: dict[str, Any], locat
         )
     out = {}
     for s in SPLITS:
-        collection = _get(client, split_collection_name(name, meta["build"], s))
+        collection = get_collection(client, split_collection_name(name, meta["build"], s))
         if collection is None:
             raise IndexMissingError(f"the index {name} at {location} has no {s} collection; rebuild it with `{command}`")
         out[s] = collection
     return out
-
-
-def _drop(client: ClientAPI, names: list[str]) -> None:
-    for n in names:
-        try:
-            client.delete_collection(n)
-        except NotFoundError:
-            pass
-
-
-def _reclaim(settings: Settings) -> Reclaimed:
-    """In an on-disk index, free what deleted collections left: their segment folders and the catalogue's free pages."""
-    if settings.index.chroma_url:  # a server manages its own disk
-        return Reclaimed()
-    folder = chroma_path(settings)
-    return remove_orphan_segments(folder) + compact_catalogue(folder)
-
-
-def _tree_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and not f.is_symlink())
-
-
-def _segment_ids(folder: Path) -> set[str] | None:
-    """The ids of every segment of every collection in the Chroma folder's catalogue (None: unreadable)."""
-    try:
-        with closing(sqlite3.connect(f"{(folder / SQLITE_FILE).resolve().as_uri()}?mode=ro", uri=True, timeout=10)) as db:
-            return {str(row[0]) for row in db.execute("SELECT id FROM segments")}
-    except sqlite3.Error:
-        return None
-
-
-def _segment_folder(entry: Path) -> bool:
-    """A folder Chroma made for a vector segment: a plain folder named by a UUID holding only HNSW files."""
-    try:
-        named = str(uuid.UUID(entry.name)) == entry.name
-    except ValueError:
-        return False
-    return (named and entry.is_dir() and not entry.is_symlink()
-            and all(f.name in HNSW_FILES and f.is_file() and not f.is_symlink() for f in entry.iterdir()))
-
-
-def orphan_segments(folder: Path) -> list[Path] | None:
-    """Segment folders in an on-disk Chroma folder that no collection uses (None: the catalogue is unreadable).
-
-    Chroma 1.5.9 names a collection's HNSW folder after its vector segment's id; deleting the
-    collection removes its rows from ``chroma.sqlite3`` (table ``segments``) but leaves the folder,
-    and neither the client nor ``chroma vacuum`` (a log purge and SQLite ``VACUUM``) removes it. The
-    folders are listed before the catalogue is read: Chroma writes a segment's row when it creates the
-    collection and its folder on the first add (a manifest, which holds no items, has the row and no
-    folder), so a folder listed here whose collection is live is always in the catalogue read after.
-    """
-    if not (folder / SQLITE_FILE).is_file():
-        return []
-    candidates = [entry for entry in sorted(folder.iterdir()) if _segment_folder(entry)]
-    live = _segment_ids(folder)
-    if live is None:
-        return None
-    return [entry for entry in candidates if entry.name not in live]
-
-
-def remove_orphan_segments(folder: Path) -> Reclaimed:
-    """Delete the segment folders of deleted collections (replaced, pruned or killed builds) in one Chroma folder.
-
-    Only direct entries of ``folder`` that :func:`orphan_segments` finds are touched; when the
-    catalogue cannot be read nothing is removed."""
-    reclaimed = Reclaimed()
-    for entry in orphan_segments(folder) or []:
-        size = _tree_bytes(entry)
-        shutil.rmtree(entry)
-        reclaimed += Reclaimed(1, size)
-    return reclaimed
-
-
-def compact_catalogue(folder: Path) -> Reclaimed:
-    """``VACUUM`` chroma.sqlite3 when deleted collections left more than ``COMPACT_MIN_FREE`` bytes of free pages in it.
-
-    SQLite keeps a deleted collection's pages for reuse, so a rebuild (new build beside the old one)
-    leaves the catalogue at two builds' size for good; ``chroma vacuum`` does the same ``VACUUM`` (and a
-    log purge, automatic in the databases Chroma creates now) but asks for confirmation. A ``VACUUM`` is one
-    transaction: a busy or unreadable catalogue is left as it was (its free pages are reused)."""
-    path = folder / SQLITE_FILE
-    if not path.is_file():
-        return Reclaimed()
-    size = path.stat().st_size
-    try:
-        with closing(sqlite3.connect(path, timeout=10, isolation_level=None)) as db:
-            free = db.execute("PRAGMA freelist_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
-            if free <= COMPACT_MIN_FREE:
-                return Reclaimed()
-            db.execute("VACUUM")
-    except sqlite3.Error:
-        return Reclaimed()
-    return Reclaimed(catalogue_bytes=size - path.stat().st_size)
-
-
-def disk_usage(settings: Settings) -> dict[str, int] | None:
-    """Bytes an on-disk index location takes: ``total``, ``sqlite`` (the catalogue, items and metadata),
-    ``segments`` and ``segment_folders`` (HNSW), and ``orphans``/``orphan_bytes`` (folders the next build
-    removes). None for a Chroma server, which manages its own disk."""
-    if settings.index.chroma_url:
-        return None
-    folder = chroma_path(settings)
-    segments = [entry for entry in folder.iterdir() if _segment_folder(entry)]
-    orphans = orphan_segments(folder) or []
-    return {
-        "total": _tree_bytes(folder),
-        "sqlite": sum(f.stat().st_size for f in folder.glob(f"{SQLITE_FILE}*") if f.is_file()),
-        "segments": sum(_tree_bytes(entry) for entry in segments),
-        "segment_folders": len(segments),
-        "orphans": len(orphans),
-        "orphan_bytes": sum(_tree_bytes(entry) for entry in orphans),
-    }
-
-
-def _other_builds(client: ClientAPI, name: str, keep: str | None) -> list[str]:
-    """Split collections of ``name`` that belong to no current build (replaced or interrupted builds)."""
-    return [n for n in _names(client) if n.startswith(f"{name}-") and not (keep and n.startswith(f"{name}-{keep}-"))]
-
-
-def _prune(client: ClientAPI, embedder_name: str, keep: str) -> list[str]:
-    """Delete the indexes of this embedder built from other weights (manifests and split collections)."""
-    pruned = [n for n in _index_names(client, embedder_name) if n != keep]
-    names = _names(client)
-    _drop(client, [c for n in pruned for c in names if c == n or c.startswith(f"{n}-")])
-    return pruned
-
-
-def build_index(
-    settings: Settings,
-    embedder: str | None = None,
-    rebuild: bool = False,
-    prune: bool = False,
-    progress: bool = True,
-) -> BuildReport:
-    """Embed train, val and test and store them, one collection per split; idempotent (an up-to-date index is kept).
-
-    ``rebuild`` rebuilds even an up-to-date index; ``prune`` deletes this embedder's indexes
-    built from other weights. A (re)build writes new collections beside the working ones and
-    switches to them only when they are complete; until then the working index stays usable.
-    One build at a time per location: a build removes the collections other builds left behind, and in an
-    on-disk Chroma the segment folders of every deleted collection (Chroma leaves them).
-    """
-    started = time.perf_counter()
-    load_avg = os.getloadavg()[0]  # timings mean little without the machine's load: kept beside them
-    name = embedder or settings.index.embedder
-    emb = create_embedder(name, settings)
-    load_s = time.perf_counter() - started
-    data = {s: load_split(s, settings.data.root, settings.data.download) for s in SPLITS}
-    # A limited (smoke) index takes a fixed random subset of each split, never a prefix: split
-    # order is not guaranteed (the shared copy's train split is grouped by class).
-    picked = {s: subset_indices(len(d), settings.index.limit) for s, d in data.items()}
-    expected = _expected_meta(settings, emb, data_sha256(settings), {s: len(ix) for s, ix in picked.items()})
-    client = chroma_client(settings)
-    iname = index_name(emb)
-    location = chroma_location(settings)
-    command = build_command(name, settings.classifier.runtime)
-
-    pruned = _prune(client, name, iname) if prune else []
-    others = [n for n in _index_names(client, name) if n != iname]
-    manifest = _get(client, iname)
-    current = dict(manifest.metadata or {}) if manifest is not None else {}
-    _drop(client, _other_builds(client, iname, current.get("build")))  # left by an interrupted build
-    reclaimed = _reclaim(settings)  # and the folders of those, of pruned indexes and of replaced builds
-    if manifest is not None and not rebuild and _same_build(current, expected):
-        try:
-            CaseIndex(iname, _split_collections(client, iname, current, location, command), current, emb, location, command).verify()
-            timings = {k: float(current[k]) for k in TIMINGS if k in current}
-            _prepare_gate(settings, emb)
-            return BuildReport(iname, location, int(current["n_items"]), False, timings, others, pruned, reclaimed)
-        except IndexMissingError:
-            pass  # incomplete: build it again
-
-    t0 = time.perf_counter()
-    images = np.concatenate([data[s].images[picked[s]] for s in SPLITS])
-    with emb.classifier.all_cores() if isinstance(emb, CnnEmbedder) else nullcontext():
-        vectors = emb.embed_images(images, progress=progress, desc=f"embedding {len(images)} images ({name})")
-    embed_s = time.perf_counter() - t0
-    ends = np.cumsum([len(picked[s]) for s in SPLITS])
-    _prepare_gate(settings, emb, {s: vectors[end - len(picked[s]) : end] for s, end in zip(SPLITS, ends)
-                                  if len(picked[s]) == len(data[s])})
-
-    t0 = time.perf_counter()
-    build = uuid.uuid4().hex[:8]
-    staged = [split_collection_name(iname, build, s) for s in SPLITS]
-    try:
-        start = 0
-        for s, cname in zip(SPLITS, staged):
-            stop = start + len(picked[s])
-            _write_split(client, cname, settings, s, picked[s], data[s].labels, vectors[start:stop], progress, command)
-            start = stop
-    except BaseException:
-        _drop(client, staged)  # the working index was never touched
-        _reclaim(settings)
-        raise
-    timings = {
-        "load_s": round(load_s, 3),
-        "embed_s": round(embed_s, 3),
-        "add_s": round(time.perf_counter() - t0, 3),
-        "build_s": round(time.perf_counter() - started, 3),
-    }
-    meta = {
-        **expected,
-        "dim": int(vectors.shape[1]),
-        "build": build,
-        **timings,
-        "built_at": utc_now(),
-        "cpu_count": os.cpu_count() or 0,
-        "load_avg_1m": round(load_avg, 2),
-        "chromadb": package_versions()["chromadb"] or "",
-    }
-    _switch(client, manifest, iname, meta)
-    _drop(client, _other_builds(client, iname, build))  # the replaced build
-    reclaimed += _reclaim(settings)
-    return BuildReport(iname, location, meta["n_items"], True, timings, others, pruned, reclaimed)
-
-
-def _prepare_gate(settings: Settings, emb: Embedder, features: dict[str, np.ndarray] | None = None) -> None:
-    """Fit and cache the input gate of the cnn embedder's classifier, on the features just computed (whole
-    splits only), so that the first review after ``index build`` loads it instead of fitting it."""
-    if isinstance(emb, CnnEmbedder):
-        load_input_gate(settings, emb.classifier, features)
-
-
-def _write_split(
-    client: ClientAPI,
-    cname: str,
-    settings: Settings,
-    split: str,
-    indices: np.ndarray,
-    labels: np.ndarray,
-    vectors: np.ndarray,
-    progress: bool,
-    command: str,
-) -> None:
-    """Create one split's collection, add its items and read them back."""
-    cfg = settings.index
-    collection = client.create_collection(
-        cname,
-        configuration=_hnsw(cfg.hnsw_m, cfg.hnsw_ef_construction, cfg.hnsw_ef_search),
-        metadata={"split": split},
-        embedding_function=None,
-    )
-    metadatas = [{"case_id": f"{split}:{i}", "split": split, "index": int(i), "label": CLASS_NAMES[int(labels[i])]} for i in indices]
-    ids = [m["case_id"] for m in metadatas]
-    _add(collection, ids, vectors, metadatas, progress)
-    _verify(collection, ids, vectors, command)
-
-
-def _switch(client: ClientAPI, manifest: Collection | None, name: str, meta: dict[str, Any]) -> None:
-    """Make the build named in ``meta`` the current one: a single write of the manifest's metadata."""
-    if manifest is not None and manifest.count() == 0:
-        manifest.modify(metadata=meta)
-        return
-    if manifest is not None:  # an index of the earlier layout: every split in this one collection
-        client.delete_collection(name)
-    client.create_collection(name, metadata=meta, embedding_function=None)
-
-
-def _hnsw(m: int, ef_construction: int, ef_search: int) -> dict[str, Any]:
-    return {"hnsw": {"space": "cosine", "max_neighbors": m, "ef_construction": ef_construction, "ef_search": ef_search}}
-
-
-def _add(collection: Collection, ids: list[str], vectors: np.ndarray, metadatas: list[dict[str, Any]], progress: bool) -> None:
-    desc = f"adding to Chroma ({(collection.metadata or {}).get('split')})"
-    with tqdm(total=len(ids), desc=desc, unit="item", disable=not progress) as bar:
-        for start in range(0, len(ids), ADD_BATCH):
-            stop = start + ADD_BATCH
-            collection.add(ids=ids[start:stop], embeddings=vectors[start:stop], metadatas=metadatas[start:stop])
-            bar.update(len(ids[start:stop]))
-
-
-def _verify(collection: Collection, ids: list[str], vectors: np.ndarray, command: str) -> None:
-    """Read every stored vector back and compare: Chroma once answered "Error getting embedding"
-    for one item of a fresh index here (not reproduced since); a broken build fails loudly now."""
-    try:
-        got = collection.get(include=["embeddings"])
-    except Exception as exc:  # chromadb.errors.InternalError and friends
-        raise CaseIndexError(f"Chroma could not read back the index just built ({exc}); rerun `{command} --rebuild`") from exc
-    stored = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32)))
-    if set(stored) != set(ids) or max(float(np.abs(stored[i] - v).max()) for i, v in zip(ids, vectors)) > 1e-4:
-        raise CaseIndexError(f"the vectors Chroma returns differ from those added; rerun `{command} --rebuild`")
-
-
-def copy_with_hnsw(index: CaseIndex, m: int, ef_construction: int, ef_search: int) -> CaseIndex:
-    """The same vectors and metadata in in-memory split collections with other HNSW settings (to compare settings)."""
-    client = chromadb.EphemeralClient(settings=ChromaSettings(anonymized_telemetry=False))
-    collections = {}
-    for split, source in index.collections.items():
-        got = source.get(include=["embeddings", "metadatas"])
-        cname = f"{index.name}-m{m}-efc{ef_construction}-efs{ef_search}-{split}"
-        _drop(client, [cname])  # the in-memory client is shared by the process
-        collections[split] = client.create_collection(
-            cname, configuration=_hnsw(m, ef_construction, ef_search), metadata={"split": split}, embedding_function=None
-        )
-        _add(collections[split], list(got["ids"]), np.asarray(got["embeddings"], dtype=np.float32), list(got["metadatas"]), False)
-    meta = {**index.meta, "hnsw_m": m, "hnsw_ef_construction": ef_construction, "hnsw_ef_search": ef_search}
-    return CaseIndex(index.name, collections, meta, index.embedder, "in memory", index.command)
 
 
 def open_index(settings: Settings, embedder: str | None = None, *, classifier: Classifier | None = None) -> CaseIndex:
@@ -677,11 +326,11 @@ def open_index(settings: Settings, embedder: str | None = None, *, classifier: C
     location = chroma_location(settings)
     client = _existing_client(settings, name)
     iname = index_name(emb)
-    manifest = _get(client, iname)
+    manifest = get_collection(client, iname)
     if manifest is None:
-        others = _index_names(client, name)
+        others = index_names(client, name)
         if others:
-            other = _get(client, others[0])
+            other = get_collection(client, others[0])
             meta = (other.metadata if other is not None else None) or {}
             raise StaleIndexError(
                 f"the {name} index at {location} was built from other weights ({meta.get('model_id')}, "
@@ -695,7 +344,7 @@ def open_index(settings: Settings, embedder: str | None = None, *, classifier: C
             f"the {name} index at {location} was built from another data file (case ids would point at "
             f"other images); rebuild it with `{command}`"
         )
-    return CaseIndex(iname, _split_collections(client, iname, meta, location, command), meta, emb, location, command)
+    return CaseIndex(iname, split_collections(client, iname, meta, location, command), meta, emb, location, command)
 
 
 def list_indexes(settings: Settings) -> list[dict[str, Any]]:
@@ -703,10 +352,10 @@ def list_indexes(settings: Settings) -> list[dict[str, Any]]:
     the splits whose collection is missing (such an index is incomplete: searches of that split fail)."""
     client = _existing_client(settings, settings.index.embedder)
     rows = []
-    for name in _index_names(client):
-        manifest = _get(client, name)
+    for name in index_names(client):
+        manifest = get_collection(client, name)
         meta = dict(manifest.metadata or {}) if manifest is not None else {}
-        found = [_get(client, split_collection_name(name, str(meta.get("build")), s)) for s in SPLITS]
+        found = [get_collection(client, split_collection_name(name, str(meta.get("build")), s)) for s in SPLITS]
         missing = [s for s, c in zip(SPLITS, found, strict=True) if c is None]  # an interrupted build or a deletion
         rows.append({"name": name, "count": sum(c.count() for c in found if c is not None), "missing_splits": missing, **meta})
     return rows

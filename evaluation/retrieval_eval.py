@@ -34,7 +34,8 @@ from casereview.config import Settings
 from casereview.provenance import git_commit, package_versions, utc_now
 from casereview.schemas import Neighbour
 from casereview.data import CLASS_NAMES, SPLITS, load_split
-from casereview.tools.case_index import TIMINGS, CaseIndex
+from casereview.tools.case_index import CaseIndex
+from casereview.tools.index_build import TIMINGS
 
 KS = (1, 5, 10)
 TIE = 1e-6  # similarities this close are equal: float32 rounding of the same pair of images

@@ -31,7 +31,7 @@ from casereview.provenance import git_commit, sha256_text, utc_now
 from casereview.records import view_png
 from casereview.render import render
 from casereview.schemas import PromptRecord
-from casereview.tools.case_index import build_index
+from casereview.tools.index_build import build_index
 from casereview.tools.context import build_context
 from casereview.tools.reporter.prompts import list_variants, template_sha256, template_source
 

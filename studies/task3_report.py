@@ -23,7 +23,8 @@ from casereview.errors import CaseReviewError
 from casereview.provenance import git_commit, utc_now
 from casereview.render import render
 from casereview.schemas import Neighbour
-from casereview.tools.case_index import CaseIndex, build_index, case_indices, copy_with_hnsw, open_index
+from casereview.tools.case_index import CaseIndex, case_indices, open_index
+from casereview.tools.index_build import build_index, copy_with_hnsw
 from casereview.tools.embedders import MEDICAL_CLIP
 from casereview.evaluation.retrieval_eval import KS, evaluate_retrieval, hnsw_recall
 from casereview.studies.retrieval_figures import GridRow, save_retrieval_grid

@@ -31,7 +31,7 @@ from casereview.studies.gate_shifts import ARRAY_SHIFTS, FILE_SHIFTS, Shifted, a
 from casereview.provenance import git_commit, utc_now
 from casereview.render import render
 from casereview.schemas import InputCheck
-from casereview.tools.case_index import build_index
+from casereview.tools.index_build import build_index
 from casereview.tools.context import RunContext, build_context
 from casereview.tools.input_gate import STAT_NAMES, InputGate
 

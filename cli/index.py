@@ -132,7 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from casereview.tools.case_index import build_index
+    from casereview.tools.index_build import build_index
 
     settings = _settings(args, limit=args.limit)
     report = build_index(settings, rebuild=args.rebuild, prune=args.prune)
@@ -155,7 +155,8 @@ def _size(n: int) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from casereview.tools.case_index import disk_usage, list_indexes
+    from casereview.tools.case_index import chroma_path, list_indexes
+    from casereview.tools.chroma_storage import disk_usage
 
     settings = _settings(args)
     rows = list_indexes(settings)
@@ -167,8 +168,8 @@ def run_list(args: argparse.Namespace) -> int:
                       f"`casereview index build --embedder {row.get('embedder', '...')}`" if row["missing_splits"] else "")
         print(f"{row['name']}: {row['count']} cases, {row.get('model_id')} (sha256 {sha}), built {row.get('built_at', '?')}"
               + incomplete)
-    disk = disk_usage(settings)
-    if disk is not None:  # a Chroma server's disk is its own
+    if not settings.index.chroma_url:  # a Chroma server's disk is its own
+        disk = disk_usage(chroma_path(settings))
         leftovers = (f"; {disk['orphans']} of them ({_size(disk['orphan_bytes'])}) belong to deleted collections, "
                      "the next `casereview index build` removes them" if disk["orphans"] else "")
         print(f"on disk: {_size(disk['total'])} ({_size(disk['sqlite'])} chroma.sqlite3, {_size(disk['segments'])} in "

@@ -96,8 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="export a checkpoint to ONNX and install it as the released default, with its model card",
         description=(
             "Export a checkpoint to one ONNX graph beside it (checked against torch on validation), evaluate it "
-            "on val and test, copy both to casereview/released/ (the default of every command) and write "
-            "casereview/released/MODEL_CARD.md. With --export-only, only write CHECKPOINT.onnx beside it, so that "
+            "on val and test, copy both to core/released/ (the default of every command) and write "
+            "core/released/MODEL_CARD.md. With --export-only, only write CHECKPOINT.onnx beside it, so that "
             "the checkpoint serves with ONNX Runtime (--checkpoint CHECKPOINT). Needs the onnx package (`pip install onnx`, the project's [export] extra)."
         ),
     )
@@ -127,7 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "robustness",
         help="metrics under synthetic brightness, contrast, gamma, blur and noise shifts",
         description=(
-            "Evaluate checkpoints on a split under synthetic acquisition shifts (casereview/studies/robustness.py) "
+            "Evaluate checkpoints on a split under synthetic acquisition shifts (studies/robustness.py) "
             "with their own temperature and threshold; writes a JSON table (one entry per --checkpoint NAME=PATH)."
         ),
     )
