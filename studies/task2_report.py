@@ -24,9 +24,9 @@ from casereview.errors import CaseReviewError
 from casereview.evaluation.batch_arms import REFERENCE_ARMS, Arm, plan_arms
 from casereview.evaluation.batch_metrics import summarize
 from casereview.evaluation.batch_records import load_rows, read_records
-from casereview.studies.batch_report import choice, group_label, write_reports
+from casereview.evaluation.batch_report import choice, group_label, write_reports
 from casereview.evaluation.batch_runner import BatchPlan, BatchRunner, split_refs
-from casereview.studies.case_picking import pick_cases
+from casereview.evaluation.case_picking import pick_cases
 from casereview.provenance import git_commit, sha256_text, utc_now
 from casereview.records import view_png
 from casereview.render import render

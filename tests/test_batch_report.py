@@ -8,11 +8,11 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pytest
 
-from casereview.studies import batch_figures
+from casereview.evaluation import batch_figures
 from casereview.evaluation.batch_arms import REFERENCE_ARMS
 from casereview.evaluation.batch_metrics import compute_metrics, identical_arms
 from casereview.evaluation.batch_records import BatchRows, Row, review_flag
-from casereview.studies.batch_report import choice, write_reports
+from casereview.evaluation.batch_report import choice, write_reports
 from casereview.schemas import ClassifierResult, GateMeasure, InputCheck, Neighbour
 
 P, N, I = "pneumonia", "normal", "indeterminate"

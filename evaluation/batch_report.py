@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from casereview.studies import batch_figures as fig
 from casereview.evaluation.batch_arms import REFERENCE_ARMS
 from casereview.evaluation.batch_metrics import identical_arms
 from casereview.evaluation.batch_records import NO_FAILURES, BatchRows
@@ -75,6 +74,8 @@ def provenance(data: BatchRows) -> dict[str, Any]:
 
 def make_figures(metrics: dict[str, Any], data: BatchRows, out: Path) -> dict[str, Path]:
     """The figures, one bar, matrix or curve per group of identical arms (named by its first arm)."""
+    from casereview.evaluation import batch_figures as fig  # matplotlib: imported only when a report is drawn
+
     folder = out / FIGURES_DIR
     folder.mkdir(exist_ok=True)
     groups = metrics["identical"]
