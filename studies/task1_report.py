@@ -19,7 +19,8 @@ from casereview.config import Settings
 from casereview.data import CLASS_NAMES, case_id, load_split
 from casereview.errors import CaseReviewError
 from casereview.render import render
-from casereview.evaluation import classifier_figures as figures, saliency_checks as explain
+from casereview.evaluation import classifier_figures as figures
+from casereview.studies import saliency_checks as explain
 from casereview.studies.saliency_checks import LATTICE
 from casereview.training.calibration import validation_parts
 from casereview.training.checkpoint import TorchClassifier, load_classifier

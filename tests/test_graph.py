@@ -318,6 +318,18 @@ def test_review_cli_json(settings, capsys, monkeypatch):
     assert {"raw", "impression"} <= set(out["report"]) and "verdict" in out["verification"]
 
 
+def test_review_prints_cases_in_the_order_given(settings, tmp_path, capsys, monkeypatch):
+    """A case finished earlier in the run comes out of the graph first; the listing keeps the order given."""
+    monkeypatch.setenv("CASEREVIEW_PATHS_WORKDIR", str(settings.paths.workdir))
+    monkeypatch.setenv("CASEREVIEW_DATA_ROOT", str(settings.data.root))
+    common = ["--checkpoint", str(settings.classifier.checkpoint), "--run-id", "order", "--out", str(tmp_path)]
+    assert main(["review", "test:13", *common]) == 0
+    capsys.readouterr()
+    assert main(["review", "test:12", "test:13", "test:11", *common]) == 0
+    shown = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("test:")]
+    assert shown == ["test:12", "test:13", "test:11"]
+
+
 def test_graph_mermaid(capsys):
     assert main(["graph", "--mermaid"]) == 0
     out = capsys.readouterr().out
