@@ -111,3 +111,24 @@ if __name__ == "__main__":  # the drawing: each arrow is "imports", labelled wit
     print("graph BT")
     for (a, b), n in sorted(folder_edges().items(), key=lambda e: (LAYERS.index(e[0][0]), LAYERS.index(e[0][1]))):
         print(f"  {a} -->|{n}| {b}")
+
+
+def module_level_imports(path: Path) -> list[str]:
+    """Modules imported when ``path`` is imported (its top-level statements, not its functions')."""
+    names = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return names
+
+
+def test_matplotlib_loads_only_where_a_figure_is_drawn():
+    """Only figure modules (``*_figures.py``) and the studies import matplotlib when they load; the product
+    imports a figure module inside the function that draws, so its commands start without it."""
+    for layer, path in source_files():
+        if layer == "studies" or path.name.endswith("_figures.py"):
+            continue
+        eager = [m for m in module_level_imports(path) if m.startswith("matplotlib") or m.endswith("_figures")]
+        assert not eager, f"{path.relative_to(REPO)} imports {eager} when it loads"
