@@ -40,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(f"casereview.cli.{name}").register(sub)
     for plugin in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name):
-        plugin.load()(sub)
+        try:
+            register = plugin.load()
+        except ImportError as exc:  # a broken plugin must not take the product's commands down with it
+            print(f"warning: the commands of {plugin.value} are not available: {exc}", file=sys.stderr)
+            continue
+        register(sub)
     add_examples(parser)
     return parser
 

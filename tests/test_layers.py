@@ -92,6 +92,20 @@ def test_the_cli_finds_the_studies_commands_through_the_entry_point():
     assert {"report", "study", "robustness"} <= set(commands)
 
 
+def test_a_plugin_that_does_not_import_leaves_the_other_commands_working(monkeypatch, capsys):
+    from importlib.metadata import EntryPoint
+
+    import casereview.cli as cli
+
+    broken = EntryPoint(name="broken", value="casereview.no_such_module:register", group=cli.PLUGIN_GROUP)
+    monkeypatch.setattr(cli, "entry_points", lambda group: [broken])
+    commands = next(a for a in cli.build_parser()._actions if a.dest == "command").choices
+    assert "review" in commands and "report" not in commands
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("warning: the commands of casereview.no_such_module:register are not available")
+    assert len(err.splitlines()) == 1
+
+
 def folder_edges() -> dict[tuple[str, str], int]:
     """(importing layer, imported layer) -> number of import statements, for layers that differ."""
     edges: dict[tuple[str, str], int] = {}
