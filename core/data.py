@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from casereview.errors import CaseReviewError, root_cause
+from casereview.errors import CaseReviewError, root_cause, shown
 
 SPLITS = ("train", "val", "test")
 CLASS_NAMES = ("normal", "pneumonia")
@@ -33,7 +33,8 @@ DATA_FILE = "pneumoniamnist.npz"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SIZE = 28
 MAX_PIXELS = 64_000_000  # larger files are refused: no chest film needs more, a decompression bomb does
-_REF = re.compile(r"^(train|val|test):(-?\d+)$")
+_REF = re.compile(r"^(train|val|test):(-?\d{1,18})$")  # a longer index is out of any range (and int() refuses 4,300 digits)
+_LONG_REF = re.compile(r"^(train|val|test):-?\d{19,}$")
 DATA_HINT = (
     "set the data root to a folder holding {file} (--data-root or CASEREVIEW_DATA_ROOT), "
     "or allow the download (CASEREVIEW_DATA_DOWNLOAD=true, the default)"
@@ -77,6 +78,8 @@ def _missing_parents(folder: Path) -> list[Path]:
 @lru_cache(maxsize=8)
 def _load_split(split: str, root: str | None, download: bool) -> Split:
     path = data_file(root)
+    if path.exists() and not path.is_file():  # a folder of that name: a download could not replace it either
+        raise DataError(f"{path} is not a file (a folder or a device); " + DATA_HINT.format(file=DATA_FILE))
     if not path.is_file():
         if not download:
             raise DataError(f"{path} not found: " + DATA_HINT.format(file=DATA_FILE))
@@ -257,12 +260,17 @@ def decode_image(path: Path, size: int = SIZE) -> DecodedImage:
 def check_image_path(path: Path | str) -> Path:
     """The path of an existing PNG/JPEG file, or a :class:`CaseError` saying what is wrong."""
     path = Path(path)
-    if path.is_dir():
-        raise CaseError(f"{path} is a folder; pass the image files in it (or a command that takes folders)")
-    if not path.is_file():
-        raise CaseError(f"image not found: {path}")
+    try:
+        if path.is_dir():
+            raise CaseError(f"{shown(path)} is a folder; pass the image files in it (or a command that takes folders)")
+        if path.exists() and not path.is_file():  # opening a FIFO would wait forever, /dev/zero never ends
+            raise CaseError(f"{shown(path)} is not a regular file (a FIFO, a device or a socket); give an image file")
+        if not path.is_file():
+            raise CaseError(f"image not found: {shown(path)}")
+    except OSError as exc:  # a name the OS refuses: too long, or a component longer than 255 bytes
+        raise CaseError(f"cannot use {shown(path)} as an image path: {exc.strerror}") from None
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise CaseError(f"{path}: not a PNG or JPEG file (expected one of {', '.join(IMAGE_SUFFIXES)})")
+        raise CaseError(f"{shown(path)}: not a PNG or JPEG file (expected one of {', '.join(IMAGE_SUFFIXES)})")
     with _opened(path):  # reads the header only: the image is decoded once, when the case is loaded
         pass
     return path
@@ -272,8 +280,10 @@ def check_ref(ref: str, root: Path | str | None = None, download: bool = False) 
     """Raise a :class:`CaseError` for a reference that cannot be loaded, without decoding images."""
     parsed = parse_ref(ref)
     if parsed is None:
-        if re.match(r"^\w+:\S*$", ref) and not Path(ref).exists():
-            raise CaseError(f"bad case reference {ref!r}: use <split>:<index> with split in {SPLITS}, or an image path")
+        if _LONG_REF.match(ref.strip()):
+            raise CaseError(f"case {shown(ref, 40)} out of range: an index has at most 18 digits")
+        if re.match(r"^\w+:\S*$", ref) and len(ref) < 256 and not Path(ref).exists():
+            raise CaseError(f"bad case reference {shown(repr(ref))}: use <split>:<index> with split in {SPLITS}, or an image path")
         check_image_path(ref)
         return
     split, index = parsed
@@ -295,6 +305,13 @@ def _skip_reason(path: Path) -> str | None:
     return None
 
 
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name the OS refuses (too long): not a folder; check_image_path says why
+        return False
+
+
 def expand_folders(items: list[str]) -> list[str]:
     """Case references from command-line items: a folder becomes the PNG/JPEG files in it (sorted);
     a folder holding anything else, or nothing, is a :class:`CaseError`. Entries that are not cases
@@ -302,7 +319,7 @@ def expand_folders(items: list[str]) -> list[str]:
     refs: list[str] = []
     for item in items:
         path = Path(item)
-        if parse_ref(item) is None and path.is_dir():
+        if parse_ref(item) is None and _is_folder(path):
             entries = sorted(path.iterdir())
             skipped = {p: why for p in entries if (why := _skip_reason(p))}
             files = [p for p in entries if p not in skipped]
