@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from casereview.cli.common import add_common_options, add_runtime_option, settings_from_args
+from casereview.cli.common import add_common_options, add_runtime_option, path_arg, settings_from_args
 from casereview.errors import CaseReviewError
 from casereview.paths import check_folder
 
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--split", choices=["val", "test"], help="review every case of this split (choose variants on val)")
     which.add_argument("--cases", nargs="+", metavar="CASE", help="or these cases: test:42, image files, folders")
-    which.add_argument("--summarize", type=Path, metavar="DIR",
+    which.add_argument("--summarize", type=path_arg, metavar="DIR",
                        help="only recompute metrics.json and the reports from the records in DIR")
     p.add_argument("--sample", type=int, metavar="N", help="a seeded random sample of N cases of the split (batch.sample)")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample (default: 0)")
@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-id", help="VLM model id or local folder (medgemma/openai backends)")
     p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
     p.add_argument("--chroma-url", help="http://host:port of a `chroma run` server holding the case index")
-    p.add_argument("--checkpoint", type=Path, help="classifier checkpoint (default: the released one)")
+    p.add_argument("--checkpoint", type=path_arg, help="classifier checkpoint (default: the released one)")
     add_runtime_option(p)
     p.add_argument("--max-attempts", type=int, help="report attempts per case including the strict retry (default: 2)")
     p.add_argument("--probe", choices=["flip"],
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(with --concurrency of at least this many)")
     p.add_argument("--checkpointer", choices=["none", "sqlite"], default="none",
                    help="none (default): a pair interrupted mid-graph reruns from its start; sqlite: it resumes at its last node")
-    p.add_argument("--out", type=Path, help="batch folder (default: <workdir>/batches/<split>-<backend>); rerun to resume")
+    p.add_argument("--out", type=path_arg, help="batch folder (default: <workdir>/batches/<split>-<backend>); rerun to resume")
     p.add_argument("--note", help="a note shown at the top of the report (e.g. that the model is a random test model)")
     p.add_argument("--max-errors", type=int, help="stop after this many failed reviews (default: 20; batch.max_errors)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

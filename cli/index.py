@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, get_args
 
-from casereview.cli.common import add_common_options, add_runtime_option, settings_from_args
+from casereview.cli.common import add_common_options, add_runtime_option, path_arg, settings_from_args
 from casereview.paths import check_folder
 from casereview.config import EmbedderName, Settings
 
@@ -31,11 +31,11 @@ downloaded there when missing, unless CASEREVIEW_DATA_DOWNLOAD=false.
 
 def _index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedder", choices=get_args(EmbedderName), help="which embedder's index (default: index.embedder, cnn)")
-    p.add_argument("--checkpoint", type=Path, help="classifier checkpoint for the cnn embedder (default: the released one)")
+    p.add_argument("--checkpoint", type=path_arg, help="classifier checkpoint for the cnn embedder (default: the released one)")
     add_runtime_option(p)
     p.add_argument("--clip-model", help="open_clip model for the clip embedder (default: BiomedCLIP from the hub)")
     p.add_argument("--clip-pretrained", help="open_clip pretrained tag or weights file, for built-in model names")
-    p.add_argument("--chroma-path", type=Path, help="Chroma folder (default: <workdir>/chroma)")
+    p.add_argument("--chroma-path", type=path_arg, help="Chroma folder (default: <workdir>/chroma)")
     p.add_argument("--chroma-url", help="URL of a `chroma run` server instead of a folder, e.g. http://127.0.0.1:8000")
     add_common_options(p)
 
@@ -111,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("-k", type=int, help="number of cases (default: index.k, 5)")
         p.add_argument("--split", default="train", choices=SPLIT_CHOICES, help="case base (default: train)")
         p.add_argument("--json", action="store_true", help="print a JSON list of {case_id, split, index, label, similarity}")
-        p.add_argument("--grid", type=Path, metavar="PNG", help="also save the query beside its neighbours as an image")
+        p.add_argument("--grid", type=path_arg, metavar="PNG", help="also save the query beside its neighbours as an image")
         _index_options(p)
         p.set_defaults(func=run_search)
 
@@ -125,7 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "DIR/retrieval_metrics.json with provenance.",
         "  casereview evaluate-retrieval --embedder cnn --out runs/retrieval/cnn",
     )
-    evaluate.add_argument("--out", type=Path, help="output folder (default: <workdir>/retrieval/<embedder>)")
+    evaluate.add_argument("--out", type=path_arg, help="output folder (default: <workdir>/retrieval/<embedder>)")
     evaluate.add_argument("--latency-queries", type=int, default=200, help="queries timed one by one (default 200)")
     _index_options(evaluate)
     evaluate.set_defaults(func=run_evaluate)

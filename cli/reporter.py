@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from casereview.cli.common import DeprecatedAlias, add_common_options, add_runtime_option, settings_from_args
+from casereview.cli.common import DeprecatedAlias, add_common_options, add_runtime_option, path_arg, settings_from_args
 
 EPILOG = """\
 backends:
@@ -58,11 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-model", dest="model_id", action=DeprecatedAlias, help=argparse.SUPPRESS)
     p.add_argument("--max-new-tokens", type=int, help="longest report in tokens (default 300)")
     p.add_argument("--batch-size", type=int, help="prompts per generate call / concurrent requests (default 4)")
-    p.add_argument("--checkpoint", type=Path, help="classifier checkpoint (default: the released one)")
+    p.add_argument("--checkpoint", type=path_arg, help="classifier checkpoint (default: the released one)")
     add_runtime_option(p)
     p.add_argument("-k", type=int, help="similar cases retrieved per case (default: graph.k)")
     p.add_argument("--run-id", help="resume or extend this run (default: a new id)")
-    p.add_argument("--out", type=Path, help="output folder (default: <workdir>/reports/<run id>)")
+    p.add_argument("--out", type=path_arg, help="output folder (default: <workdir>/reports/<run id>)")
     add_common_options(p)
     p.set_defaults(func=run)
 

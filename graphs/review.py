@@ -19,12 +19,14 @@ from casereview.data import check_refs, expand_folders, load_case, parse_ref
 from casereview.errors import CaseReviewError
 from casereview.graphs.graph import NODE_ORDER, build_graph, make_checkpointer, thread_config
 from casereview.provenance import sha256_text, utc_now
-from casereview.records import record_stem, save_case_record
+from casereview.records import is_saved, record_stem, save_case_record
 from casereview.tools.context import RunContext, build_context, fingerprint, fingerprint_fields
 from casereview.tools.reporter.reporting import generate
 
 class SettingsChangedError(CaseReviewError):
     """A case of this run was started with other settings; resuming it would mix two configurations."""
+
+    resumable = False
 
 
 class RunInUseError(CaseReviewError):
@@ -250,6 +252,7 @@ class ReviewRun:
         return save_case_record(record, np.asarray(image, dtype=np.uint8), self.out)
 
     def ensure_saved(self, record: dict[str, Any], image: Any) -> None:
-        """Write a finished case's files if they are not on disk (its graph ended, its save did not)."""
-        if not (self.out / f"{record_stem(record['case_id'])}.json").is_file():
+        """Write a finished case's files if they are not on disk as this run's record (its graph ended, its
+        save did not); another run's record in their place is refused by the save, never replaced."""
+        if not is_saved(record, self.out):
             self.save(record, image)

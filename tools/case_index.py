@@ -71,6 +71,8 @@ class StaleIndexError(IndexMissingError):
 class QueryError(CaseIndexError, ValueError):
     """A search that cannot be answered: bad k or an unknown split."""
 
+    resumable = False  # a setting (k, a split, a variant): the same run fails the same way
+
 
 def build_command(embedder: str, runtime: str = "onnx") -> str:
     torch = " --runtime torch" if embedder == "cnn" and runtime == "torch" else ""  # the index follows the served file
