@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
 from pathlib import Path
 from collections.abc import Iterator
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 from langchain_core.callbacks import BaseCallbackHandler
@@ -17,6 +15,7 @@ from casereview.agents.nodes import rendered_prompt, report_update
 from casereview.config import Settings
 from casereview.data import check_refs, expand_folders, load_case, parse_ref
 from casereview.errors import CaseReviewError
+from casereview.locks import LockBusyError, hold_lock
 from casereview.graphs.graph import NODE_ORDER, build_graph, make_checkpointer, thread_config
 from casereview.provenance import sha256_text, utc_now
 from casereview.records import is_saved, record_stem, save_case_record
@@ -33,36 +32,18 @@ class RunInUseError(CaseReviewError):
     """Another process is working on this run id."""
 
 
-_HELD_LOCKS: dict[Path, IO[str]] = {}  # run locks this process holds (a process may reopen its own runs)
-
-
 RUN_IN_USE = "run {run_id} is in use by {holder}; wait for it to finish, or start a new run (omit --run-id)"
 
 
 def lock_run(workdir: Path, run_id: str, in_use: str = RUN_IN_USE) -> Path:
     """Hold the run id's lock for the rest of this process, or raise :class:`RunInUseError` with the message
-    ``in_use`` (``{run_id}`` and ``{holder}`` filled in: the caller knows what the user can do instead).
-
-    An OS file lock (``flock``): it is released when the holding process ends, even by ``kill -9``,
-    so a crashed run never blocks its own resume."""
+    ``in_use`` (``{run_id}`` and ``{holder}`` filled in: the caller knows what the user can do instead);
+    see :func:`casereview.locks.hold_lock`."""
     path = Path(workdir) / "locks" / f"{sha256_text(run_id)[:16]}.lock"
-    if path in _HELD_LOCKS:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a+")
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "another process"
-        fh.close()
-        raise RunInUseError(in_use.format(run_id=run_id, holder=holder)) from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"process {os.getpid()}")
-    fh.flush()
-    _HELD_LOCKS[path] = fh
-    return path
+        return hold_lock(path, in_use.replace("{run_id}", run_id))
+    except LockBusyError as exc:
+        raise RunInUseError(str(exc)) from None
 
 
 def expand_case_refs(items: list[str], settings: Settings) -> list[str]:

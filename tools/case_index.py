@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import chromadb
+import httpx
 import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
@@ -43,6 +44,7 @@ from casereview.data import CLASS_NAMES, SPLITS, parse_ref
 from casereview.errors import CaseReviewError, one_line
 from casereview.provenance import redact_url
 from casereview.schemas import Neighbour
+from casereview.tools import http_deadline
 from casereview.tools.embedders import Embedder, create_embedder, data_sha256
 
 if TYPE_CHECKING:
@@ -102,17 +104,22 @@ def chroma_client(settings: Settings) -> ClientAPI:
     chroma_settings = ChromaSettings(anonymized_telemetry=False)
     url = settings.index.chroma_url
     if not url:
-        return chromadb.PersistentClient(path=str(chroma_path(settings)), settings=chroma_settings)
+        try:
+            return chromadb.PersistentClient(path=str(chroma_path(settings)), settings=chroma_settings)
+        except Exception as exc:  # a folder this user cannot write, a catalogue that is not a database
+            raise CaseIndexError(f"cannot open the case index at {chroma_path(settings)} "
+                                 f"({type(exc).__name__}: {one_line(str(exc), 160)})") from exc
     parsed = urlparse(url if "://" in url else f"http://{url}")
     if not parsed.hostname:
         raise CaseIndexError(f"bad Chroma URL {redact_url(url)!r}; expected http://host:port")
+    # chromadb.HttpClient, with a client whose every request has a total deadline (chromadb's waits forever)
+    http_deadline.CHROMA_DEADLINE_S[0] = settings.index.chroma_timeout_s
+    chroma_settings.chroma_api_impl = f"{http_deadline.__name__}.{http_deadline.DeadlineChromaAPI.__name__}"
+    chroma_settings.chroma_server_host = parsed.hostname
+    chroma_settings.chroma_server_http_port = parsed.port or (443 if parsed.scheme == "https" else 8000)
+    chroma_settings.chroma_server_ssl_enabled = parsed.scheme == "https"
     try:
-        client = chromadb.HttpClient(
-            host=parsed.hostname,
-            port=parsed.port or (443 if parsed.scheme == "https" else 8000),
-            ssl=parsed.scheme == "https",
-            settings=chroma_settings,
-        )
+        client = chromadb.Client(chroma_settings)
         client.heartbeat()
     except Exception as exc:  # chromadb raises plain ValueError/ConnectionError/httpx errors here
         raise CaseIndexError(
@@ -242,9 +249,13 @@ class CaseIndex:
         step = max(1, SQL_VARIABLES // n)
         self.verify([split])
         for start in range(0, len(vectors), step):
-            res = self.collections[split].query(
-                query_embeddings=vectors[start : start + step], n_results=n, include=["metadatas", "distances"]
-            )
+            try:
+                res = self.collections[split].query(
+                    query_embeddings=vectors[start : start + step], n_results=n, include=["metadatas", "distances"]
+                )
+            except httpx.TimeoutException as exc:  # a Chroma server that stopped answering (see chroma_client)
+                raise CaseIndexError(f"the Chroma server at {self.location} did not answer a search within "
+                                     f"{http_deadline.CHROMA_DEADLINE_S[0]:g} s (index.chroma_timeout_s)") from exc
             out += [[_neighbour(m, d) for m, d in zip(ms, ds)] for ms, ds in zip(res["metadatas"], res["distances"])]
         return out
 
