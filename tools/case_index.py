@@ -35,6 +35,7 @@ import chromadb
 import httpx
 import numpy as np
 from chromadb.api import ClientAPI
+from chromadb.api.fastapi import FastAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import NotFoundError
@@ -44,7 +45,7 @@ from casereview.data import CLASS_NAMES, SPLITS, parse_ref
 from casereview.errors import CaseReviewError, one_line
 from casereview.provenance import redact_url
 from casereview.schemas import Neighbour
-from casereview.tools import http_deadline
+from casereview.tools.http_deadline import DeadlineTransport
 from casereview.tools.embedders import Embedder, create_embedder, data_sha256
 
 if TYPE_CHECKING:
@@ -99,6 +100,22 @@ def chroma_path(settings: Settings) -> Path:
     return settings.index.chroma_path or settings.paths.workdir / "chroma"
 
 
+class DeadlineChromaAPI(FastAPI):
+    """Chroma's HTTP client (its ``chroma_api_impl``) with a :class:`~casereview.tools.http_deadline.DeadlineTransport`
+    under its session: chromadb's own session waits forever (``timeout=None``). The deadline is
+    :data:`CHROMA_DEADLINE_S` when the client is created (:func:`chroma_client` sets it)."""
+
+    def __init__(self, system: Any):
+        super().__init__(system)
+        session = httpx.Client(transport=DeadlineTransport(CHROMA_DEADLINE_S[0]), timeout=CHROMA_DEADLINE_S[0])
+        session.headers.update(self._session.headers)
+        self._session.close()
+        self._session = session
+
+
+CHROMA_DEADLINE_S = [30.0]  # index.chroma_timeout_s of the client being created
+
+
 def chroma_client(settings: Settings) -> ClientAPI:
     """A client for the configured Chroma: a server at ``index.chroma_url``, else a folder on disk."""
     chroma_settings = ChromaSettings(anonymized_telemetry=False)
@@ -113,8 +130,8 @@ def chroma_client(settings: Settings) -> ClientAPI:
     if not parsed.hostname:
         raise CaseIndexError(f"bad Chroma URL {redact_url(url)!r}; expected http://host:port")
     # chromadb.HttpClient, with a client whose every request has a total deadline (chromadb's waits forever)
-    http_deadline.CHROMA_DEADLINE_S[0] = settings.index.chroma_timeout_s
-    chroma_settings.chroma_api_impl = f"{http_deadline.__name__}.{http_deadline.DeadlineChromaAPI.__name__}"
+    CHROMA_DEADLINE_S[0] = settings.index.chroma_timeout_s
+    chroma_settings.chroma_api_impl = f"{__name__}.{DeadlineChromaAPI.__name__}"
     chroma_settings.chroma_server_host = parsed.hostname
     chroma_settings.chroma_server_http_port = parsed.port or (443 if parsed.scheme == "https" else 8000)
     chroma_settings.chroma_server_ssl_enabled = parsed.scheme == "https"
@@ -255,7 +272,7 @@ class CaseIndex:
                 )
             except httpx.TimeoutException as exc:  # a Chroma server that stopped answering (see chroma_client)
                 raise CaseIndexError(f"the Chroma server at {self.location} did not answer a search within "
-                                     f"{http_deadline.CHROMA_DEADLINE_S[0]:g} s (index.chroma_timeout_s)") from exc
+                                     f"{CHROMA_DEADLINE_S[0]:g} s (index.chroma_timeout_s)") from exc
             out += [[_neighbour(m, d) for m, d in zip(ms, ds)] for ms, ds in zip(res["metadatas"], res["distances"])]
         return out
 

@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx
-from chromadb.api.fastapi import FastAPI
 
 _BUDGET = threading.local()  # .end: the monotonic time by which every request of the current block must end
 
@@ -116,19 +115,3 @@ class DeadlineTransport(httpx.HTTPTransport):
             raise
         response.stream = _DeadlineStream(response.stream, expiry, timeout)
         return response
-
-
-class DeadlineChromaAPI(FastAPI):
-    """Chroma's HTTP client (``chroma_api_impl``) with :class:`DeadlineTransport` under its session
-    (chromadb's own session waits forever: ``timeout=None``). The deadline is :data:`CHROMA_DEADLINE_S`
-    when the client is created."""
-
-    def __init__(self, system: Any):
-        super().__init__(system)
-        session = httpx.Client(transport=DeadlineTransport(CHROMA_DEADLINE_S[0]), timeout=CHROMA_DEADLINE_S[0])
-        session.headers.update(self._session.headers)
-        self._session.close()
-        self._session = session
-
-
-CHROMA_DEADLINE_S = [30.0]  # set by casereview.tools.case_index.chroma_client before it creates a client
