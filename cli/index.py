@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any, get_args
 
 from casereview.cli.common import add_common_options, add_runtime_option, path_arg, settings_from_args
-from casereview.paths import check_folder
 from casereview.config import EmbedderName, Settings
+from casereview.errors import CaseReviewError, printable
+from casereview.paths import check_folder, check_writable
 
 SPLIT_CHOICES = ("train", "val", "test", "train+val", "all")
 
@@ -132,9 +133,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from casereview.tools.case_index import chroma_path
     from casereview.tools.index_build import build_index
 
     settings = _settings(args, limit=args.limit)
+    check_writable(settings.paths.workdir, "--workdir", "the index and its build lock")
+    if not settings.index.chroma_url:
+        check_writable(chroma_path(settings), "--chroma-path", "the index")
     report = build_index(settings, rebuild=args.rebuild, prune=args.prune)
     state = "built" if report.built else "up to date, kept (use --rebuild to rebuild)"
     print(f"{report.name}: {report.count} cases at {report.location}, {state}")
@@ -187,6 +192,17 @@ def _print_hits(header: str, hits: list, as_json: bool) -> None:
         print(f"{rank:>4}  {h.case_id:<12} {h.label:<10} {h.similarity:>10.4f}")
 
 
+def check_grid_path(path: Path) -> Path:
+    """``--grid``: a .png file that can be written (checked before the index opens). Another suffix would
+    make matplotlib guess a format or fail; a folder, a device or a file under a file cannot be written."""
+    if path.suffix.lower() != ".png":
+        raise CaseReviewError(f"--grid {printable(path)}: give a file name ending in .png")
+    if path.exists() and not path.is_file():
+        raise CaseReviewError(f"--grid {printable(path)} is a folder or a device, not a file; give a .png file name")
+    check_folder(path.parent, "--grid", "the grid image")
+    return path
+
+
 def run_search(args: argparse.Namespace) -> int:
     """``search image`` and ``search text``: the query differs, the listing and the grid are the same."""
     from casereview.data import load_case
@@ -195,6 +211,8 @@ def run_search(args: argparse.Namespace) -> int:
 
     settings = _settings(args, k=args.k)
     k = settings.index.k
+    if args.grid:
+        check_grid_path(args.grid)
     index = open_index(settings)
     if args.search_command == "image":
         case = load_case(args.ref, settings.data.root, settings.data.download)
@@ -210,7 +228,7 @@ def run_search(args: argparse.Namespace) -> int:
     if args.grid:
         save_retrieval_grid([row], args.grid, settings.data.root, title)
         if not args.json:
-            print(f"grid saved to {args.grid}")
+            print(f"grid saved to {printable(args.grid)}")
     return 0
 
 

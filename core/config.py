@@ -184,9 +184,11 @@ class ReporterConfig(Section):
     base_url: str = "http://127.0.0.1:8000/v1"
     api_model: str | None = None  # model name sent to the server; None: model_id
     api_key_env: str = "OPENAI_API_KEY"  # name of the variable holding the key, never the key
-    # total seconds of one report request, its retries included (connect, send, wait, read the whole body):
-    # a server that trickles its answer or never answers fails the case after this long
-    timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    # seconds one request may take in total (connect, send, wait, read the whole answer): a server that
+    # trickles its answer or never answers fails the request after this long
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    # seconds one prompt's requests may take together, retries and their back-off included
+    total_timeout_s: float = Field(default=120.0, gt=0, le=7200)
     retries: int = Field(default=3, ge=0)
     seed: int = 0
     # Which evidence the template backend's impression follows: "both" (the classifier, unless it is

@@ -257,9 +257,10 @@ class OpenAIBackend(ReporterBackend):
     Images go as base64 PNG data URLs. The API key is read from the environment variable
     named by ``cfg.api_key_env`` (local servers accept any key); it is never logged or saved, and
     a server's error text is shown only through :func:`~casereview.provenance.redact_text`.
-    Retries with exponential backoff are the ``openai`` client's; one prompt's requests, retries
-    included, end within ``cfg.timeout_s`` in total (connect, wait and the whole answer: see
-    :mod:`casereview.tools.http_deadline`). Up to ``cfg.batch_size`` requests run at once.
+    Retries with exponential backoff are the ``openai`` client's. Each request ends within
+    ``cfg.timeout_s`` (connect, wait and the whole answer: see :mod:`casereview.tools.http_deadline`),
+    and one prompt's requests, retries included, within ``cfg.total_timeout_s``. Up to
+    ``cfg.batch_size`` requests run at once.
     """
 
     name = "openai"
@@ -307,7 +308,7 @@ class OpenAIBackend(ReporterBackend):
         tries = f"{self.cfg.retries + 1} attempt(s)"
         start = time.perf_counter()
         try:
-            with deadline(self.cfg.timeout_s):  # the request and the client's retries, together
+            with deadline(self.cfg.total_timeout_s):  # the request and the client's retries, together
                 resp = self.client().chat.completions.create(
                     model=self.model_id,
                     messages=prompt.openai_messages(),
@@ -316,8 +317,11 @@ class OpenAIBackend(ReporterBackend):
                     seed=self.cfg.seed,
                 )
         except openai.APITimeoutError as exc:
+            if time.perf_counter() - start >= self.cfg.total_timeout_s:
+                raise ReporterError(f"{where} did not answer within {self.cfg.total_timeout_s:g} s in total "
+                                    f"(reporter.total_timeout_s, retries included)") from exc
             raise ReporterError(f"{where} did not answer within {self.cfg.timeout_s:g} s ({tries}; reporter.timeout_s "
-                                "bounds connecting, waiting and reading the whole answer, retries included)") from exc
+                                "bounds connecting, waiting and reading the whole answer)") from exc
         except openai.APIConnectionError as exc:
             raise ReporterError(
                 f"cannot reach {where} ({tries}: {self._safe(str(exc))}). Start one (e.g. `vllm serve MODEL` or "
