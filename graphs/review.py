@@ -84,8 +84,9 @@ class ReviewRun:
                  in_use: str = RUN_IN_USE):
         self.settings, self.run_id, self.out = settings, run_id, out
         lock_run(settings.paths.workdir, run_id, in_use)  # before any model loads: a second process exits at once
-        self.context = context or build_context(settings, run_id)
+        # before the models load: a disk too full for the checkpoints fails at once
         self.checkpointer = make_checkpointer(settings.graph.checkpointer, settings.paths.workdir / "checkpoints.sqlite")
+        self.context = context or build_context(settings, run_id)
         self.graph = build_graph(self.checkpointer)
         self.evidence: dict[str, dict[str, Any]] = {}  # graph input computed ahead, per case ref
 
