@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import reprlib
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -355,9 +356,14 @@ def _describe(error: dict[str, Any], layers: list[tuple[str, dict[str, Any]]]) -
     if isinstance(value, str) and "://" in value or section == "reporter" and name == "base_url" \
             or section == "index" and name == "chroma_url":
         value = redact_url(str(value))  # a URL's credentials never reach a message
-    text = repr(str(value) if isinstance(value, Path) else value)
-    # a value can be huge (a YAML of nested anchors expands 1 KB into megabytes): the message stays one short line
+    # a value can be huge (a YAML of nested anchors expands 1 KB into megabytes; its full repr would take
+    # longer than the run): reprlib writes only its first levels and items, and the message stays one line
+    text = _BRIEF.repr(str(value) if isinstance(value, Path) else value)
     return f"invalid setting {setting} = {shown(text, 100)} ({source}): {shown(error['msg'], 300)}"
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 3, 100, 100
 
 
 def load_settings(
