@@ -26,6 +26,7 @@ collections are searched, so a search cannot return a test case by construction.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,6 @@ import chromadb
 import httpx
 import numpy as np
 from chromadb.api import ClientAPI
-from chromadb.api.fastapi import FastAPI
 from chromadb.api.models.Collection import Collection
 from chromadb.config import Settings as ChromaSettings
 from chromadb.errors import NotFoundError
@@ -100,20 +100,34 @@ def chroma_path(settings: Settings) -> Path:
     return settings.index.chroma_path or settings.paths.workdir / "chroma"
 
 
-class DeadlineChromaAPI(FastAPI):
-    """Chroma's HTTP client (its ``chroma_api_impl``) with a :class:`~casereview.tools.http_deadline.DeadlineTransport`
-    under its session: chromadb's own session waits forever (``timeout=None``). The deadline is
-    :data:`CHROMA_DEADLINE_S` when the client is created (:func:`chroma_client` sets it)."""
+def _http_client(host: str, port: int, ssl: bool, seconds: float) -> ClientAPI:
+    """``chromadb.HttpClient`` whose every request ends within ``seconds``. chromadb's own HTTP session
+    waits forever (``timeout=None``) and its constructor already asks the server three questions: it is
+    built in a daemon thread given ``seconds`` (a server that never answers leaves that thread waiting
+    until the process ends, not the user), then its session is replaced by one on a
+    :class:`~casereview.tools.http_deadline.DeadlineTransport`."""
+    made: list[Any] = []
 
-    def __init__(self, system: Any):
-        super().__init__(system)
-        session = httpx.Client(transport=DeadlineTransport(CHROMA_DEADLINE_S[0]), timeout=CHROMA_DEADLINE_S[0])
-        session.headers.update(self._session.headers)
-        self._session.close()
-        self._session = session
+    def connect() -> None:
+        try:
+            made.append(chromadb.HttpClient(host=host, port=port, ssl=ssl,
+                                             settings=ChromaSettings(anonymized_telemetry=False)))
+        except Exception as exc:  # handed to the caller's thread
+            made.append(exc)
 
-
-CHROMA_DEADLINE_S = [30.0]  # index.chroma_timeout_s of the client being created
+    thread = threading.Thread(target=connect, daemon=True, name="chroma-connect")
+    thread.start()
+    thread.join(seconds)
+    if not made:
+        raise httpx.ReadTimeout(f"no complete answer within the deadline of {seconds:g} s")
+    if isinstance(made[0], Exception):
+        raise made[0]
+    client, server = made[0], made[0]._server  # the FastAPI instance that holds the session (chromadb 1.x)
+    session = httpx.Client(transport=DeadlineTransport(seconds), timeout=seconds)
+    session.headers.update(server._session.headers)
+    server._session.close()
+    server._session = session
+    return client
 
 
 def chroma_client(settings: Settings) -> ClientAPI:
@@ -129,14 +143,9 @@ def chroma_client(settings: Settings) -> ClientAPI:
     parsed = urlparse(url if "://" in url else f"http://{url}")
     if not parsed.hostname:
         raise CaseIndexError(f"bad Chroma URL {redact_url(url)!r}; expected http://host:port")
-    # chromadb.HttpClient, with a client whose every request has a total deadline (chromadb's waits forever)
-    CHROMA_DEADLINE_S[0] = settings.index.chroma_timeout_s
-    chroma_settings.chroma_api_impl = f"{__name__}.{DeadlineChromaAPI.__name__}"
-    chroma_settings.chroma_server_host = parsed.hostname
-    chroma_settings.chroma_server_http_port = parsed.port or (443 if parsed.scheme == "https" else 8000)
-    chroma_settings.chroma_server_ssl_enabled = parsed.scheme == "https"
     try:
-        client = chromadb.Client(chroma_settings)
+        client = _http_client(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 8000),
+                              parsed.scheme == "https", settings.index.chroma_timeout_s)
         client.heartbeat()
     except Exception as exc:  # chromadb raises plain ValueError/ConnectionError/httpx errors here
         raise CaseIndexError(
@@ -272,7 +281,7 @@ class CaseIndex:
                 )
             except httpx.TimeoutException as exc:  # a Chroma server that stopped answering (see chroma_client)
                 raise CaseIndexError(f"the Chroma server at {self.location} did not answer a search within "
-                                     f"{CHROMA_DEADLINE_S[0]:g} s (index.chroma_timeout_s)") from exc
+                                     f"its deadline (index.chroma_timeout_s)") from exc
             out += [[_neighbour(m, d) for m, d in zip(ms, ds)] for ms, ds in zip(res["metadatas"], res["distances"])]
         return out
 
