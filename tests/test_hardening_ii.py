@@ -18,7 +18,7 @@ import pytest
 
 from casereview.cli import main
 from casereview.config import ReporterConfig, load_settings
-from casereview.provenance import redact_text, redact_url
+from casereview.provenance import redact_url
 from casereview.tools.reporter.backends import MalformedAnswerError, OpenAIBackend
 from casereview.tools.reporter.evidence import Evidence, ReporterError
 from casereview.tools.reporter.prompts import render_prompt
@@ -90,6 +90,8 @@ def test_4_a_chroma_server_that_never_answers_fails_search_within_its_deadline(t
 
 # item 5: an error body that echoes the request (URL, Authorization header, the key) is shown redacted
 def test_5_an_error_body_echoing_the_request_shows_no_secret(monkeypatch):
+    from casereview.provenance import redact_text
+
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     def echo_headers(request: bytes) -> bytes:  # what a debugging proxy or a careless server says back
         sent = [line for line in request.decode("latin-1").split("\r\n") if line.lower().startswith(("post", "authorization"))]
