@@ -78,7 +78,7 @@ def check_http_url(url: str, what: str, query: bool = True) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} must be an http:// or https:// URL with a host, like http://127.0.0.1:8000")
     if parts.query and not query:
-        raise ValueError(f"{what} carries a query string (?{'...' if parts.query else ''}); the client appends "
+        raise ValueError(f"{what} carries a query string (?...); the client appends "
                          "/chat/completions after it, so no request could reach the server. Give the URL without "
                          "it and put an API key in the environment variable named by reporter.api_key_env")
     return url
@@ -101,9 +101,10 @@ class DataConfig(Section):
     """Where PneumoniaMNIST lives. ``root=None`` means medmnist's default (~/.medmnist)."""
 
     root: Path | None = None
-    download: bool = True
-    _root = field_validator("root", mode="before")(lambda cls, v: _not_empty(v))  # only used when the file is missing under ``root``
+    download: bool = True  # only used when the file is missing under ``root``
     size: int = Field(default=28, ge=8)
+
+    _root = field_validator("root", mode="before")(lambda cls, v: _not_empty(v))
 
 
 class TrainConfig(Section):

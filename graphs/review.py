@@ -15,8 +15,8 @@ from casereview.agents.nodes import rendered_prompt, report_update
 from casereview.config import Settings
 from casereview.data import check_refs, expand_folders, load_case, parse_ref
 from casereview.errors import CaseReviewError
-from casereview.locks import LockBusyError, hold_lock
 from casereview.graphs.graph import NODE_ORDER, build_graph, make_checkpointer, thread_config
+from casereview.locks import LockBusyError, hold_lock
 from casereview.provenance import sha256_text, utc_now
 from casereview.records import is_saved, record_stem, save_case_record
 from casereview.tools.context import RunContext, build_context, fingerprint, fingerprint_fields
