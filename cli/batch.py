@@ -8,7 +8,7 @@ from pathlib import Path
 
 from casereview.cli.common import add_common_options, add_runtime_option, path_arg, settings_from_args
 from casereview.errors import CaseReviewError
-from casereview.paths import check_folder
+from casereview.paths import check_folder, check_writable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -109,6 +109,7 @@ def _run(args: argparse.Namespace):
         raise CaseReviewError("give --split val|test, --cases ..., or --summarize DIR")
     backend = settings.reporter.backend
     out = check_folder(args.out or settings.paths.workdir / "batches" / f"{args.split or 'cases'}-{backend}", "--out")
+    check_writable(settings.paths.workdir, "--workdir", "the batch's locks and checkpoints")
     plan = BatchPlan(out, refs, plan_arms(backend, variants, probe=args.probe == "flip"), settings,
                      split=args.split, note=args.note)
     require_index_folder(settings)  # before the gate is fitted
