@@ -1,9 +1,12 @@
-"""Per-process OS file locks that say who holds them: one run of a run id, one index build per work folder."""
+"""OS file locks that say who holds them: one process per run id (held until the process ends), one index
+build per work folder (held while it builds)."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -41,3 +44,18 @@ def hold_lock(path: Path, busy: str) -> Path:
     fh.flush()
     _HELD[path] = fh
     return path
+
+
+@contextmanager
+def holding(path: Path, busy: str) -> Iterator[Path]:
+    """:func:`hold_lock` for the duration of a block (a lock this process already holds stays held)."""
+    path = Path(path)
+    already = path in _HELD
+    hold_lock(path, busy)
+    try:
+        yield path
+    finally:
+        if not already:
+            fh = _HELD.pop(path)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
