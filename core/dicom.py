@@ -44,7 +44,8 @@ DICOMDIR = "1.2.840.10008.1.3.10"
 STRUCTURED_REPORTS = "1.2.840.10008.5.1.4.1.1.88."
 # What to install for the syntaxes the required dependencies (pydicom, Pillow) do not decode. python-gdcm
 # (BSD-3-Clause) decodes them all; pylibjpeg-libjpeg is GPL-3.0, so it is named second.
-DECODER_HINT = "pip install python-gdcm (BSD licence), or pip install pylibjpeg pylibjpeg-libjpeg (GPL-3.0)"
+DECODER_HINT = ("pip install python-gdcm (BSD-3-Clause; the extra casereview[dicom-codecs]), "
+                "or pip install pylibjpeg pylibjpeg-libjpeg (GPL-3.0)")
 _CODE_STRING = re.compile(r"^[A-Z0-9 _]{1,16}$")  # DICOM's CS value representation
 
 
