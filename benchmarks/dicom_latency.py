@@ -4,7 +4,7 @@ the picture it shows (8-bit, 2,000 x 2,000), alternating, ``--repeat`` times eac
 their difference. Also the in-process time of ``decode_image`` on the film, for reference.
 
 The index (``index build --limit 200``) and the input gate are built and fitted once before the timed
-runs, so both sides time the same warm review.
+runs (kept in ``--workdir`` when given), so both sides time the same warm review.
 
     python benchmarks/dicom_latency.py [--repeat 5] [--workdir DIR]
 """
@@ -38,9 +38,11 @@ def wall(cmd: list[str]) -> float:
 
 def films(folder: Path) -> tuple[Path, Path]:
     """A 16-bit MONOCHROME1 film of a smooth chest-like picture and a PNG of what it shows."""
+    from casereview.config import load_settings
     from casereview.data import decode_image, load_split
 
-    picture = np.asarray(Image.fromarray(load_split("test").images[0]).resize((SIDE, SIDE), Image.Resampling.BICUBIC))
+    data = load_settings().data
+    picture = np.asarray(Image.fromarray(load_split("test", data.root, data.download).images[0]).resize((SIDE, SIDE), Image.Resampling.BICUBIC))
     stored = (65535 - picture.astype(np.uint32) * 257).astype(np.uint16)  # 16 bits, lowest value white
     dcm = save(film(stored, 16, "MONOCHROME1", WindowCenter=32767.5, WindowWidth=65536), folder / "film.dcm")
     png = folder / "film.png"
@@ -52,13 +54,14 @@ def films(folder: Path) -> tuple[Path, Path]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--workdir", help="a workdir with an index (default: a new one, index built with --limit 200)")
+    parser.add_argument("--workdir", help="the workdir (default: a new one); an index is built there with --limit 200 "
+                        "when it has none")
     args = parser.parse_args()
     base = [os.path.join(os.path.dirname(sys.executable), "casereview")]
     with tempfile.TemporaryDirectory() as tmp:
         workdir = args.workdir or str(Path(tmp) / "work")
         common = ["--workdir", workdir]
-        if not args.workdir:
+        if not (Path(workdir) / "chroma").is_dir():
             subprocess.run([*base, "index", "build", "--limit", "200", *common], check=True, stdout=subprocess.DEVNULL)
         dcm, png = films(Path(tmp))
         from casereview.data import decode_image
@@ -68,7 +71,9 @@ def main() -> None:
             start = time.perf_counter()
             decode_image(dcm)
             decode.append(time.perf_counter() - start)
-        review = lambda path: [*base, "review", str(path), "--run-id", uuid.uuid4().hex[:12], "--out", str(Path(tmp) / "out"), *common]  # noqa: E731
+        def review(path: Path) -> list[str]:
+            return [*base, "review", str(path), "--run-id", uuid.uuid4().hex[:12], "--out", str(Path(tmp) / "out"), *common]
+
         wall(review(png))  # the gate is fitted and cached here, not in a timed run
         times: dict[str, list[float]] = {"png": [], "dcm": []}
         loads = []

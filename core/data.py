@@ -286,6 +286,22 @@ def decode_image(source: ImageSource | str, size: int = SIZE) -> DecodedImage:
     files of another size, the other resize views of :func:`resize_views`. DICOM films are windowed
     first (``casereview.dicom``); their notes say what the film is and how it was read."""
     source = source if isinstance(source, bytes) else Path(source)
+    if isinstance(source, Path) and is_dicom(source):
+        stat = source.stat()
+        film = _decoded_film(str(source), str(source.resolve()), stat.st_mtime_ns, stat.st_size, size)
+        return DecodedImage(film.image.copy(), list(film.notes), None if film.views is None else film.views.copy())
+    return _decode(source, size)
+
+
+@lru_cache(maxsize=256)
+def _decoded_film(path: str, resolved: str, mtime_ns: int, length: int, size: int) -> DecodedImage:
+    """A DICOM film file decoded once per version of the file (its resolved path, time and length):
+    :func:`check_image_path` reads a film whole before any model loads, and the review that follows
+    reads it again. 5 KB an entry (the image and its resize views)."""
+    return _decode(Path(path), size)
+
+
+def _decode(source: ImageSource, size: int) -> DecodedImage:
     img, notes, steps, original = _read_dicom(source) if is_dicom(source) else _read_picture(source)
     w, h = img.size
     if min(w, h) < 8:
@@ -317,7 +333,7 @@ def check_image_path(path: Path | str) -> Path:
     if not path.is_file():
         raise CaseError(f"image not found: {path}")
     if is_dicom(path):
-        _read_dicom(path)
+        decode_image(path)  # cached for the load that follows
         return path
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise CaseError(f"{path}: not a PNG or JPEG file, nor a DICOM film (expected one of "
