@@ -387,7 +387,8 @@ def expand_folders(items: list[str]) -> list[str]:
                 raise CaseError(f"{path} holds files that are not PNG/JPEG images: {', '.join(others[:5])}"
                                 f"{' ...' if len(others) > 5 else ''} (nor DICOM films); move them out or pass the images one by one")
             if not files:
-                raise CaseError(f"{path} holds no PNG/JPEG images or DICOM films" + (f" (skipped: {listed})" if skipped else ""))
+                raise CaseError(f"{path} holds no PNG/JPEG images" + (f" (skipped: {listed})" if skipped else "")
+                                + "; no DICOM films either")
             if skipped:
                 warnings.warn(f"{path}: skipped {len(skipped)} of {len(entries)} entries, not images: {listed}", stacklevel=2)
             refs.extend(str(p) for p in files)
