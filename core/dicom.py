@@ -144,7 +144,8 @@ def _stored_range(ds: Dataset) -> tuple[float, float]:
     if ds.get("ModalityLUTSequence"):
         return 0.0, 2.0 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1
     stored = int(ds.BitsStored)
-    lo, hi = (-(2.0 ** (stored - 1)), 2.0 ** (stored - 1) - 1) if ds.get("PixelRepresentation") == 1 else (0.0, 2.0**stored - 1)
+    signed = ds.get("PixelRepresentation") == 1
+    lo, hi = (-(2.0 ** (stored - 1)), 2.0 ** (stored - 1) - 1) if signed else (0.0, 2.0**stored - 1)
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     if slope is not None and intercept is not None:
         lo, hi = sorted((lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)))
@@ -186,7 +187,7 @@ def _render(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, list[str]]:
         steps.append("VOI LUT applied" + (f" (the first of {len(ds.VOILUTSequence)})" if len(ds.VOILUTSequence) > 1 else ""))
     elif "WindowCenter" in ds and "WindowWidth" in ds:
         out, (lo, hi) = apply_voi_lut(values, ds, index=0, prefer_lut=False), _stored_range(ds)
-        centre, width = (v[0] if _count(ds, k) > 1 else v for k, v in (("WindowCenter", ds.WindowCenter), ("WindowWidth", ds.WindowWidth)))
+        centre, width = (ds[k].value[0] if _count(ds, k) > 1 else ds[k].value for k in ("WindowCenter", "WindowWidth"))
         function = _code(ds, "VOILUTFunction") or "LINEAR"
         steps.append(f"windowed at centre {float(centre):g} / width {float(width):g} ({function.lower()}"
                      + (f", the first of {_count(ds, 'WindowCenter')} windows)" if _count(ds, "WindowCenter") > 1 else ")"))
@@ -252,13 +253,19 @@ def read_film(source: Path | bytes, name: str) -> Film:
     :class:`CaseError` naming ``name`` (the path as given, never a header value) and why."""
     with _quiet():
         ds = _parse(source, name)
-        if "TransferSyntaxUID" not in ds.file_meta:
-            raise CaseError(f"{name}: no transfer syntax in the DICOM file meta information")
-        _check_header(ds, name)
-        arr, photometric = _stored_values(ds, name)
         try:
-            gray, steps = _monochrome(arr, ds) if photometric in MONOCHROME else _colour(arr, ds, photometric)
-        except (ValueError, IndexError, TypeError, AttributeError, KeyError) as exc:  # a LUT or window that contradicts the data
-            raise CaseError(f"{name}: its VOI or colour lookup tables cannot be applied ({type(exc).__name__})") from None
-        gray, turned = _orient(gray, ds)
-        return Film(gray, [_describe(ds, steps + turned)])
+            return _read(ds, name)
+        except CaseError:
+            raise
+        except Exception as exc:  # a value of the wrong kind (text for a number, a LUT that misses the data): its kind only
+            raise CaseError(f"{name}: a DICOM header that contradicts itself or its pixel data ({type(exc).__name__})") from None
+
+
+def _read(ds: Dataset, name: str) -> Film:
+    if "TransferSyntaxUID" not in ds.file_meta:
+        raise CaseError(f"{name}: no transfer syntax in the DICOM file meta information")
+    _check_header(ds, name)
+    arr, photometric = _stored_values(ds, name)
+    gray, steps = _monochrome(arr, ds) if photometric in MONOCHROME else _colour(arr, ds, photometric)
+    gray, turned = _orient(gray, ds)
+    return Film(gray, [_describe(ds, steps + turned)])

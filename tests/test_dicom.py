@@ -156,6 +156,8 @@ BAD = {
     "structured report": (_sr, "a DICOM structured report (Basic Text SR Storage), not an image"),
     "absurd dimensions": (_absurd, "60000x60000 pixels, too large to be read safely"),
     "lying bits stored": (_lying_bits, "do not fit the 8 bits stored that the header declares; the header is wrong"),
+    "window of width 0": (lambda img: film(img, 8, WindowCenter=100, WindowWidth=0),
+                          "a DICOM header that contradicts itself or its pixel data (ValueError)"),
     "no decoder": (_no_decoder, "compressed as JPEG-LS Lossless Image Compression and no decoder for it is installed: pip install"),
 }
 
