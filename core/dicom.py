@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder
 from pydicom.sequence import Sequence
-from pydicom.uid import UID
+from pydicom.uid import UID, JPEGExtended12Bit
 
 from casereview.data import MAX_PIXELS, CaseError
 
@@ -42,10 +42,12 @@ MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "PALETTE COLOR")
 DICOMDIR = "1.2.840.10008.1.3.10"
 STRUCTURED_REPORTS = "1.2.840.10008.5.1.4.1.1.88."
-# What to install for the syntaxes the required dependencies (pydicom, Pillow) do not decode. python-gdcm
-# (BSD-3-Clause) decodes them all; pylibjpeg-libjpeg is GPL-3.0, so it is named second.
+# What to install for the syntaxes the required dependencies (pydicom, Pillow) do not decode (tried on
+# pydicom's own test files): python-gdcm (BSD-3-Clause) reads JPEG-LS and JPEG lossless, pylibjpeg-libjpeg
+# (GPL-3.0, so named second) those and 12-bit JPEG, which neither Pillow nor GDCM reads.
 DECODER_HINT = ("pip install python-gdcm (BSD-3-Clause; the extra casereview[dicom-codecs]), "
                 "or pip install pylibjpeg pylibjpeg-libjpeg (GPL-3.0)")
+HINTS = {JPEGExtended12Bit: "pip install pylibjpeg pylibjpeg-libjpeg (GPL-3.0; Pillow and GDCM do not read 12-bit JPEG)"}
 _CODE_STRING = re.compile(r"^[A-Z0-9 _]{1,16}$")  # DICOM's CS value representation
 
 
@@ -121,16 +123,22 @@ def _check_header(ds: Dataset, name: str) -> None:
     except (NotImplementedError, ValueError, TypeError):
         raise CaseError(f"{name}: transfer syntax {syntax} has no pixel decoder in pydicom") from None
     if not decoder.is_available:
-        raise CaseError(f"{name}: compressed as {UID(syntax).name} and no decoder for it is installed: {DECODER_HINT}")
+        raise CaseError(f"{name}: compressed as {UID(syntax).name} and no decoder for it is installed: "
+                        + HINTS.get(syntax, DECODER_HINT))
 
 
 def _stored_values(ds: Dataset, name: str) -> tuple[np.ndarray, str]:
     """The stored values (RGB for colour films) and their photometric interpretation after decoding;
     values beyond the Bits Stored the header declares are refused, not masked (the header lies)."""
+    syntax = UID(ds.file_meta.TransferSyntaxUID)
+    decoder = get_decoder(syntax)
     try:
-        arr, meta = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds, correct_unused_bits=False, as_rgb=True)
+        arr, meta = decoder.as_array(ds, correct_unused_bits=False, as_rgb=True)
     except Exception as exc:  # a truncated or damaged pixel stream; the decoders' messages hold sizes, not values
-        raise CaseError(f"{name}: the pixel data cannot be decoded ({type(exc).__name__}: {str(exc)[:160]})") from None
+        said = " ".join(str(exc).split())[:200]  # one line
+        other = (f"; another decoder may read it: {HINTS.get(syntax, DECODER_HINT)}"
+                 if syntax.is_compressed and decoder.missing_dependencies else "")
+        raise CaseError(f"{name}: the pixel data cannot be decoded ({type(exc).__name__}: {said}){other}") from None
     stored, signed = int(ds.BitsStored), int(ds.get("PixelRepresentation") or 0) == 1
     lo, hi = (-(2 ** (stored - 1)), 2 ** (stored - 1) - 1) if signed else (0, 2**stored - 1)
     if arr.size and (arr.min() < lo or arr.max() > hi):

@@ -265,3 +265,49 @@ def test_a_bad_film_in_a_folder_stops_the_run_with_one_line_before_anything_star
                           timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: {folder / 'b.dcm'}: a CT image, not a radiograph; only CR, DX, RG chest films are read"
     assert not out.exists()
+
+
+# pydicom's own test files (shipped in the pydicom wheel): real films from other writers.
+SHIPPED = {
+    "CT_small.dcm": "a CT image, not a radiograph",
+    "MR_small.dcm": "a MR image, not a radiograph",
+    "MR_truncated.dcm": "a MR image, not a radiograph",  # refused by its header before its pixels are read
+    "reportsi.dcm": "a DICOM structured report (Basic Text SR Storage), not an image",
+    "rtplan.dcm": "holds no pixel data (RT Plan Storage), not a film",
+    "dicomdirtests/DICOMDIR": "a DICOMDIR (the index of a DICOM disc), not a film",
+    "SC_rgb_small_odd.dcm": "a OT image, not a radiograph",
+}
+
+
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_pydicoms_own_test_files_are_refused_for_what_they_are(name):
+    from pydicom.data import get_testdata_file
+
+    path = Path(get_testdata_file(name))
+    with pytest.raises(CaseError) as err:
+        check_image_path(path)
+    assert SHIPPED[name] in str(err.value) and "\n" not in str(err.value), err.value
+
+
+@pytest.mark.parametrize(("name", "words"), [
+    ("MR_small_jpeg_ls_lossless.dcm", "compressed as JPEG-LS Lossless Image Compression and no decoder for it is installed: "
+                                      "pip install python-gdcm"),
+    ("JPGExtended.dcm", "Pillow does not support 'JPEG Extended' for samples with 12-bit precision); another decoder may read it: "
+                        "pip install pylibjpeg pylibjpeg-libjpeg"),
+])
+def test_a_syntax_without_a_decoder_names_what_to_install(name, words, tmp_path):
+    """pydicom's JPEG-LS and 12-bit JPEG films, relabelled as chest radiographs; where a decoder for them
+    is installed (python-gdcm, pylibjpeg-libjpeg) they are read instead."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.pixels import get_decoder
+
+    ds = pydicom.dcmread(get_testdata_file(name))
+    ds.Modality, ds.BodyPartExamined = "DX", "CHEST"
+    path = save(ds, tmp_path / name)
+    if get_decoder(ds.file_meta.TransferSyntaxUID).missing_dependencies:
+        with pytest.raises(CaseError) as err:
+            check_image_path(path)
+        assert words in str(err.value) and "\n" not in str(err.value), err.value
+    else:
+        assert decode_image(path).image.shape == (28, 28)
