@@ -287,7 +287,10 @@ def decode_image(source: ImageSource | str, size: int = SIZE) -> DecodedImage:
     first (``casereview.dicom``); their notes say what the film is and how it was read."""
     source = source if isinstance(source, bytes) else Path(source)
     if isinstance(source, Path) and is_dicom(source):
-        stat = source.stat()
+        try:
+            stat = source.stat()
+        except OSError as exc:
+            raise CaseError(f"{source}: unreadable image ({exc.strerror})") from exc
         film = _decoded_film(str(source), str(source.resolve()), stat.st_mtime_ns, stat.st_size, size)
         return DecodedImage(film.image.copy(), list(film.notes), None if film.views is None else film.views.copy())
     return _decode(source, size)

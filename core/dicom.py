@@ -276,4 +276,6 @@ def _read(ds: Dataset, name: str) -> Film:
     arr, photometric = _stored_values(ds, name)
     gray, steps = _monochrome(arr, ds) if photometric in MONOCHROME else _colour(arr, ds, photometric)
     gray, turned = _orient(gray, ds)
+    if _code(ds, "BurnedInAnnotation") == "YES":  # text in the pixels, possibly a name: illegible at 28 x 28
+        turned.append("the film says its pixels carry burned-in annotation; only the 28 x 28 image is kept")
     return Film(gray, [_describe(ds, steps + turned)])

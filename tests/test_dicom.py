@@ -71,6 +71,8 @@ def test_patient_orientation_is_turned_to_the_display_one(images, tmp_path):
     decoded = decode_image(save(mirrored, tmp_path / "o.dcm"))
     assert np.array_equal(decoded.image, img)
     assert "transposed and flipped left-right to the display orientation (Patient Orientation F\\R)" in decoded.notes[0]
+    burned = decode_image(save(film(img, 8, BurnedInAnnotation="YES"), tmp_path / "b.dcm")).notes[0]
+    assert burned.endswith("the film says its pixels carry burned-in annotation; only the 28 x 28 image is kept")
 
 
 def test_rgb_and_palette_films_are_converted_with_a_note(images, tmp_path):
