@@ -196,18 +196,6 @@ def test_damaged_files_are_refused_with_one_line(damage, images, tmp_path):
     assert str(err.value).startswith(f"{path}: {words}") and "\n" not in str(err.value)
 
 
-def test_a_png_review_imports_no_pydicom(images, tmp_path, data_root, random_checkpoint):
-    """The real CLI predicts on a PNG (and a folder of them) in a fresh process without importing pydicom."""
-    Image.fromarray(images[0]).save(tmp_path / "a.png")
-    code = ("import sys; from casereview.cli import main; code = main(sys.argv[1:]); "
-            "assert 'pydicom' not in sys.modules, 'pydicom imported'; "
-            "from casereview.data import decode_image; decode_image(sys.argv[2]); assert 'pydicom' not in sys.modules")
-    env = os.environ | {"CASEREVIEW_DATA_ROOT": str(data_root), "CASEREVIEW_CLASSIFIER_DEVICE": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", code, "predict", str(tmp_path / "a.png"), "--checkpoint", str(random_checkpoint)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-
-
 @pytest.fixture(scope="module")
 def review_env(tmp_path_factory, data_root, random_checkpoint) -> dict[str, str]:
     """The environment of a review process over a small index built here (random classifier)."""
@@ -219,6 +207,21 @@ def review_env(tmp_path_factory, data_root, random_checkpoint) -> dict[str, str]
         "CASEREVIEW_INDEX_CHROMA_PATH": str(chroma_path(s)), "CASEREVIEW_CLASSIFIER_CHECKPOINT": str(random_checkpoint),
         "CASEREVIEW_CLASSIFIER_DEVICE": "cpu", "CASEREVIEW_GATE_FIT_LIMIT": "300", "OMP_NUM_THREADS": "1",
     }
+
+
+@pytest.mark.slow
+def test_a_png_review_imports_no_pydicom(review_env, images, tmp_path):
+    """A real `casereview review` of a folder of PNG files, in a fresh process, never imports pydicom."""
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.kron(images[i], np.ones((SCALE, SCALE), np.uint8))).save(folder / f"{i}.png")
+    code = ("import sys; from casereview.cli import main; code = main(sys.argv[1:]); "
+            "assert 'pydicom' not in sys.modules, 'pydicom was imported'; sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code, "review", str(folder), "--out", str(tmp_path / "out")],
+                          env=review_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((tmp_path / "out").glob("*.json"))) == 2
 
 
 @pytest.mark.slow
