@@ -179,6 +179,20 @@ def test_bad_films_are_refused_with_one_line_and_no_header_value(case, images, t
     assert words in message and "\n" not in message and MARKER not in message, message
 
 
+@pytest.mark.parametrize("case", ["CT", "lying bits stored", "DICOMDIR", "no decoder"])
+def test_the_cli_refuses_a_bad_film_with_one_line_before_anything_starts(case, images, tmp_path, capsys, data_root):
+    from casereview.cli import main
+
+    ds = BAD[case][0](images[0])
+    for keyword, value in IDENTIFYING.items():
+        setattr(ds, keyword, value)
+    path = save(ds, tmp_path / "film.dcm")
+    code = main(["review", str(path), "--out", str(tmp_path / "out"), "--data-root", str(data_root)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith(f"error: {path}: "), err
+    assert MARKER not in err and not (tmp_path / "out").exists() and not list(tmp_path.rglob("*.sqlite"))
+
+
 def _available(syntax) -> bool:
     from pydicom.pixels import get_decoder
 
