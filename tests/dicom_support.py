@@ -17,8 +17,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
-    UID, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, JPEG2000, JPEG2000Lossless, RLELossless,
-    generate_uid,
+    UID, DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, JPEG2000, JPEG2000Lossless, JPEGBaseline8Bit,
+    RLELossless, generate_uid,
 )
 
 MARKER = "ZQXMARKER7"  # in every identifying attribute of a film: must appear in nothing the review writes
@@ -88,9 +88,10 @@ def rescaled(img: np.ndarray) -> Dataset:
     return film(img, 8, RescaleSlope=2, RescaleIntercept=-1000, RescaleType="US")
 
 
-def _j2k(img: np.ndarray, **params) -> bytes:
+def _encoded(img: np.ndarray, kind: str, **params) -> bytes:
+    """``img`` encoded by Pillow (OpenJPEG, libjpeg-turbo): a frame to encapsulate."""
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG2000", codec="j2k", **params)
+    Image.fromarray(img).save(buf, format=kind, **params)
     return buf.getvalue()
 
 
@@ -103,12 +104,20 @@ def compressed(ds: Dataset, syntax: UID, frame: bytes) -> Dataset:
 
 def jpeg2000_lossless(img: np.ndarray) -> Dataset:
     """Pillow's OpenJPEG encoder, reversible wavelet: the same bytes as the 8-bit film."""
-    return compressed(film(img, 8), JPEG2000Lossless, _j2k(img))
+    return compressed(film(img, 8), JPEG2000Lossless, _encoded(img, "JPEG2000", codec="j2k"))
 
 
 def jpeg2000_lossy(img: np.ndarray) -> Dataset:
     """Irreversible wavelet at 55 dB PSNR: a lossy film (off by up to 3 grey levels at 28 px)."""
-    ds = compressed(film(img, 8), JPEG2000, _j2k(img, irreversible=True, quality_mode="dB", quality_layers=[55]))
+    frame = _encoded(img, "JPEG2000", codec="j2k", irreversible=True, quality_mode="dB", quality_layers=[55])
+    ds = compressed(film(img, 8), JPEG2000, frame)
+    ds.LossyImageCompression = "01"
+    return ds
+
+
+def jpeg_baseline(img: np.ndarray) -> Dataset:
+    """8-bit JPEG at quality 98, no chroma subsampling (one channel): a lossy film."""
+    ds = compressed(film(img, 8), JPEGBaseline8Bit, _encoded(img, "JPEG", quality=98))
     ds.LossyImageCompression = "01"
     return ds
 
@@ -126,6 +135,7 @@ VARIANTS = {
     "rescale slope/intercept": rescaled,
     "JPEG 2000 lossless": jpeg2000_lossless,
     "JPEG 2000 lossy": jpeg2000_lossy,
+    "JPEG baseline (lossy)": jpeg_baseline,
     "RLE lossless (MONOCHROME1 12-bit)": rle,
 }
-LOSSY = {"JPEG 2000 lossy"}
+LOSSY = {"JPEG 2000 lossy", "JPEG baseline (lossy)"}
