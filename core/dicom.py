@@ -173,8 +173,8 @@ def _count(ds: Dataset, keyword: str) -> int:
 
 def _monochrome(arr: np.ndarray, ds: Dataset) -> tuple[np.ndarray, list[str]]:
     """:func:`_render` of a monochrome film. Integers of 16 bits or fewer go through it once per level
-    (min to max), then through that table: the same picture, 20x faster than windowing millions of
-    pixels in float64 (0.25 s for a 2,000 x 2,000 film)."""
+    (min to max), then through that table: the same picture, without windowing millions of pixels in
+    float64 (that took 0.25 s of a 2,000 x 2,000 film's decode on the shared development machine)."""
     if arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2 or not arr.size:
         return _render(arr, ds)
     low = int(arr.min())
@@ -231,9 +231,11 @@ def _orient(gray: np.ndarray, ds: Dataset) -> tuple[np.ndarray, list[str]]:
     value = ds.get("PatientOrientation")
     if not value or _count(ds, "PatientOrientation") != 2:
         return gray, []
-    row, col = (str(v).upper()[:1] for v in value)
+    row, col = (str(v).strip().upper()[:1] for v in value)
+    if not {row, col} <= set("LRAPHF"):  # letters of the patient axes only (an empty value is none)
+        return gray, []
     given, steps = f"{row}\\{col}", []
-    if row in "HF" and col in "LR":
+    if row in ("H", "F") and col in ("L", "R"):
         gray, (row, col) = gray.T, (col, row)
         steps.append("transposed")
     if row == "R":
