@@ -1,7 +1,10 @@
 """What reading a DICOM film adds to a review, from outside the process: ``casereview review`` of a
 2,000 x 2,000 16-bit film (MONOCHROME1, window, inverted once) against the same review of a PNG of
 the picture it shows (8-bit, 2,000 x 2,000), alternating, ``--repeat`` times each; medians and
-their difference. Also the in-process time of ``decode_image`` on the film's bytes, for reference.
+their difference. Then the same for a process that only decodes the file (``python -c`` importing
+``casereview.data`` and calling ``decode_image``, pydicom imported lazily for the film): the review's
+other seconds vary by more than the decode on a shared machine. Also the in-process time of
+``decode_image`` on the film's bytes, for reference.
 
 The index (``index build --limit 200``) and the input gate are built and fitted once before the timed
 runs (kept in ``--workdir`` when given), so both sides time the same warm review.
@@ -42,7 +45,8 @@ def films(folder: Path) -> tuple[Path, Path]:
     from casereview.data import decode_image, load_split
 
     data = load_settings().data
-    picture = np.asarray(Image.fromarray(load_split("test", data.root, data.download).images[0]).resize((SIDE, SIDE), Image.Resampling.BICUBIC))
+    image = load_split("test", data.root, data.download).images[0]
+    picture = np.asarray(Image.fromarray(image).resize((SIDE, SIDE), Image.Resampling.BICUBIC))
     stored = (65535 - picture.astype(np.uint32) * 257).astype(np.uint16)  # 16 bits, lowest value white
     dcm = save(film(stored, 16, "MONOCHROME1", WindowCenter=32767.5, WindowWidth=65536), folder / "film.dcm")
     png = folder / "film.png"
@@ -66,27 +70,33 @@ def main() -> None:
         dcm, png = films(Path(tmp))
         from casereview.data import decode_image
 
-        decode = []
+        in_process = []
         for _ in range(args.repeat):  # from the file's bytes: a path would hit the cache of films read before
             data = dcm.read_bytes()
             start = time.perf_counter()
             decode_image(data)
-            decode.append(time.perf_counter() - start)
+            in_process.append(time.perf_counter() - start)
         def review(path: Path) -> list[str]:
             return [*base, "review", str(path), "--run-id", uuid.uuid4().hex[:12], "--out", str(Path(tmp) / "out"), *common]
 
         wall(review(png))  # the gate is fitted and cached here, not in a timed run
-        times: dict[str, list[float]] = {"png": [], "dcm": []}
+        def decode(path: Path) -> list[str]:
+            return [sys.executable, "-c", "import sys; from casereview.data import decode_image; decode_image(sys.argv[1])", str(path)]
+
+        times: dict[str, list[float]] = {"review film.png": [], "review film.dcm": [], "decode film.png": [], "decode film.dcm": []}
         loads = []
         for _ in range(args.repeat):
-            times["png"].append(wall(review(png)))
-            times["dcm"].append(wall(review(dcm)))
+            for kind, path in (("png", png), ("dcm", dcm)):
+                times[f"review film.{kind}"].append(wall(review(path)))
+                times[f"decode film.{kind}"].append(wall(decode(path)))
             loads.append(os.getloadavg()[0])
-    for kind, runs in times.items():
-        print(f"review film.{kind}: median {statistics.median(runs):.2f} s (runs: {', '.join(f'{r:.2f}' for r in runs)})")
-    print(f"DICOM - PNG (medians): {statistics.median(times['dcm']) - statistics.median(times['png']):+.2f} s")
-    print(f"decode_image(film.dcm's bytes) in process, pydicom imported: median {statistics.median(decode):.3f} s "
-          f"(runs: {', '.join(f'{r:.3f}' for r in decode)})")
+    for what, runs in times.items():
+        print(f"{what}: median {statistics.median(runs):.2f} s (runs: {', '.join(f'{r:.2f}' for r in runs)})")
+    for what in ("review", "decode"):
+        medians = [statistics.median(times[f"{what} film.{kind}"]) for kind in ("dcm", "png")]
+        print(f"{what}: DICOM - PNG (medians): {medians[0] - medians[1]:+.2f} s")
+    print(f"decode_image(film.dcm's bytes) in process, pydicom imported: median {statistics.median(in_process):.3f} s "
+          f"(runs: {', '.join(f'{r:.3f}' for r in in_process)})")
     print(f"load average (1 min) during the runs: {min(loads):.2f} to {max(loads):.2f} on {os.cpu_count()} cores")
 
 

@@ -388,7 +388,8 @@ def expand_folders(items: list[str]) -> list[str]:
             others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES and not is_dicom(p)]
             if others:
                 raise CaseError(f"{path} holds files that are not PNG/JPEG images: {', '.join(others[:5])}"
-                                f"{' ...' if len(others) > 5 else ''} (nor DICOM films); move them out or pass the images one by one")
+                                f"{' ...' if len(others) > 5 else ''} (nor DICOM films); "
+                                "move them out or pass the images one by one")
             if not files:
                 raise CaseError(f"{path} holds no PNG/JPEG images" + (f" (skipped: {listed})" if skipped else "")
                                 + "; no DICOM films either")

@@ -23,7 +23,8 @@ from pydicom.uid import (
 
 MARKER = "ZQXMARKER7"  # in every identifying attribute of a film: must appear in nothing the review writes
 IDENTIFYING = {
-    "PatientName": f"{MARKER}^Jane", "PatientID": f"{MARKER}-ID", "PatientBirthDate": MARKER,  # not a date: pydicom warns, quoting it
+    "PatientName": f"{MARKER}^Jane", "PatientID": f"{MARKER}-ID",
+    "PatientBirthDate": MARKER,  # not a date: pydicom warns, quoting it, when it is read
     "OtherPatientIDs": f"{MARKER}-OTHER", "AccessionNumber": f"{MARKER}AC"[:16], "InstitutionName": f"{MARKER} Hospital",
     "InstitutionAddress": f"1 {MARKER} Street", "ReferringPhysicianName": f"{MARKER}^Doctor",
     "StudyDescription": f"chest {MARKER}", "SeriesDescription": f"PA {MARKER}", "StudyID": f"{MARKER}"[:16],

@@ -282,7 +282,8 @@ def test_a_bad_film_in_a_folder_stops_the_run_with_one_line_before_anything_star
     out = tmp_path / "out"
     proc = subprocess.run([*CLI, "review", str(folder), "--out", str(out)], env=review_env, capture_output=True, text=True,
                           timeout=300)
-    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {folder / 'b.dcm'}: a CT image, not a radiograph; only CR, DX, RG chest films are read"
+    said = f"error: {folder / 'b.dcm'}: a CT image, not a radiograph; only CR, DX, RG chest films are read"
+    assert proc.returncode == 2 and proc.stderr.strip() == said, proc.stderr
     assert not out.exists()
 
 
