@@ -3,8 +3,9 @@
 the picture it shows (8-bit, 2,000 x 2,000), alternating, ``--repeat`` times each; medians and
 their difference. Then the same for a process that only decodes the file (``python -c`` importing
 ``casereview.data`` and calling ``decode_image``, pydicom imported lazily for the film): the review's
-other seconds vary by more than the decode on a shared machine. Also the in-process time of
-``decode_image`` on the film's bytes, for reference.
+other seconds vary by more than the decode on a shared machine. Also, for reference, the in-process
+time of ``decode_image`` on the film's bytes and that of importing ``casereview.dicom`` (pydicom) in a
+process that has already imported the review's modules, as a review of a film does.
 
 The index (``index build --limit 200``) and the input gate are built and fitted once before the timed
 runs (kept in ``--workdir`` when given), so both sides time the same warm review.
@@ -92,11 +93,17 @@ def main() -> None:
             loads.append(os.getloadavg()[0])
     for what, runs in times.items():
         print(f"{what}: median {statistics.median(runs):.2f} s (runs: {', '.join(f'{r:.2f}' for r in runs)})")
+    timed_import = ("import time, casereview.graphs.graph, casereview.tools.context; start = time.perf_counter(); "
+                    "import casereview.dicom; print(time.perf_counter() - start)")
+    imports = [float(subprocess.run([sys.executable, "-c", timed_import], check=True, capture_output=True, text=True).stdout)
+               for _ in range(args.repeat)]
     for what in ("review", "decode"):
         medians = [statistics.median(times[f"{what} film.{kind}"]) for kind in ("dcm", "png")]
         print(f"{what}: DICOM - PNG (medians): {medians[0] - medians[1]:+.2f} s")
     print(f"decode_image(film.dcm's bytes) in process, pydicom imported: median {statistics.median(in_process):.3f} s "
           f"(runs: {', '.join(f'{r:.3f}' for r in in_process)})")
+    print(f"import casereview.dicom after the review's modules: median {statistics.median(imports):.3f} s "
+          f"(runs: {', '.join(f'{r:.3f}' for r in imports)})")
     print(f"load average (1 min) during the runs: {min(loads):.2f} to {max(loads):.2f} on {os.cpu_count()} cores")
 
 
