@@ -1,0 +1,170 @@
+"""Tier 2: reading a report's own radiology language when it has no readable contract line.
+
+The report is cut into sections (impression, findings, and those that say nothing about this image:
+indication, history, comparison, technique). The impression's sentences are read first; when they
+assert nothing, the findings'; when the report has neither heading, its other text. spaCy (a blank
+English pipeline: sentencizer and entity ruler, no model download) marks the target concepts of
+``report_terms``, and negspacy's NegEx, once per assertion with that assertion's trigger set, marks
+each as negated, uncertain (hedged), historical or hypothetical; one that is none of these is present.
+
+What the mentions mean, and nothing more:
+
+- pneumonia or a sign of it, present: ``pneumonia`` (it outweighs denials of other signs);
+- else pneumonia or a sign of it, hedged: ``indeterminate``;
+- else a normal study (clear lungs, a negative chest) or a denied pneumonia sign or acute finding: ``normal``;
+- else: unset. Historical and hypothetical mentions ("history of pneumonia", "rule out pneumonia") count
+  for nothing.
+
+spaCy is imported on the first reading only: a report with a contract line never gets here.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel
+
+from casereview.tools.reporter import report_terms as terms
+
+if TYPE_CHECKING:
+    from spacy.language import Language
+
+Assertion = Literal["present", "negated", "uncertain", "historical", "hypothetical"]
+Concept = Literal["pneumonia", "normal", "denied_finding"]
+Section = Literal["impression", "findings", "report"]
+# The order an assertion wins in when several triggers reach one mention.
+ASSERTIONS: tuple[Assertion, ...] = ("hypothetical", "negated", "historical", "uncertain")
+_TERMSETS = {"hypothetical": terms.HYPOTHETICAL, "negated": terms.NEGATION, "historical": terms.HISTORICAL,
+             "uncertain": terms.UNCERTAINTY}
+_LABELS: dict[str, Concept] = {"PNEUMONIA": "pneumonia", "NORMAL": "normal", "DENIED": "denied_finding"}
+
+_HEADING = re.compile(
+    r"^[\s>#*_`-]*(?:\d+[.)]\s*)?(?P<name>final impressions?|impressions?|conclusions?|summary|assessment|"
+    r"findings?(?: and impressions?)?|indications?|clinical (?:history|indication|information|details)|history|"
+    r"reason for (?:exam|examination|study)|comparisons?|technique|exam(?:ination)?|procedure|views?)"
+    r"[\s*_`]*(?::|-|–|—|$)[\s*_`]*(?P<rest>.*)$",
+    re.IGNORECASE,
+)
+_MARKUP = re.compile(r"^[\s>#*_`•·-]*(?:\(?\d{1,2}[.)]\s+|[a-z][.)]\s+)?")
+
+
+class Mention(BaseModel):
+    """A target concept in a sentence, with its assertion."""
+
+    text: str
+    concept: Concept
+    assertion: Assertion
+    sentence: str
+
+
+class LanguageReading(BaseModel):
+    """What a report's own language says: the impression, the section it came from, and why."""
+
+    impression: Literal["normal", "pneumonia", "indeterminate"] | None
+    section: Section | None
+    sentences: list[str]  # the sentences that gave the impression
+    mentions: list[Mention]  # every mention in the section that was read
+
+
+def sections(text: str) -> dict[Section, str]:
+    """The report's impression and findings text, and the rest of the text that is about the image
+    (sections such as indication, history, comparison and technique are dropped); empty if absent."""
+    found: dict[str, list[str]] = {"impression": [], "findings": [], "report": []}
+    current: str | None = "report"
+    for line in text.replace("\r\n", "\n").split("\n"):
+        m = _HEADING.match(line)
+        if m:
+            current, line = _section_of(m.group("name")), m.group("rest")
+        if current is not None:
+            found[current].append(line)
+    return {k: "\n".join(v).strip() for k, v in found.items()}  # type: ignore[misc]
+
+
+def _section_of(heading: str) -> Section | None:
+    """The section a heading opens; None for one that says nothing about the image (indication, ...)."""
+    name = heading.lower()
+    if any(w in name for w in ("impression", "conclusion", "summary", "assessment")):
+        return "impression"
+    return "findings" if name.startswith("finding") else None
+
+
+def _prepare(text: str) -> str:
+    """One sentence-ending line per list item or line, Markdown and list numbers removed."""
+    lines = []
+    for line in text.split("\n"):
+        line = _MARKUP.sub("", line).replace("**", "").replace("__", "").replace("`", "").strip(" *_")
+        if line:
+            lines.append(line if line[-1] in ".!?;:" else line + ".")
+    return "\n".join(lines)
+
+
+@cache
+def pipeline() -> Language:
+    """The blank spaCy pipeline with the target rules and one NegEx per assertion (built once)."""
+    import spacy
+    from negspacy.negation import Negex  # noqa: F401  (registers the "negex" factory)
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    ruler = nlp.add_pipe("entity_ruler", config={"phrase_matcher_attr": "LOWER"})
+    ruler.add_patterns([{"label": label, "pattern": p}
+                        for label, phrases in (("PNEUMONIA", terms.PNEUMONIA_SIGNS), ("NORMAL", terms.NORMAL_STUDY),
+                                               ("DENIED", terms.FINDINGS_DENIED_MEAN_NORMAL))
+                        for p in phrases])
+    for assertion, termset in _TERMSETS.items():
+        nlp.add_pipe("negex", name=f"negex_{assertion}", config={"neg_termset": termset, "extension_name": assertion})
+    return nlp
+
+
+def mentions(text: str) -> list[Mention]:
+    """Every target concept in ``text`` (one block, such as a section), with its assertion."""
+    doc = pipeline()(_prepare(text))
+    found = []
+    for sent in doc.sents:
+        words = [t.lower_ for t in sent if t.is_alpha]
+        if len(words) == 1 and words[0] in terms.NORMAL_ALONE:
+            found.append(Mention(text=sent.text, concept="normal", assertion="present", sentence=sent.text.strip()))
+        for ent in sent.ents:
+            assertion = next((a for a in ASSERTIONS if ent._.get(a)), "present")
+            found.append(Mention(text=ent.text, concept=_LABELS[ent.label_], assertion=assertion,
+                                 sentence=sent.text.strip()))
+    return found
+
+
+def judge(found: list[Mention]) -> tuple[Literal["normal", "pneumonia", "indeterminate"] | None, list[str]]:
+    """The impression the mentions assert (see the module docstring) and the sentences that assert it."""
+    pna = [m for m in found if m.concept == "pneumonia"]
+    rules = (
+        ("pneumonia", [m for m in pna if m.assertion == "present"]),
+        ("indeterminate", [m for m in pna if m.assertion == "uncertain"]),
+        ("normal", [m for m in found if (m.concept == "normal" and m.assertion == "present")
+                    or (m.concept != "normal" and m.assertion == "negated")]),
+    )
+    for label, why in rules:
+        if why:
+            return label, list(dict.fromkeys(m.sentence for m in why))  # type: ignore[return-value]
+    return None, []
+
+
+def read_language(text: str) -> LanguageReading:
+    """Tier 2 on a whole report: the impression section, else the findings, else the rest of the text."""
+    parts = sections(text)
+    for section in ("impression", "findings", "report"):
+        if not parts[section]:
+            continue
+        found = mentions(parts[section])
+        label, sentences = judge(found)
+        if label is not None:
+            return LanguageReading(impression=label, section=section, sentences=sentences, mentions=found)
+    return LanguageReading(impression=None, section=None, sentences=[], mentions=[])
+
+
+def names_any(text: str, concepts: tuple[Concept, ...]) -> bool:
+    """Whether ``text`` contains a phrase of one of ``concepts`` at all: a cheap screen, no spaCy."""
+    lists = {"pneumonia": terms.PNEUMONIA_SIGNS, "normal": terms.NORMAL_STUDY,
+             "denied_finding": terms.FINDINGS_DENIED_MEAN_NORMAL}
+    words = " " + re.sub(r"[^a-z0-9/'?-]+", " ", text.lower()) + " "
+    return any(f" {p} " in words for c in concepts for p in lists[c]) or (
+        "normal" in concepts and any(f" {w} " in words for w in terms.NORMAL_ALONE))
