@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from functools import cache
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 from pydantic import BaseModel
 
@@ -148,13 +148,14 @@ def judge(found: list[Mention]) -> tuple[Literal["normal", "pneumonia", "indeter
     return None, []
 
 
-def read_language(text: str) -> LanguageReading:
-    """Tier 2 on a whole report: the impression section, else the findings, else the rest of the text."""
+def read_language(text: str, find: Callable[[str], list[Mention]] = mentions) -> LanguageReading:
+    """Tier 2 on a whole report: the impression section, else the findings, else the rest of the text
+    (``find`` marks the mentions of one section: another assertion engine can be compared with it)."""
     parts = sections(text)
     for section in ("impression", "findings", "report"):
         if not parts[section]:
             continue
-        found = mentions(parts[section])
+        found = find(parts[section])
         label, sentences = judge(found)
         if label is not None:
             return LanguageReading(impression=label, section=section, sentences=sentences, mentions=found)
