@@ -162,6 +162,20 @@ def read_language(text: str, find: Callable[[str], list[Mention]] = mentions) ->
     return LanguageReading(impression=None, section=None, sentences=[], mentions=[])
 
 
+# What the findings would have to say to contradict an impression, as concepts to screen for.
+_OPPOSED: dict[str, tuple[Concept, ...]] = {"normal": ("pneumonia",), "pneumonia": ("normal", "pneumonia", "denied_finding")}
+
+
+def read_findings(findings: str, impression: str | None) -> LanguageReading | None:
+    """What the findings alone assert, read only when they name a concept that could contradict a
+    ``normal`` or ``pneumonia`` impression; None (and no spaCy) otherwise."""
+    if impression not in _OPPOSED or not names_any(findings, _OPPOSED[impression]):
+        return None
+    found = mentions(findings)
+    label, sentences = judge(found)
+    return LanguageReading(impression=label, section="findings", sentences=sentences, mentions=found)
+
+
 def names_any(text: str, concepts: tuple[Concept, ...]) -> bool:
     """Whether ``text`` contains a phrase of one of ``concepts`` at all: a cheap screen, no spaCy."""
     lists = {"pneumonia": terms.PNEUMONIA_SIGNS, "normal": terms.NORMAL_STUDY,
