@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from casereview.evaluation import batch_stats as st
-from casereview.evaluation.batch_arms import PROBES, REFERENCE_ARMS
+from casereview.evaluation.batch_arms import PROBES, REFERENCE_ARMS, base_name
 from casereview.evaluation.batch_records import BatchRows, Row, failure_summary, load_rows
 from casereview.records import write_atomic
 from casereview.training.metrics import bootstrap_indices
@@ -173,7 +173,8 @@ def probe_analysis(rows: dict[str, list[Row]], plan: dict[str, Any]) -> dict[str
     evidence states a label with confidence (the flipped classifier outside its uncertainty band, or
     a clear majority of the swapped neighbours), and how many impressions changed at all."""
     out = {}
-    probed = [(a["name"], f"{a['backend']}-{a['variant']}", a["probe"]) for a in plan["arms"] if a["probe"]]
+    probed = [(a["name"], base_name(a["backend"], a["variant"], a.get("output")), a["probe"])
+              for a in plan["arms"] if a["probe"]]
     probes = {p for *_, p in probed}
     probed += [(f"{ref}.{p}", ref, p) for p in probes for ref in REFERENCE_ARMS]
     for name, base, probe in probed:
