@@ -138,9 +138,10 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("spacy", "negspacy", 
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_tier2_imports_spacy_lazily() -> None:
+def test_tier2_imports_spacy_lazily_and_never_torch() -> None:
     code = ("import sys\nfrom casereview.tools.reporter.parser import parse_report\n"
             "assert 'spacy' not in sys.modules\nassert parse_report('Lungs are clear.').tier == 2\n"
-            "assert 'spacy' in sys.modules\n")
+            "assert 'spacy' in sys.modules and 'torch' not in sys.modules\n"
+            "import torch\nassert torch.zeros(1).sum() == 0\n")  # torch still imports afterwards
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -21,6 +21,7 @@ spaCy is imported on the first reading only: a report with a contract line never
 from __future__ import annotations
 
 import re
+import sys
 from functools import cache
 from typing import TYPE_CHECKING, Callable, Literal
 
@@ -100,13 +101,28 @@ def _prepare(text: str) -> str:
     return "\n".join(lines)
 
 
+# Array libraries spaCy's thinc imports when they are installed, only to probe for them. A review serves the
+# classifier with ONNX Runtime and never imports torch; importing it here took two thirds of tier 2's load.
+_PROBED_BY_THINC = ("torch", "tensorflow", "mxnet", "cupy")
+
+
+def _import_spacy():
+    """spaCy and negspacy, imported with thinc's optional array libraries hidden (unless already imported)."""
+    hidden = [m for m in _PROBED_BY_THINC if m not in sys.modules]
+    sys.modules.update(dict.fromkeys(hidden))  # None in sys.modules: `import torch` raises ImportError
+    try:
+        import spacy
+        from negspacy.negation import Negex  # noqa: F401  (registers the "negex" factory)
+    finally:
+        for m in hidden:
+            sys.modules.pop(m, None)
+    return spacy
+
+
 @cache
 def pipeline() -> Language:
     """The blank spaCy pipeline with the target rules and one NegEx per assertion (built once)."""
-    import spacy
-    from negspacy.negation import Negex  # noqa: F401  (registers the "negex" factory)
-
-    nlp = spacy.blank("en")
+    nlp = _import_spacy().blank("en")
     nlp.add_pipe("sentencizer")
     ruler = nlp.add_pipe("entity_ruler", config={"phrase_matcher_attr": "LOWER"})
     ruler.add_patterns([{"label": label, "pattern": p}
