@@ -1,13 +1,14 @@
 """How well ``parse_report`` reads the dev set of report texts, per tier, and how long tier 2 takes.
 
-    python benchmarks/report_reading.py [--repeat 5]
+    python benchmarks/report_reading.py [--repeat 5] [--cold 3]
 
 Parts: ``generated`` (tests/fixtures/report_devset.jsonl, benchmarks/make_report_devset.py) and
 ``heldout`` (tests/fixtures/report_devset_heldout.jsonl, written by hand and not tuned on).
 Read share is over the reports whose label is a reading (normal, pneumonia, indeterminate); a
 "not assessable" report agrees when it is left unread or read as indeterminate. Timing: the pipeline's
 load (spaCy import and build, once per process) and the median of ``--repeat`` warm passes per report
-that tier 2 reads.
+that tier 2 reads. ``--cold N``: wall time of N fresh processes (measured from outside them, alternating)
+that each read one report, with a contract line or in radiology language.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,11 +52,31 @@ def score(rows: list[dict], read) -> dict[str, float | int]:
     return out
 
 
+COLD = "import sys\nfrom casereview.tools.reporter.parser import parse_report\nassert parse_report(sys.argv[1]).parsed"
+
+
+def cold(n: int) -> None:
+    """Median wall time of fresh processes reading one report, per tier, alternating."""
+    texts = {"contract line (tier 1)": "FINDINGS: Clear lungs.\nIMPRESSION: normal",
+             "radiology language (tier 2)": "IMPRESSION: No acute cardiopulmonary process."}
+    times: dict[str, list[float]] = {k: [] for k in texts}
+    for _ in range(n):
+        for name, text in texts.items():
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-c", COLD, text], check=True)
+            times[name].append(time.perf_counter() - t)
+    for name, ts in times.items():
+        print(f"cold process, {name}: median {statistics.median(ts):.2f} s of {n} ({', '.join(f'{t:.2f}' for t in ts)})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--show-errors", action="store_true")
+    ap.add_argument("--cold", type=int, default=0, metavar="N", help="also time N fresh processes per tier")
     args = ap.parse_args()
+    if args.cold:
+        cold(args.cold)
     t0 = time.perf_counter()
     from casereview.tools.reporter.parser import has_contract_line, parse_report, read_contract
     from casereview.tools.reporter.report_language import pipeline

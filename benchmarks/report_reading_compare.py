@@ -23,7 +23,7 @@ from report_reading import PARTS, load, score  # noqa: E402
 
 from casereview.tools.reporter import report_terms as terms  # noqa: E402
 from casereview.tools.reporter.report_language import (  # noqa: E402
-    Mention, _prepare, judge, mentions, pipeline, read_language,
+    _PHRASES, Mention, _prepare, judge, mentions, pipeline, read_language,
 )
 
 
@@ -60,10 +60,7 @@ def medspacy_mentions(project_rules: bool):
         nlp.add_pipe("medspacy_context", config={"rules": None})
         nlp.get_pipe("medspacy_context").add(project_context_rules())
     nlp.get_pipe("medspacy_target_matcher").add(
-        [TargetRule(p, label) for label, phrases in (("pneumonia", terms.PNEUMONIA_SIGNS),
-                                                      ("normal", terms.NORMAL_STUDY),
-                                                      ("denied_finding", terms.FINDINGS_DENIED_MEAN_NORMAL))
-         for p in phrases])
+        [TargetRule(p, concept) for concept, phrases in _PHRASES.items() for p in phrases])
 
     def find(text: str) -> list[Mention]:
         doc = nlp(_prepare(text))

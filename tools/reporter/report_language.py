@@ -7,10 +7,13 @@ English pipeline: sentencizer and entity ruler, no model download) marks the tar
 ``report_terms``, and negspacy's NegEx, once per assertion with that assertion's trigger set, marks
 each as negated, uncertain (hedged), historical or hypothetical; one that is none of these is present.
 
-What the mentions mean, and nothing more:
+What the mentions mean, and nothing more (the diagnosis named counts before its signs, as in the
+CheXpert labeller, whose Pneumonia label reads the diagnosis only):
 
-- pneumonia or a sign of it, present: ``pneumonia`` (it outweighs denials of other signs);
-- else pneumonia or a sign of it, hedged: ``indeterminate``;
+- pneumonia (or infection) present: ``pneumonia`` (it outweighs denials of other signs);
+- else pneumonia hedged: ``indeterminate`` ("RLL consolidation, possibly pneumonia");
+- else a sign of pneumonia (consolidation, infiltrate, airspace disease) present: ``pneumonia``;
+- else a sign hedged: ``indeterminate``;
 - else a normal study (clear lungs, a negative chest) or a denied pneumonia sign or acute finding: ``normal``;
 - else: unset. Historical and hypothetical mentions ("history of pneumonia", "rule out pneumonia") count
   for nothing.
@@ -33,13 +36,14 @@ if TYPE_CHECKING:
     from spacy.language import Language
 
 Assertion = Literal["present", "negated", "uncertain", "historical", "hypothetical"]
-Concept = Literal["pneumonia", "normal", "denied_finding"]
+Concept = Literal["pneumonia", "pneumonia_sign", "normal", "denied_finding"]
 Section = Literal["impression", "findings", "report"]
 # The order an assertion wins in when several triggers reach one mention.
 ASSERTIONS: tuple[Assertion, ...] = ("hypothetical", "negated", "historical", "uncertain")
 _TERMSETS = {"hypothetical": terms.HYPOTHETICAL, "negated": terms.NEGATION, "historical": terms.HISTORICAL,
              "uncertain": terms.UNCERTAINTY}
-_LABELS: dict[str, Concept] = {"PNEUMONIA": "pneumonia", "NORMAL": "normal", "DENIED": "denied_finding"}
+_PHRASES: dict[Concept, list[str]] = {"pneumonia": terms.PNEUMONIA, "pneumonia_sign": terms.PNEUMONIA_SIGNS,
+                                      "normal": terms.NORMAL_STUDY, "denied_finding": terms.FINDINGS_DENIED_MEAN_NORMAL}
 
 _HEADING = re.compile(
     r"^[\s>#*_`-]*(?:\d+[.)]\s*)?(?P<name>final impressions?|impressions?|conclusions?|summary|assessment|"
@@ -125,10 +129,7 @@ def pipeline() -> Language:
     nlp = _import_spacy().blank("en")
     nlp.add_pipe("sentencizer")
     ruler = nlp.add_pipe("entity_ruler", config={"phrase_matcher_attr": "LOWER"})
-    ruler.add_patterns([{"label": label, "pattern": p}
-                        for label, phrases in (("PNEUMONIA", terms.PNEUMONIA_SIGNS), ("NORMAL", terms.NORMAL_STUDY),
-                                               ("DENIED", terms.FINDINGS_DENIED_MEAN_NORMAL))
-                        for p in phrases])
+    ruler.add_patterns([{"label": concept, "pattern": p} for concept, phrases in _PHRASES.items() for p in phrases])
     for assertion, termset in _TERMSETS.items():
         nlp.add_pipe("negex", name=f"negex_{assertion}", config={"neg_termset": termset, "extension_name": assertion})
     return nlp
@@ -144,17 +145,21 @@ def mentions(text: str) -> list[Mention]:
             found.append(Mention(text=sent.text, concept="normal", assertion="present", sentence=sent.text.strip()))
         for ent in sent.ents:
             assertion = next((a for a in ASSERTIONS if ent._.get(a)), "present")
-            found.append(Mention(text=ent.text, concept=_LABELS[ent.label_], assertion=assertion,
+            found.append(Mention(text=ent.text, concept=ent.label_, assertion=assertion,
                                  sentence=sent.text.strip()))
     return found
 
 
 def judge(found: list[Mention]) -> tuple[Literal["normal", "pneumonia", "indeterminate"] | None, list[str]]:
     """The impression the mentions assert (see the module docstring) and the sentences that assert it."""
-    pna = [m for m in found if m.concept == "pneumonia"]
+    def said(concept: Concept, assertion: Assertion) -> list[Mention]:
+        return [m for m in found if m.concept == concept and m.assertion == assertion]
+
     rules = (
-        ("pneumonia", [m for m in pna if m.assertion == "present"]),
-        ("indeterminate", [m for m in pna if m.assertion == "uncertain"]),
+        ("pneumonia", said("pneumonia", "present")),
+        ("indeterminate", said("pneumonia", "uncertain")),
+        ("pneumonia", said("pneumonia_sign", "present")),
+        ("indeterminate", said("pneumonia_sign", "uncertain")),
         ("normal", [m for m in found if (m.concept == "normal" and m.assertion == "present")
                     or (m.concept != "normal" and m.assertion == "negated")]),
     )
@@ -179,7 +184,8 @@ def read_language(text: str, find: Callable[[str], list[Mention]] = mentions) ->
 
 
 # What the findings would have to say to contradict an impression, as concepts to screen for.
-_OPPOSED: dict[str, tuple[Concept, ...]] = {"normal": ("pneumonia",), "pneumonia": ("normal", "pneumonia", "denied_finding")}
+_OPPOSED: dict[str, tuple[Concept, ...]] = {"normal": ("pneumonia", "pneumonia_sign"),
+                                             "pneumonia": ("normal", "pneumonia", "pneumonia_sign", "denied_finding")}
 
 
 def read_findings(findings: str, impression: str | None) -> LanguageReading | None:
@@ -194,8 +200,6 @@ def read_findings(findings: str, impression: str | None) -> LanguageReading | No
 
 def names_any(text: str, concepts: tuple[Concept, ...]) -> bool:
     """Whether ``text`` contains a phrase of one of ``concepts`` at all: a cheap screen, no spaCy."""
-    lists = {"pneumonia": terms.PNEUMONIA_SIGNS, "normal": terms.NORMAL_STUDY,
-             "denied_finding": terms.FINDINGS_DENIED_MEAN_NORMAL}
     words = " " + re.sub(r"[^a-z0-9/'?-]+", " ", text.lower()) + " "
-    return any(f" {p} " in words for c in concepts for p in lists[c]) or (
+    return any(f" {p} " in words for c in concepts for p in _PHRASES[c]) or (
         "normal" in concepts and any(f" {w} " in words for w in terms.NORMAL_ALONE))

@@ -21,15 +21,19 @@ Each list is phrased from those sources' rules, not copied from any report text.
 
 from __future__ import annotations
 
+# The diagnosis named (what the CheXpert labeller's Pneumonia label reads) ...
+PNEUMONIA = [
+    "pneumonia", "pneumonias", "bronchopneumonia", "pleuropneumonia", "pneumonic", "pna", "infection",
+    "infectious process", "infectious infiltrate", "infectious consolidation", "lower respiratory tract infection",
+]
+# ... and its radiographic signs (CheXpert's Consolidation and the airspace terms).
 PNEUMONIA_SIGNS = [
-    "pneumonia", "pneumonias", "bronchopneumonia", "pleuropneumonia", "pneumonic", "pna",
     "consolidation", "consolidations", "consolidative", "consolidated", "consolidating",
     "infiltrate", "infiltrates", "infiltration", "infiltrative",
     "airspace disease", "air space disease", "air-space disease",
     "airspace opacity", "airspace opacities", "airspace opacification", "air space opacity",
     "air space opacities", "air-space opacity", "air-space opacities", "alveolar opacity", "alveolar opacities",
-    "airspace process", "air bronchogram", "air bronchograms", "infection", "infectious process",
-    "infectious infiltrate", "lobar opacity", "lobar opacities",
+    "airspace process", "air bronchogram", "air bronchograms", "lobar opacity", "lobar opacities",
 ]
 # Denied, these say the study is normal; asserted, they name no pneumonia.
 FINDINGS_DENIED_MEAN_NORMAL = [
@@ -42,7 +46,7 @@ FINDINGS_DENIED_MEAN_NORMAL = [
     "cardiopulmonary abnormality", "cardiopulmonary disease", "radiographic abnormality",
     "focal opacity", "focal opacities", "focal opacification", "opacity", "opacities", "opacification",
     "focal lung opacity", "lung opacity", "abnormality", "abnormalities", "significant abnormality",
-    "focal airspace process", "focal finding", "focal findings",
+    "focal airspace process", "focal finding", "focal findings", "acute", "acute change", "acute changes",
 ]
 _LUNGS = ["lungs", "lung fields", "both lungs", "the lungs", "lung"]
 _BE = ["are", "remain", "appear", "is", "are now", "appear to be", "are otherwise", "are grossly",
@@ -55,7 +59,7 @@ NORMAL_STUDY = sorted({
     *(f"{adj} {study}" for adj in ("normal", "negative", "unremarkable", "clear") for study in _STUDY),
     *(f"{study} is {adj}" for adj in ("normal", "negative", "unremarkable", "clear") for study in _STUDY),
     "clear lungs", "clear lung fields", "lungs are clear of consolidation",
-    "no radiographic evidence of disease", "normal chest", "normal lungs", "normal lung fields",
+    "no radiographic evidence of disease", "normal chest", "normal lungs", "normal lung fields", "nothing acute",
 })
 # A sentence that is only one of these words is a normal impression ("Impression: Normal.").
 NORMAL_ALONE = ("normal", "negative", "unremarkable", "clear", "nad", "wnl")
@@ -83,16 +87,20 @@ NEGATION = {
     "termination": [".", ";", "but", "however", "although", "though", "except", "aside from", "apart from",
                     "other than", "with the exception of", "which", "yet", "still", "whereas", "while"],
 }
+# The CheXpert labeller's uncertainty rules (``patterns/post_negation_uncertainty.txt``) as trigger phrases:
+# "likely", "suggestive of" and "compatible with" are not among them (they assert), "probable" and
+# "concerning for" are.
 UNCERTAINTY = {
-    "pseudo_negations": ["no doubt", "without doubt"],
+    "pseudo_negations": ["no doubt", "without doubt", "less likely"],
     "preceding_negations": [
-        "possible", "possibly", "probable", "probably", "likely", "most likely", "may", "might", "could",
-        "may represent", "may reflect", "may be", "questionable", "question of", "suspicious for",
-        "suspected", "suspect", "concerning for", "concern for", "worrisome for", "suggestive of",
-        "suggesting", "suggests", "suggest", "compatible with possible", "cannot exclude", "can not exclude",
-        "can't exclude", "cannot rule out", "cannot be excluded", "differential", "differential includes",
-        "versus", "vs", "vs.", "or", "and/or", "equivocal", "borderline", "developing",
-        "incipient", "?", "presumed", "uncertain", "indeterminate",
+        "possible", "possibly", "probable", "probably", "presumably", "presumed", "may", "might", "could", "would",
+        "maybe", "may represent", "may reflect", "may be", "may be due to", "could be", "questionable",
+        "question of", "suggestion of", "suspicious for", "suspected", "suspect", "suspicion of", "suspicion for",
+        "concerning for", "concern for", "worrisome for", "cannot exclude", "can not exclude", "can't exclude",
+        "cannot rule out", "cannot be excluded", "differential", "differential includes",
+        "differential diagnosis includes", "versus", "vs", "vs.", "or", "and/or", "favor", "favored",
+        "consider", "considered", "equivocal", "?", "uncertain", "indeterminate", "correlate clinically for",
+        "poorly evaluated", "not well visualized", "obscured", "obscuring",
     ],
     "following_negations": [
         "cannot be excluded", "can not be excluded", "cannot be ruled out", "can not be ruled out",
@@ -100,7 +108,8 @@ UNCERTAINTY = {
         "is possible", "are possible", "is suspected", "are suspected", "is questioned", "not definitely excluded",
         "versus", "vs", "vs.", "or", "and/or", "?", "is considered", "should be considered", "is a consideration",
         "are not excluded", "difficult to exclude", "cannot be entirely excluded", "is not entirely excluded",
-        "would be difficult to exclude", "in the differential", "is in the differential",
+        "would be difficult to exclude", "in the differential", "is in the differential", "is favored",
+        "could be present", "may be present", "is obscured", "poorly evaluated", "not well evaluated",
     ],
     "termination": NEGATION["termination"],
 }
