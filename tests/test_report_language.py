@@ -138,6 +138,26 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("spacy", "negspacy", 
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.slow
+def test_a_real_review_with_a_contract_line_imports_no_spacy(tmp_path, data_root, random_checkpoint) -> None:
+    """`casereview review` end to end (template backend, contract line) in a fresh process: no spaCy."""
+    from case_index_support import index_settings
+    from casereview.tools.index_build import build_index
+
+    settings = index_settings(tmp_path, data_root, checkpoint=random_checkpoint, limit=40, embedder="cnn")
+    build_index(settings, progress=False)
+    env = {**__import__("os").environ, "CASEREVIEW_DATA_ROOT": str(data_root),
+           "CASEREVIEW_PATHS_WORKDIR": str(tmp_path), "CASEREVIEW_INDEX_LIMIT": "40", "OMP_NUM_THREADS": "1"}
+    code = ("import sys\nfrom casereview.cli import main\n"
+            f"rc = main(['review', 'test:3', '--checkpoint', {str(random_checkpoint)!r}, '--out', {str(tmp_path / 'out')!r}])\n"
+            "print(rc, sorted(m for m in sys.modules if m.split('.')[0] in ('spacy', 'negspacy', 'thinc')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "0 []"
+    record = json.loads(next((tmp_path / "out").rglob("*.json")).read_text())
+    assert record["report"]["read_by_tier"] == 1 and record["report"]["impression_sentences"]
+
+
 def test_tier2_imports_spacy_lazily_and_never_torch() -> None:
     code = ("import sys\nfrom casereview.tools.reporter.parser import parse_report\n"
             "assert 'spacy' not in sys.modules\nassert parse_report('Lungs are clear.').tier == 2\n"
