@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from functools import cache
 from typing import TYPE_CHECKING, Callable, Literal
 
@@ -123,9 +124,11 @@ def _import_spacy():
     return spacy
 
 
+_BUILD = threading.Lock()  # batch reviews run in threads: one build, and no import racing the hidden modules
+
+
 @cache
-def pipeline() -> Language:
-    """The blank spaCy pipeline with the target rules and one NegEx per assertion (built once)."""
+def _pipeline() -> Language:
     nlp = _import_spacy().blank("en")
     nlp.add_pipe("sentencizer")
     ruler = nlp.add_pipe("entity_ruler", config={"phrase_matcher_attr": "LOWER"})
@@ -133,6 +136,12 @@ def pipeline() -> Language:
     for assertion, termset in _TERMSETS.items():
         nlp.add_pipe("negex", name=f"negex_{assertion}", config={"neg_termset": termset, "extension_name": assertion})
     return nlp
+
+
+def pipeline() -> Language:
+    """The blank spaCy pipeline with the target rules and one NegEx per assertion (built once per process)."""
+    with _BUILD:
+        return _pipeline()
 
 
 def mentions(text: str) -> list[Mention]:
