@@ -90,6 +90,12 @@ def main() -> None:
         contract = [r["text"] for r in rows if has_contract_line(read_contract(r["text"]))]
         same = sum(parse_report(t) == read_contract(t) for t in contract)
         print(f"  contract-line reports read by tier 1 exactly as the contract parser reads them: {same}/{len(contract)}")
+        # the parser before tier 2 also read a label found inside an impression's own words: tier 2 reads those now
+        prose = [r for r in rows if read_contract(r["text"]).parsed and not has_contract_line(read_contract(r["text"]))]
+        before = sum(agrees(r["label"], read_contract(r["text"]).impression) for r in prose)
+        now = sum(agrees(r["label"], parse_report(r["text"]).impression) for r in prose)
+        print(f"  label inside the impression's words (read by the old parser, now by tier 2): {len(prose)}, "
+              f"agreeing with the label before {before}, now {now}")
         if args.show_errors:
             for r in rows:
                 p = parse_report(r["text"])
