@@ -21,9 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report_reading import PARTS, load, score  # noqa: E402
 
-from casereview.tools.reporter import report_terms as terms  # noqa: E402
 from casereview.tools.reporter.report_language import (  # noqa: E402
-    _PHRASES, Mention, _prepare, judge, mentions, pipeline, read_language,
+    PHRASES, TERMSETS, doc_mentions, mentions, pipeline, prepare, read_language,
 )
 
 
@@ -37,10 +36,8 @@ def project_context_rules() -> list:
     """This project's trigger sets (``report_terms``) as ConText rules."""
     from medspacy.context import ConTextRule
 
-    sets = {"negated": terms.NEGATION, "uncertain": terms.UNCERTAINTY, "historical": terms.HISTORICAL,
-            "hypothetical": terms.HYPOTHETICAL}
     return [ConTextRule(phrase, CATEGORIES[a] if kind != "termination" else "TERMINATE", direction=DIRECTIONS[kind])
-            for a, termset in sets.items() for kind, phrases in termset.items() for phrase in phrases]
+            for a, termset in TERMSETS.items() for kind, phrases in termset.items() for phrase in phrases]
 
 
 def medspacy_mentions(project_rules: bool):
@@ -60,20 +57,14 @@ def medspacy_mentions(project_rules: bool):
         nlp.add_pipe("medspacy_context", config={"rules": None})
         nlp.get_pipe("medspacy_context").add(project_context_rules())
     nlp.get_pipe("medspacy_target_matcher").add(
-        [TargetRule(p, concept) for concept, phrases in _PHRASES.items() for p in phrases])
+        [TargetRule(p, concept) for concept, phrases in PHRASES.items() for p in phrases])
 
-    def find(text: str) -> list[Mention]:
-        doc = nlp(_prepare(text))
-        found = []
-        for sent in doc.sents:
-            words = [t.lower_ for t in sent if t.is_alpha]
-            if len(words) == 1 and words[0] in terms.NORMAL_ALONE:
-                found.append(Mention(text=sent.text, concept="normal", assertion="present", sentence=sent.text))
-        for ent in doc.ents:
-            assertion = ("hypothetical" if ent._.is_hypothetical else "negated" if ent._.is_negated
-                         else "historical" if ent._.is_historical else "uncertain" if ent._.is_uncertain else "present")
-            found.append(Mention(text=ent.text, concept=ent.label_, assertion=assertion, sentence=ent.sent.text))
-        return found
+    def assertion(ent) -> str:
+        return ("hypothetical" if ent._.is_hypothetical else "negated" if ent._.is_negated
+                else "historical" if ent._.is_historical else "uncertain" if ent._.is_uncertain else "present")
+
+    def find(text: str):
+        return doc_mentions(nlp(prepare(text)), assertion)
 
     return find
 

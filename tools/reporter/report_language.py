@@ -27,7 +27,7 @@ import re
 import sys
 import threading
 from functools import cache
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from pydantic import BaseModel
 
@@ -41,9 +41,9 @@ Concept = Literal["pneumonia", "pneumonia_sign", "normal", "denied_finding"]
 Section = Literal["impression", "findings", "report"]
 # The order an assertion wins in when several triggers reach one mention.
 ASSERTIONS: tuple[Assertion, ...] = ("hypothetical", "negated", "historical", "uncertain")
-_TERMSETS = {"hypothetical": terms.HYPOTHETICAL, "negated": terms.NEGATION, "historical": terms.HISTORICAL,
+TERMSETS = {"hypothetical": terms.HYPOTHETICAL, "negated": terms.NEGATION, "historical": terms.HISTORICAL,
              "uncertain": terms.UNCERTAINTY}
-_PHRASES: dict[Concept, list[str]] = {"pneumonia": terms.PNEUMONIA, "pneumonia_sign": terms.PNEUMONIA_SIGNS,
+PHRASES: dict[Concept, list[str]] = {"pneumonia": terms.PNEUMONIA, "pneumonia_sign": terms.PNEUMONIA_SIGNS,
                                       "normal": terms.NORMAL_STUDY, "denied_finding": terms.FINDINGS_DENIED_MEAN_NORMAL}
 
 _HEADING = re.compile(
@@ -96,7 +96,7 @@ def _section_of(heading: str) -> Section | None:
     return "findings" if name.startswith("finding") else None
 
 
-def _prepare(text: str) -> str:
+def prepare(text: str) -> str:
     """One sentence-ending line per list item or line, Markdown and list numbers removed."""
     lines = []
     for line in text.split("\n"):
@@ -132,8 +132,8 @@ def _pipeline() -> Language:
     nlp = _import_spacy().blank("en")
     nlp.add_pipe("sentencizer")
     ruler = nlp.add_pipe("entity_ruler", config={"phrase_matcher_attr": "LOWER"})
-    ruler.add_patterns([{"label": concept, "pattern": p} for concept, phrases in _PHRASES.items() for p in phrases])
-    for assertion, termset in _TERMSETS.items():
+    ruler.add_patterns([{"label": concept, "pattern": p} for concept, phrases in PHRASES.items() for p in phrases])
+    for assertion, termset in TERMSETS.items():
         nlp.add_pipe("negex", name=f"negex_{assertion}", config={"neg_termset": termset, "extension_name": assertion})
     return nlp
 
@@ -144,19 +144,23 @@ def pipeline() -> Language:
         return _pipeline()
 
 
-def mentions(text: str) -> list[Mention]:
-    """Every target concept in ``text`` (one block, such as a section), with its assertion."""
-    doc = pipeline()(_prepare(text))
+def doc_mentions(doc, assertion_of: Callable[[Any], Assertion]) -> list[Mention]:
+    """The mentions in a processed spaCy ``doc``: its target entities with ``assertion_of(entity)``, and
+    sentences that are only "Normal." and the like."""
     found = []
     for sent in doc.sents:
         words = [t.lower_ for t in sent if t.is_alpha]
         if len(words) == 1 and words[0] in terms.NORMAL_ALONE:
             found.append(Mention(text=sent.text, concept="normal", assertion="present", sentence=sent.text.strip()))
         for ent in sent.ents:
-            assertion = next((a for a in ASSERTIONS if ent._.get(a)), "present")
-            found.append(Mention(text=ent.text, concept=ent.label_, assertion=assertion,
+            found.append(Mention(text=ent.text, concept=ent.label_, assertion=assertion_of(ent),
                                  sentence=sent.text.strip()))
     return found
+
+
+def mentions(text: str) -> list[Mention]:
+    """Every target concept in ``text`` (one block, such as a section), with its assertion."""
+    return doc_mentions(pipeline()(prepare(text)), lambda ent: next((a for a in ASSERTIONS if ent._.get(a)), "present"))
 
 
 def judge(found: list[Mention]) -> tuple[Literal["normal", "pneumonia", "indeterminate"] | None, list[str]]:
@@ -210,5 +214,5 @@ def read_findings(findings: str, impression: str | None) -> LanguageReading | No
 def names_any(text: str, concepts: tuple[Concept, ...]) -> bool:
     """Whether ``text`` contains a phrase of one of ``concepts`` at all: a cheap screen, no spaCy."""
     words = " " + re.sub(r"[^a-z0-9/'?-]+", " ", text.lower()) + " "
-    return any(f" {p} " in words for c in concepts for p in _PHRASES[c]) or (
+    return any(f" {p} " in words for c in concepts for p in PHRASES[c]) or (
         "normal" in concepts and any(f" {w} " in words for w in terms.NORMAL_ALONE))
