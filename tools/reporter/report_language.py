@@ -107,7 +107,7 @@ def prepare(text: str) -> str:
 
 
 # Array libraries spaCy's thinc imports when they are installed, only to probe for them. A review serves the
-# classifier with ONNX Runtime and never imports torch; importing it here took two thirds of tier 2's load.
+# classifier with ONNX Runtime and never imports torch, which was most of tier 2's load time here.
 _PROBED_BY_THINC = ("torch", "tensorflow", "mxnet", "cupy")
 
 
