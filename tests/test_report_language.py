@@ -31,6 +31,10 @@ RADIOLOGY = [  # (report, impression, tier)
     ("IMPRESSION: 1. Right upper lobe pneumonia. 2. Small left pleural effusion.", "pneumonia", 2),
     ("FINDINGS: Lungs clear.\nIMPRESSION: Resolution of the previously seen right lower lobe pneumonia.", "normal", 2),
     ("INDICATION: Evaluate for pneumonia.\nFINDINGS: Lungs are clear.", "normal", 2),
+    ("IMPRESSION: Left basal opacity, likely atelectasis; pneumonia is less likely.", "normal", 2),
+    ("IMPRESSION: No new consolidation.", "indeterminate", 2),  # CheXpert: "no new X" leaves X uncertain
+    ("IMPRESSION: Right perihilar infiltrate, likely pneumonia.", "pneumonia", 2),  # "likely" asserts
+    ("IMPRESSION: Dense RLL consolidation, possibly pneumonia.", "indeterminate", 2),  # the diagnosis is hedged
     ("History of pneumonia.", None, None),  # historical: asserts nothing about this image
     ("Rule out pneumonia.", None, None),  # hypothetical
     ("The heart is enlarged.", None, None),  # neither

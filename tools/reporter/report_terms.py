@@ -71,6 +71,7 @@ NEGATION = {
         "not entirely excluded", "cannot exclude", "can not exclude", "can't exclude", "cannot be excluded",
         "cannot rule out", "cannot be ruled out", "could not be excluded", "not ruled out", "not be ruled out", "not rule out", "not been ruled out",
         "without change", "no longer seen as", "not significantly changed", "not changed",
+        "no new", "no new area of", "no evidence to rule out",
     ],
     "preceding_negations": [
         "no", "not", "without", "negative for", "no evidence of", "no radiographic evidence of",
@@ -82,7 +83,8 @@ NEGATION = {
         "is absent", "are absent", "not seen", "not identified", "not present", "not demonstrated",
         "not visualized", "not evident", "not appreciated", "has resolved", "have resolved", "resolved",
         "has cleared", "have cleared", "cleared", "is unlikely", "are unlikely", "unlikely", "ruled out",
-        "is gone", "no longer present", "no longer seen", "not detected", "excluded",
+        "is gone", "no longer present", "no longer seen", "not detected", "excluded", "less likely",
+        "is less likely", "not likely", "is not likely",
     ],
     "termination": [".", ";", "but", "however", "although", "though", "except", "aside from", "apart from",
                     "other than", "with the exception of", "which", "yet", "still", "whereas", "while"],
@@ -91,7 +93,7 @@ NEGATION = {
 # "likely", "suggestive of" and "compatible with" are not among them (they assert), "probable" and
 # "concerning for" are.
 UNCERTAINTY = {
-    "pseudo_negations": ["no doubt", "without doubt", "less likely"],
+    "pseudo_negations": ["no doubt", "without doubt", "less likely", "not likely"],
     "preceding_negations": [
         "possible", "possibly", "probable", "probably", "presumably", "presumed", "may", "might", "could", "would",
         "maybe", "may represent", "may reflect", "may be", "may be due to", "could be", "questionable",
@@ -100,7 +102,8 @@ UNCERTAINTY = {
         "cannot rule out", "cannot be excluded", "differential", "differential includes",
         "differential diagnosis includes", "versus", "vs", "vs.", "or", "and/or", "favor", "favored",
         "consider", "considered", "equivocal", "?", "uncertain", "indeterminate", "correlate clinically for",
-        "poorly evaluated", "not well visualized", "obscured", "obscuring",
+        "poorly evaluated", "not well visualized", "obscured", "obscuring", "no new", "no new area of",
+        "no evidence to rule out",
     ],
     "following_negations": [
         "cannot be excluded", "can not be excluded", "cannot be ruled out", "can not be ruled out",
