@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of --sample (default: 0)")
     p.add_argument("--variants", help="comma-separated prompt variants (default: all in prompts/)")
     p.add_argument("--backend", choices=["template", "medgemma", "openai"], help="reporter backend (default: template)")
+    p.add_argument("--outputs", metavar="text,json",
+                   help="compare how reports are asked for, as arms: free text and/or the structured JSON answer "
+                        "(reporter.structured_output; openai backend)")
     p.add_argument("--model-id", help="VLM model id or local folder (medgemma/openai backends)")
     p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
     p.add_argument("--chroma-url", help="http://host:port of a `chroma run` server holding the case index")
@@ -83,7 +86,7 @@ def _report_corrupt(moved: list[tuple[Path, str]]) -> None:
 
 
 def _run(args: argparse.Namespace):
-    from casereview.evaluation.batch_arms import parse_variants, plan_arms
+    from casereview.evaluation.batch_arms import parse_outputs, parse_variants, plan_arms
     from casereview.evaluation.batch_records import set_aside_corrupt
     from casereview.evaluation.batch_runner import BatchPlan, BatchRunner, split_refs
     from casereview.graphs.review import expand_case_refs
@@ -99,6 +102,7 @@ def _run(args: argparse.Namespace):
         batch={"sample": args.sample, "concurrency": args.concurrency, "max_errors": args.max_errors},
     )
     variants = parse_variants(args.variants)  # a bad name fails before anything loads
+    outputs = parse_outputs(args.outputs, settings.reporter.backend)
     if args.split:
         refs = split_refs(settings, args.split, settings.batch.sample, args.seed)
     elif args.cases:
@@ -110,7 +114,7 @@ def _run(args: argparse.Namespace):
     backend = settings.reporter.backend
     out = check_folder(args.out or settings.paths.workdir / "batches" / f"{args.split or 'cases'}-{backend}", "--out")
     check_writable(settings.paths.workdir, "--workdir", "the batch's locks and checkpoints")
-    plan = BatchPlan(out, refs, plan_arms(backend, variants, probe=args.probe == "flip"), settings,
+    plan = BatchPlan(out, refs, plan_arms(backend, variants, probe=args.probe == "flip", outputs=outputs), settings,
                      split=args.split, note=args.note)
     require_index_folder(settings)  # before the gate is fitted
     _report_corrupt(set_aside_corrupt(out))  # before the pending pairs are counted: a corrupt record is redone

@@ -193,6 +193,9 @@ class ReporterConfig(Section):
     total_timeout_s: float = Field(default=120.0, gt=0, le=7200)
     retries: int = Field(default=3, ge=0)
     seed: int = 0
+    # openai backend: ask the server for a JSON object {findings, impression} (response_format json_schema);
+    # a server that refuses it is told once and the run falls back to free text
+    structured_output: bool = False
     # Which evidence the template backend's impression follows: "both" (the classifier, unless it is
     # uncertain or the neighbours' majority disagrees), or one source alone ("neighbours" is a kNN-vote
     # report baseline, "classifier" a CNN-only one).

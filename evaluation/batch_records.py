@@ -89,6 +89,8 @@ class Row:
     graph_s: float | None
     chars: int | None  # length of the raw report
     tokens: int | None = None  # tokens generated for the report, where the backend counts them
+    read_tier: int | None = None  # 1: contract line, 2: the report's language, None: unread or no report
+    has_report: bool = False
 
 
 def read_records(out: Path, arm: str, refs: list[str]) -> dict[str, dict[str, Any]]:
@@ -111,6 +113,8 @@ def model_row(ref: str, r: dict[str, Any], majority: float) -> Row:
         classifier_uncertain=bool(clf and clf["uncertain"]), margin=abs(clf["prob_pneumonia"] - clf["threshold"]) if clf else 0.0, vote=_vote(r, majority),
         generate_s=r["provenance"]["reporter"].get("generate_s"), graph_s=r["provenance"].get("graph_total_s"),
         chars=len(rep["raw"]) if rep else None, tokens=r["provenance"]["reporter"].get("completion_tokens"),
+        # records from before tier 2 were read by the contract line alone
+        read_tier=rep.get("read_by_tier", 1 if rep["impression"] else None) if rep else None, has_report=rep is not None,
     )
 
 

@@ -31,6 +31,7 @@ from casereview.graphs.review import ReviewRun
 from casereview.provenance import sha256_text
 from casereview.records import record_stem, write_atomic
 from casereview.tools.context import build_context, fingerprint, fingerprint_fields
+from casereview.tools.reporter.backends import get_backend
 
 # A batch's arms run under ids made from its folder, which the user never typed.
 BATCH_IN_USE = ("another `casereview batch` ({holder}) is using this batch folder; wait for it to finish, "
@@ -157,8 +158,9 @@ class BatchRunner:
         runs = {}
         for arm in self.plan.arms:
             arm_s, run_id = arm_settings(s, arm), f"batch-{self._folder_id}-{arm.name}"
-            runs[arm.name] = ReviewRun(arm_s, run_id, arm_dir(self.plan.out, arm.name),
-                                       context=replace(base, settings=arm_s, run_id=run_id), in_use=BATCH_IN_USE)
+            # the same backend instance unless the arm asks for reports another way (get_backend: one per configuration)
+            ctx = replace(base, settings=arm_s, run_id=run_id, backend=get_backend(arm_s))
+            runs[arm.name] = ReviewRun(arm_s, run_id, arm_dir(self.plan.out, arm.name), context=ctx, in_use=BATCH_IN_USE)
         self._tidy()
         start = time.perf_counter()
         bar = tqdm(total=len(pending), desc="batch", unit="review", disable=not self.progress, file=sys.stderr)

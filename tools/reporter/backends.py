@@ -11,7 +11,9 @@ import copy
 import json
 import logging
 import os
+import threading
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -251,6 +253,29 @@ class MedGemmaBackend(ReporterBackend):
         return out
 
 
+# The JSON object ``reporter.structured_output`` asks an OpenAI-compatible server for.
+REPORT_SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {"name": "chest_xray_report", "strict": True, "schema": {
+        "type": "object", "additionalProperties": False, "required": ["findings", "impression"],
+        "properties": {"findings": {"type": "string"},
+                       "impression": {"type": "string", "enum": ["normal", "pneumonia", "indeterminate"]}}}},
+}
+
+
+def structured_text(content: str) -> str | None:
+    """A structured answer in the contract's layout (``FINDINGS: ...`` / ``IMPRESSION: label``), or None
+    when ``content`` is not the JSON object asked for (it is then read as free text)."""
+    try:
+        answer = json.loads(content)
+    except json.JSONDecodeError:
+        return None
+    if not (isinstance(answer, dict) and isinstance(answer.get("findings"), str)
+            and isinstance(answer.get("impression"), str)):
+        return None
+    return f"FINDINGS: {answer['findings'].strip()}\nIMPRESSION: {answer['impression'].strip()}"
+
+
 class OpenAIBackend(ReporterBackend):
     """An OpenAI-compatible chat-completions server (vLLM, ``transformers serve``, Ollama).
 
@@ -260,7 +285,10 @@ class OpenAIBackend(ReporterBackend):
     Retries with exponential backoff are the ``openai`` client's. Each request ends within
     ``cfg.timeout_s`` (connect, wait and the whole answer: see :mod:`casereview.tools.http_deadline`),
     and one prompt's requests, retries included, within ``cfg.total_timeout_s``. Up to
-    ``cfg.batch_size`` requests run at once.
+    ``cfg.batch_size`` requests run at once. With ``cfg.structured_output`` the server is asked for
+    ``REPORT_SCHEMA`` (chat-completions ``response_format``); a server that refuses it (HTTP 400 or
+    422) is warned about once and asked for free text from then on; one that ignores it (answers
+    free text, as ``transformers serve`` does) is warned about once and its text is read as it is.
     """
 
     name = "openai"
@@ -268,6 +296,15 @@ class OpenAIBackend(ReporterBackend):
     def __init__(self, cfg: ReporterConfig):
         super().__init__(cfg)
         self._client = None
+        self._structured = cfg.structured_output
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    def _warn_once(self, key: str, message: str) -> None:
+        with self._lock:
+            if key not in self._warned:
+                self._warned.add(key)
+                warnings.warn(f"the server at {redact_url(self.cfg.base_url)} {message}", stacklevel=3)
 
     @property
     def model_id(self) -> str:
@@ -299,7 +336,25 @@ class OpenAIBackend(ReporterBackend):
             "base_url": redact_url(self.cfg.base_url),
             "max_new_tokens": self.cfg.max_new_tokens,
             "decoding": "temperature 0",
+            **({"structured_output": self._structured} if self.cfg.structured_output else {}),
         }
+
+    def _create(self, prompt: RenderedPrompt):
+        """One chat completion; asked for the JSON schema while the server has not refused it."""
+        import openai
+
+        args = dict(model=self.model_id, messages=prompt.openai_messages(), max_tokens=self.cfg.max_new_tokens,
+                    temperature=0.0, seed=self.cfg.seed)
+        structured = self._structured
+        try:
+            return self.client().chat.completions.create(**args, **({"response_format": REPORT_SCHEMA} if structured else {})), structured
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            if not structured:
+                raise
+            self._structured = False
+            self._warn_once("refused", f"refused structured output (HTTP {exc.status_code}); "
+                                       "reports are asked for as free text")
+            return self.client().chat.completions.create(**args), False
 
     def _one(self, prompt: RenderedPrompt) -> Generation:
         import openai
@@ -309,13 +364,7 @@ class OpenAIBackend(ReporterBackend):
         start = time.perf_counter()
         try:
             with deadline(self.cfg.total_timeout_s):  # the request and the client's retries, together
-                resp = self.client().chat.completions.create(
-                    model=self.model_id,
-                    messages=prompt.openai_messages(),
-                    max_tokens=self.cfg.max_new_tokens,
-                    temperature=0.0,
-                    seed=self.cfg.seed,
-                )
+                resp, structured = self._create(prompt)
         except openai.APITimeoutError as exc:
             if time.perf_counter() - start >= self.cfg.total_timeout_s:
                 raise ReporterError(f"{where} did not answer within {self.cfg.total_timeout_s:g} s in total "
@@ -351,6 +400,11 @@ class OpenAIBackend(ReporterBackend):
             raise MalformedAnswerError(f"{where} answered with a completion whose content is not text: "
                                        f"{one_line(self._safe(repr(text)))}")
         tokens = getattr(getattr(resp, "usage", None), "completion_tokens", None)  # optional in the protocol
+        if structured and text:
+            as_contract = structured_text(text)
+            if as_contract is None:
+                self._warn_once("ignored", "answered free text to a structured-output request; read as free text")
+            text = as_contract or text
         text, truncated_from = capped((text or "").strip(), self.cfg.max_new_tokens)
         return Generation(text=text, seconds=time.perf_counter() - start, truncated_from=truncated_from,
                           completion_tokens=tokens if isinstance(tokens, int) else None)
