@@ -11,7 +11,7 @@ import importlib
 import json
 from pathlib import Path
 
-from casereview.cli.common import add_common_options, settings_from_args
+from casereview.cli.common import add_common_options, path_arg, settings_from_args
 from casereview.cli.examples import add_examples
 from casereview.errors import CaseReviewError
 from casereview.paths import check_folder
@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Regenerate a task report from its template in templates/, recomputing every figure it shows.",
     )
     p.add_argument("task", choices=sorted(REPORTS), help="which report")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports/)")
+    p.add_argument("--out", type=path_arg, default=Path("reports"), help="output folder (default: reports/)")
     add_common_options(p)
     p.set_defaults(func=run_report)
 
@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_common_options(p)
-    p.add_argument("--out", type=Path, default=Path("runs/study"), help="one folder per run (default: runs/study)")
+    p.add_argument("--out", type=path_arg, default=Path("runs/study"), help="one folder per run (default: runs/study)")
     p.add_argument("--archs", nargs="+", default=["cr_resnet_small", "cr_vit_tiny"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--summary", type=Path, default=Path("reports/task1_study.json"), help="summary JSON path")
@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", dest="checkpoints", action="append", required=True, metavar="NAME=PATH",
                    help="a named checkpoint; repeat to compare (PATH 'released' means the released one)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
-    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    p.add_argument("--out", type=path_arg, required=True, help="JSON file to write")
     p.set_defaults(func=run_robustness)
     for name in EXAMPLES:
         add_examples(sub.choices[name], name, EXAMPLES)
