@@ -18,7 +18,7 @@ from typing import Any
 from casereview.config import Settings
 from casereview.data import Case, case_from_bytes, check_ref, load_case, parse_ref
 from casereview.errors import CaseReviewError
-from casereview.paths import check_name
+from casereview.paths import NAME_PATTERN
 from casereview.schemas import CaseEvidence
 from casereview.tools.context import RunContext
 
@@ -43,9 +43,9 @@ def check_context(ctx: RunContext) -> None:
     if ctx.out is not None and not isinstance(ctx.out, Path):
         raise InputRefused("context.out is not accepted from a caller: records go to the server's work folder")
     if ctx.run_id is not None:
-        if not isinstance(ctx.run_id, str):
-            raise InputRefused("context.run_id must be a string")
-        check_name(ctx.run_id, "context.run_id")
+        if not isinstance(ctx.run_id, str) or not NAME_PATTERN.fullmatch(ctx.run_id):
+            raise InputRefused("context.run_id must be a plain name: 1 to 128 letters, digits, '.', '_' or '-', "
+                               "not starting with '.'")
     if ctx.reviewer is not None and (not isinstance(ctx.reviewer, str) or not 0 < len(ctx.reviewer) <= 200):
         raise InputRefused("context.reviewer must be a name of 1 to 200 characters")
 
