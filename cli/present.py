@@ -195,7 +195,6 @@ FORMATTERS: dict[str, Callable[[Any], list[str]]] = {
                                      for k, v in s.items() if v is not None)],
     "notes": _items,
     "input_check": _input_check,
-    "opinion": _classifier,
     "embedding": lambda v: [f"{len(v)}-dimensional unit vector (the classifier's features)"],
     "gate": lambda v: [f"feature distance {v['ood_distance']:.1f} (limit {v['ood_threshold']:.1f}), "
                        f"contrast {v['stats']['contrast']:.1f}" + ("" if v["resize_spread"] is None else

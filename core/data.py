@@ -441,6 +441,13 @@ def load_case(ref: str, root: Path | str | None = None, download: bool = False) 
     return Case(case_id(split, index), np.array(data.images[index]), int(data.labels[index]), split, index)
 
 
+def case_from_bytes(data: bytes, name: str) -> Case:
+    """A case from the bytes of an image file (PNG, JPEG or DICOM; a caller sent them), decoded as a
+    file is: ``name`` is its id."""
+    decoded = decode_image(data)
+    return Case(case_id=name, image=decoded.image, notes=tuple(decoded.notes), views=decoded.views)
+
+
 def case_from_input(
     case_ref: str | None, image: list[list[int]] | np.ndarray | None, root: Path | str | None = None,
     download: bool = False,

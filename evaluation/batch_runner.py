@@ -149,6 +149,7 @@ class BatchRunner:
             save_plan(self.plan)
             return outcome
         s = self.plan.settings
+        s = s.model_copy(update={"graph": s.graph.model_copy(update={"sign_off": "off"})})  # no case waits for a reviewer
         base = build_context(s, "batch")  # the models load once, for every arm
         save_plan(self.plan)  # the checks passed and the models loaded: this folder now holds this batch
         # Every case of the plan, not just the pending ones: the batched forward pass then sees the same
@@ -158,8 +159,8 @@ class BatchRunner:
         runs = {}
         for arm in self.plan.arms:
             arm_s, run_id = arm_settings(s, arm), f"batch-{self._folder_id}-{arm.name}"
-            # the same backend instance unless the arm asks for reports another way (get_backend: one per configuration)
-            ctx = replace(base, settings=arm_s, run_id=run_id, backend=get_backend(arm_s))
+            # the arm's backend comes from its settings (get_backend: one instance per configuration)
+            ctx = replace(base, settings=arm_s, run_id=run_id)
             runs[arm.name] = ReviewRun(arm_s, run_id, arm_dir(self.plan.out, arm.name), context=ctx, in_use=BATCH_IN_USE)
         self._tidy()
         start = time.perf_counter()
