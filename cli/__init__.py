@@ -20,7 +20,7 @@ from pathlib import Path
 from casereview.cli.examples import add_examples
 from casereview.errors import CaseReviewError
 
-COMMAND_MODULES = ("classifier", "report", "review", "reporter", "index", "batch")
+COMMAND_MODULES = ("classifier", "report", "review", "signoff", "reporter", "index", "batch")
 
 
 def build_parser() -> argparse.ArgumentParser:

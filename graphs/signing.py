@@ -1,0 +1,114 @@
+"""Signing from outside a running review: the cases paused in ``sign_off`` in a workdir's checkpoints,
+and resuming one of them with a reviewer's decision.
+
+Paused cases are read from the checkpoints alone (no graph is compiled, no model loads), so that
+``casereview sign-off list`` answers at once and keeps answering after the process that paused them
+was killed: a pause is an ``__interrupt__`` write on the thread's latest checkpoint, and LangGraph
+keeps pending writes on disk with the checkpoint they belong to. Signing resumes the thread with
+``Command(resume=decision)`` through the same compiled graph as every front end; the nodes after the
+pause record the decision and write the record, and none of them needs a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.constants import INTERRUPT
+
+from casereview.config import Settings
+from casereview.errors import CaseReviewError
+from casereview.records import record_stem
+
+
+@dataclass(frozen=True)
+class PendingCase:
+    """One paused thread: its run and case (the thread id is ``<run id>/<case>``), since when, and what
+    the paused node gave the reviewer (``payload``: the interrupt's value)."""
+
+    run_id: str
+    case: str
+    paused_at: datetime
+    payload: Any
+
+    def age(self, now: datetime | None = None) -> str:
+        """How long the case has waited, to the minute ("3 d 4 h", "2 h 5 min", "12 min")."""
+        minutes = int(((now or datetime.now(timezone.utc)) - self.paused_at).total_seconds() // 60)
+        days, hours, mins = minutes // 1440, minutes // 60 % 24, minutes % 60
+        if days:
+            return f"{days} d {hours} h"
+        return f"{hours} h {mins} min" if hours else f"{mins} min"
+
+
+def _candidate_threads(saver: BaseCheckpointSaver) -> list[str]:
+    """Thread ids that were ever paused: one query over the writes table of LangGraph's SQLite saver
+    (a run's database also holds every finished case; restoring each of their checkpoints would cost
+    a second per thousand cases), else every thread the saver lists."""
+    connection = getattr(saver, "conn", None)
+    if connection is not None:
+        rows = connection.execute("SELECT DISTINCT thread_id FROM writes WHERE channel = ? AND checkpoint_ns = ''",
+                                  (INTERRUPT,))
+        return sorted(row[0] for row in rows)
+    return sorted({c.config["configurable"]["thread_id"] for c in saver.list(None)})
+
+
+def pending_cases(saver: BaseCheckpointSaver, run_id: str | None = None) -> list[PendingCase]:
+    """The paused threads of ``saver`` (those of ``run_id`` only, when given), longest waiting first."""
+    found = []
+    for thread_id in _candidate_threads(saver):
+        run, _, case = thread_id.partition("/")
+        if not case or (run_id is not None and run != run_id):
+            continue  # not a review run's thread (those are <run id>/<case>)
+        latest = saver.get_tuple({"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}})
+        interrupts = [value for _, channel, value in (latest.pending_writes or []) if channel == INTERRUPT] if latest else []
+        if not interrupts:
+            continue  # signed since (or resumed past its pause)
+        paused = datetime.fromisoformat(latest.checkpoint["ts"])
+        found.append(PendingCase(run, case, paused, interrupts[0][0].value))
+    return sorted(found, key=lambda p: p.paused_at)
+
+
+def checkpoints_file(settings: Settings) -> Path:
+    """Where review runs keep their checkpoints (every run of a workdir in one SQLite file)."""
+    return settings.paths.workdir / "checkpoints.sqlite"
+
+
+def pending_in_workdir(settings: Settings, run_id: str | None = None) -> list[PendingCase]:
+    """The paused cases of every run in the settings' workdir (of ``run_id`` only, when given)."""
+    from casereview.graphs.graph import make_checkpointer
+
+    path = checkpoints_file(settings)
+    if not path.is_file():
+        return []
+    return pending_cases(make_checkpointer("sqlite", path), run_id)
+
+
+def find_pending(settings: Settings, run_id: str, case: str) -> PendingCase:
+    """The paused case ``case`` of run ``run_id`` (named as in the review, or as another path to the same
+    file); a :class:`CaseReviewError` saying what is waiting instead otherwise."""
+    waiting = pending_in_workdir(settings, run_id)
+    for p in waiting:
+        if p.case == case or record_stem(p.case) == record_stem(case):
+            return p
+    others = f"; waiting in that run: {', '.join(p.case for p in waiting[:5])}" if waiting else ""
+    raise CaseReviewError(f"{case} is not waiting for sign-off in run {run_id} (not flagged, already signed, or "
+                          f"not reviewed there){others}; see `casereview sign-off list`")
+
+
+def sign(settings: Settings, run_id: str, case: str, decision: dict[str, Any],
+         out: Path | None = None) -> dict[str, Any]:
+    """Resume the paused thread of ``case`` in run ``run_id`` with ``decision`` (a ``SignOffDecision``'s
+    fields); the signed record as JSON values. The graph validates the decision again: a refused one
+    leaves the case paused."""
+    from langgraph.types import Command
+
+    from casereview.graphs.graph import build_graph, make_checkpointer, thread_config
+    from casereview.tools.context import RunContext
+
+    graph = build_graph(make_checkpointer("sqlite", checkpoints_file(settings)))
+    context = RunContext(settings, run_id, decision["reviewer"], out)
+    state = graph.invoke(Command(resume=decision), thread_config(run_id, case), context=context, durability="sync")
+    return state["record"].model_dump(mode="json")
