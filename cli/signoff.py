@@ -12,12 +12,15 @@ import argparse
 import getpass
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from casereview.cli.common import add_common_options, settings_from_args
 from casereview.config import Settings
 from casereview.errors import CaseReviewError
 from casereview.paths import check_name
+
+if TYPE_CHECKING:
+    from casereview.graphs.review import ReviewRun
 
 LIST = "list"
 
@@ -45,13 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the impression of an --edit (default: read from its IMPRESSION: line)")
     p.add_argument("--reason", help="why (required with --reject; optional otherwise)")
     p.add_argument("--reviewer", help="who signs (default: the settings' graph.reviewer, else your login name)")
+    p.add_argument("--out", type=Path, help="the run's records folder, if the review was given --out "
+                                           "(default: <workdir>/reviews/<run id>)")
     p.set_defaults(func=run_sign_off)
 
 
 def reviewer_name(given: str | None, settings: Settings) -> str:
     """Who signs: ``--reviewer``, else the settings' ``graph.reviewer``, else the login name."""
-    name = given or getattr(settings.graph, "reviewer", None) or getpass.getuser()
-    return name.strip()
+    return (given if given is not None else settings.graph.reviewer or getpass.getuser()).strip()
 
 
 def edit_fields(text: str, impression: str | None = None) -> dict[str, Any]:
@@ -72,9 +76,7 @@ def edit_fields(text: str, impression: str | None = None) -> dict[str, Any]:
 
 def decision_from_args(args: argparse.Namespace, reviewer: str) -> dict[str, Any]:
     """The resume value the flags ask for, validated like the graph validates it; one line otherwise."""
-    from pydantic import ValidationError
-
-    from casereview.schemas import SignOffDecision
+    from casereview.graphs.signing import check_decision
 
     chosen = [flag for flag, given in (("--accept", args.accept), ("--edit", args.edit is not None),
                                        ("--reject", args.reject)) if given]
@@ -93,12 +95,7 @@ def decision_from_args(args: argparse.Namespace, reviewer: str) -> dict[str, Any
         decision |= edit_fields(text, args.impression)
     if args.reason is not None:
         decision["reason"] = args.reason.strip()
-    try:
-        return SignOffDecision.model_validate(decision).model_dump(exclude_none=True)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(map(str, first["loc"]))
-        raise CaseReviewError(f"decision refused: {(where + ': ') if where else ''}{first['msg'].removeprefix('Value error, ')}") from None
+    return check_decision(decision)
 
 
 def run_sign_off(args: argparse.Namespace) -> int:
@@ -114,9 +111,8 @@ def run_sign_off(args: argparse.Namespace) -> int:
     from casereview.graphs.signing import find_pending, sign  # the graph: only once the decision is valid
 
     pending = find_pending(settings, run_id, args.case)
-    record = sign(settings, run_id, pending.case, decision)
-    entry = record["sign_off"]
-    print(f"{pending.case} (run {run_id}): {record['status']}, {entry['decision']} by {entry['reviewer']} at {entry['at']}")
+    record = sign(settings, run_id, pending.case, decision, args.out)
+    print(signed_line(pending.case, run_id, record))
     return 0
 
 
@@ -136,3 +132,57 @@ def list_pending(settings: Settings, run_id: str | None) -> int:
     print(f"{len(rows)} case(s) waiting; sign one with `casereview sign-off CASE --run-id RUN --accept | "
           "--edit FILE | --reject --reason TEXT`", file=sys.stderr)
     return 0
+
+
+# --- `casereview review --sign-off` ---------------------------------------------------------------
+
+def add_review_options(parser: argparse.ArgumentParser) -> None:
+    """``review``'s sign-off options."""
+    parser.add_argument("--sign-off", nargs="?", const="flagged", choices=("flagged", "all"),
+                        help="pause the flagged cases (or all) for a reviewer: in a terminal you are asked at once; "
+                             "otherwise they wait, with preliminary records, for `casereview sign-off` "
+                             "(default: graph.sign_off, off)")
+    parser.add_argument("--reviewer", help="who signs (default: the settings' graph.reviewer, else your login name)")
+
+
+def check_sign_off(settings: Settings, reviewer: str, interactive: bool) -> None:
+    """Before any model loads: the reviewer's name is one the record takes, and cases that wait past
+    this process have checkpoints on disk to wait in."""
+    from casereview.graphs.signing import check_decision
+
+    if settings.graph.sign_off == "off":
+        return
+    check_decision({"decision": "accept", "reviewer": reviewer})
+    if not interactive and settings.graph.checkpointer != "sqlite":
+        raise CaseReviewError(f"--sign-off without a terminal leaves cases waiting for `casereview sign-off`, which needs "
+                              f"graph.checkpointer sqlite (it is {settings.graph.checkpointer})")
+
+
+def sign_waiting(run: ReviewRun, refs: list[str], reviewer: str, interactive: bool,
+                 ask: Callable[[str], str] = input,
+                 show: Callable[[str], None] = print) -> tuple[dict[str, dict[str, Any]], int]:
+    """After a review: in a terminal, ask for a decision on each of ``refs`` that waits in ``run`` and
+    sign it. Returns the signed records by case and how many cases are left waiting."""
+    from dataclasses import replace
+
+    from casereview.cli.signoff_terminal import ask_decision
+    from casereview.graphs.signing import check_decision, pending_cases, resume
+
+    waiting = [p for p in pending_cases(run.checkpointer, run.run_id) if p.case in refs] if run.checkpointer else []
+    signed: dict[str, dict[str, Any]] = {}
+    if not interactive:
+        return signed, len(waiting)
+    for p in waiting:
+        decision = ask_decision(p.payload, reviewer, edit_fields, ask=ask, show=show)
+        if decision is None:
+            continue
+        decision = check_decision(decision)  # (one line if refused; the case keeps waiting)
+        record = resume(run.graph, replace(run.context, reviewer=reviewer), p.case, decision)
+        show(signed_line(p.case, run.run_id, record))
+        signed[p.case] = record
+    return signed, len(waiting) - len(signed)
+
+
+def signed_line(case: str, run_id: str, record: dict[str, Any]) -> str:
+    entry = record["sign_off"]
+    return f"{case} (run {run_id}): {record['status']}, {entry['decision']} by {entry['reviewer']} at {entry['at']}"

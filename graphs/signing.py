@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.constants import INTERRUPT
@@ -22,6 +22,11 @@ from langgraph.constants import INTERRUPT
 from casereview.config import Settings
 from casereview.errors import CaseReviewError
 from casereview.records import record_stem
+
+if TYPE_CHECKING:  # (the graph and the context import the capabilities: only signing needs them)
+    from langgraph.graph.state import CompiledStateGraph
+
+    from casereview.tools.context import RunContext
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,27 @@ def pending_cases(saver: BaseCheckpointSaver, run_id: str | None = None) -> list
     return sorted(found, key=lambda p: p.paused_at)
 
 
+class DecisionError(CaseReviewError):
+    """A reviewer's decision that the ``sign_off`` node would refuse."""
+
+
+def check_decision(value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` validated as the ``sign_off`` node validates it (``SignOffDecision``), without its unset
+    fields; a :class:`DecisionError` of one line otherwise. Front ends check before resuming, so that
+    a typo is answered at once and the paused thread never sees it."""
+    from pydantic import ValidationError
+
+    from casereview.schemas import SignOffDecision
+
+    try:
+        return SignOffDecision.model_validate(value).model_dump(exclude_none=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise DecisionError(f"decision refused: {where + ': ' if where else ''}"
+                            f"{first['msg'].removeprefix('Value error, ')}") from None
+
+
 def checkpoints_file(settings: Settings) -> Path:
     """Where review runs keep their checkpoints (every run of a workdir in one SQLite file)."""
     return settings.paths.workdir / "checkpoints.sqlite"
@@ -98,17 +124,24 @@ def find_pending(settings: Settings, run_id: str, case: str) -> PendingCase:
                           f"not reviewed there){others}; see `casereview sign-off list`")
 
 
-def sign(settings: Settings, run_id: str, case: str, decision: dict[str, Any],
-         out: Path | None = None) -> dict[str, Any]:
-    """Resume the paused thread of ``case`` in run ``run_id`` with ``decision`` (a ``SignOffDecision``'s
+def resume(graph: CompiledStateGraph, context: RunContext, case: str, decision: dict[str, Any]) -> dict[str, Any]:
+    """Resume the paused thread of ``case`` in the context's run with ``decision`` (a ``SignOffDecision``'s
     fields); the signed record as JSON values. The graph validates the decision again: a refused one
-    leaves the case paused."""
+    raises and leaves the case paused."""
     from langgraph.types import Command
 
-    from casereview.graphs.graph import build_graph, make_checkpointer, thread_config
+    from casereview.graphs.graph import thread_config
+
+    state = graph.invoke(Command(resume=decision), thread_config(context.run_id, case), context=context,
+                         durability="sync")
+    return state["record"].model_dump(mode="json")
+
+
+def sign(settings: Settings, run_id: str, case: str, decision: dict[str, Any], out: Path | None = None) -> dict[str, Any]:
+    """:func:`resume` from a new process: the run's checkpoints, a context of values (no model loads;
+    the nodes after the pause need none). ``out``: the run's records folder, if not the default."""
+    from casereview.graphs.graph import make_checkpointer, with_checkpointer
     from casereview.tools.context import RunContext
 
-    graph = build_graph(make_checkpointer("sqlite", checkpoints_file(settings)))
-    context = RunContext(settings, run_id, decision["reviewer"], out)
-    state = graph.invoke(Command(resume=decision), thread_config(run_id, case), context=context, durability="sync")
-    return state["record"].model_dump(mode="json")
+    graph = with_checkpointer(make_checkpointer("sqlite", checkpoints_file(settings)))
+    return resume(graph, RunContext(settings, run_id, decision["reviewer"], out), case, decision)

@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from casereview.graphs.signing import DecisionError, check_decision
 from casereview.records import view_png
 from casereview.render import render_html
 
@@ -38,7 +39,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # (no-referrer would make the browser send ``Origin: null`` with the form)
 }
 
 
@@ -100,9 +101,10 @@ def _same_origin(request: Request) -> bool:
 
 def decision_from_form(form: dict[str, str]) -> dict[str, Any]:
     """The resume value from the form's fields: the impression and text only with an edit (the form
-    always carries the draft's text); empty fields left out. The graph validates it."""
+    always carries the draft's text); empty fields left out; a textarea's CRLF line ends (what browsers
+    send) as newlines. The graph validates it."""
     fields = ("decision", "reviewer", "reason") + (("impression", "text") if form.get("decision") == "edit" else ())
-    return {k: form[k].strip() for k in fields if form.get(k, "").strip()}
+    return {k: form[k].replace("\r\n", "\n").strip() for k in fields if form.get(k, "").strip()}
 
 
 async def decide(request: Request) -> Response:
@@ -117,11 +119,15 @@ async def decide(request: Request) -> Response:
         return _page("sign_off_missing.html.j2", status=404)
     if thread["status"] != "interrupted":
         return await case_page(request, error="this case is not waiting for a decision (signed meanwhile?)", form=form)
+    try:
+        decision = check_decision(decision_from_form(form))
+    except DecisionError as exc:  # answered here: the paused thread never sees it
+        return await case_page(request, error=str(exc), form=form)
     result = await get_client().runs.wait(thread["thread_id"], GRAPH_ID, raise_error=False,
-                                          command={"resume": decision_from_form(form)})
+                                          command={"resume": decision})
     error = result.get("__error__") if isinstance(result, dict) else None
-    if error:  # the graph refused the decision: the case stays paused, the reviewer sees why
-        return await case_page(request, error=f"decision refused: {error.get('message', error)}", form=form)
+    if error:  # the run failed after the decision: the reviewer sees why
+        return await case_page(request, error=f"not signed: {error.get('message', error)}", form=form)
     return RedirectResponse(request.url_for("case", thread_id=uuid.UUID(thread["thread_id"])), status_code=303)
 
 

@@ -25,6 +25,7 @@ from casereview.schemas import CaseReview
 from casereview.tools.index_build import build_index
 
 LIMIT = 60  # images per split in the test index
+GATE_FIT = 300  # train and val images the input gate is fitted on (the index build and the reviews share it)
 CLI = [str(Path(sys.executable).parent / "casereview")]  # the console script of this venv
 EDITED = "FINDINGS: Right lower lobe opacity, read by a person.\nIMPRESSION: pneumonia\n"
 
@@ -65,11 +66,11 @@ def env(tmp_path_factory, data_root, random_checkpoint):
     """The environment of every casereview process here: a small index, the template reporter."""
     s = index_settings(tmp_path_factory.mktemp("signoff"), data_root, checkpoint=random_checkpoint, limit=LIMIT,
                        embedder="cnn")
-    build_index(s, progress=False)
+    build_index(s.model_copy(update={"gate": s.gate.model_copy(update={"fit_limit": GATE_FIT})}), progress=False)
     return os.environ | {
         "CASEREVIEW_DATA_ROOT": str(data_root), "CASEREVIEW_PATHS_WORKDIR": str(s.paths.workdir),
         "CASEREVIEW_CLASSIFIER_CHECKPOINT": str(random_checkpoint), "CASEREVIEW_CLASSIFIER_DEVICE": "cpu",
-        "CASEREVIEW_INDEX_LIMIT": str(LIMIT), "CASEREVIEW_INDEX_DEVICE": "cpu", "CASEREVIEW_GATE_FIT_LIMIT": "300",
+        "CASEREVIEW_INDEX_LIMIT": str(LIMIT), "CASEREVIEW_INDEX_DEVICE": "cpu", "CASEREVIEW_GATE_FIT_LIMIT": str(GATE_FIT),
         "COLUMNS": "200",
     }
 
