@@ -8,13 +8,11 @@ result is already in the state. The probes of a batch are transforms of this inp
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from casereview.config import GraphConfig
 from casereview.data import Case
-from casereview.schemas import ClassifierResult, Neighbour
+from casereview.schemas import CaseEvidence, ClassifierResult, Neighbour
 from casereview.tools.context import RunContext
 
 OTHER = {"normal": "pneumonia", "pneumonia": "normal"}
@@ -30,8 +28,8 @@ def own_case(case_id: str, split: str | None) -> str | None:
     return case_id if split else None
 
 
-def batch_evidence(ctx: RunContext, cases: list[Case]) -> list[dict[str, Any]]:
-    """Per case, the graph input keys ``opinion``, ``embedding``, ``gate`` and ``neighbours``."""
+def batch_evidence(ctx: RunContext, cases: list[Case]) -> list[CaseEvidence]:
+    """Per case, the evidence the classify, check_input and retrieve nodes would compute (graph input ``precomputed``)."""
     if not cases:
         return []
     images = np.stack([c.image for c in cases])
@@ -50,7 +48,7 @@ def batch_evidence(ctx: RunContext, cases: list[Case]) -> list[dict[str, Any]]:
         found = ctx.index.search_vectors(vectors[rows], k, g.case_base, [own_case(cases[i].case_id, cases[i].split) for i in rows])
         for i, hits in zip(rows, found):
             neighbours[i] = hits
-    return [{"opinion": op, "embedding": emb.tolist(), "gate": m, "neighbours": nb}
+    return [CaseEvidence(classifier=op, embedding=emb.tolist(), gate=m, neighbours=nb)
             for op, emb, m, nb in zip(opinions, embeddings, measures, neighbours)]
 
 
@@ -69,5 +67,7 @@ def swap_labels(neighbours: list[Neighbour]) -> list[Neighbour]:
     return [n.model_copy(update={"label": OTHER[n.label]}) for n in neighbours]
 
 
-PROBE_TRANSFORMS = {"flip-classifier": lambda ev: ev | {"opinion": flip_opinion(ev["opinion"])},
-          "swap-neighbours": lambda ev: ev | {"neighbours": swap_labels(ev["neighbours"])}}
+PROBE_TRANSFORMS = {
+    "flip-classifier": lambda ev: ev.model_copy(update={"classifier": flip_opinion(ev.classifier)}),
+    "swap-neighbours": lambda ev: ev.model_copy(update={"neighbours": swap_labels(ev.neighbours)}),
+}

@@ -1,30 +1,39 @@
 """Graph nodes: each takes the state and the run context and returns a partial update.
 
 Nodes work on the image already in the state (decoded once by ``load_case``) and on the evidence
-the earlier nodes wrote there (or that the caller gave as input: then the node skips that work).
-They call the capabilities through the context's resources, each built once per process. The
-decisions in between (which variant, how many neighbours, what the verdict is) are plain functions.
+the earlier nodes wrote there (or that an in-process caller computed ahead, ``precomputed``: then
+the node takes it from there). They reach the capabilities through the context, whose resources
+are built once per process. The decisions in between (which variant, how many neighbours, what the
+verdict is, who needs a human, what a sign-off does) are plain functions.
 """
 
 from __future__ import annotations
 
 import time
-from functools import wraps
+from dataclasses import replace
+from functools import lru_cache, wraps
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
+from langgraph.types import interrupt
 
+from casereview.agents.clock import GraphClock
 from casereview.agents.evidence import neighbour_count, own_case
-from casereview.agents.gate import input_decision
-from casereview.agents.gate import review_reasons
+from casereview.agents.gate import input_decision, review_reasons
+from casereview.agents.intake import InputRefused, caller_case, check_context, check_precomputed
+from casereview.agents.signoff import apply_decision, sign_off_payload, wants_sign_off
 from casereview.agents.verify import verify_report
-from casereview.data import load_case as read_case
+from casereview.config import Settings, load_settings
 from casereview.data import parse_ref
+from casereview.paths import resolve_inside
 from casereview.provenance import package_versions, utc_now
-from casereview.schemas import Attempt, CaseReview, CaseState, Provenance, ReportRecord
+from casereview.records import record_stem, save_case_record
+from casereview.schemas import Attempt, CaseReview, CaseState, Provenance, ReportRecord, SignOffDecision
 from casereview.tools.agent_tools import neighbour_images
-from casereview.tools.context import RunContext, fingerprint, fingerprint_fields, server_context
+from casereview.tools.context import RunContext, fingerprint, fingerprint_fields
 from casereview.tools.reporter.evidence import Evidence
 from casereview.tools.reporter.prompts import RenderedPrompt, render_prompt
 from casereview.tools.reporter.reporting import ReportResult, generate
@@ -48,51 +57,77 @@ def _image(state: CaseState) -> np.ndarray:
     return np.asarray(state["image"], dtype=np.uint8)
 
 
-def _context(runtime: Runtime[RunContext]) -> RunContext:
-    """The caller's context; under LangGraph's server (no context, or a dict of values) the process's own."""
-    return runtime.context if isinstance(runtime.context, RunContext) else server_context()
+@lru_cache(maxsize=1)
+def served_settings() -> Settings:
+    """The settings of a process that serves the graph (``langgraph dev``): from its environment and
+    configuration file, read once. A served caller cannot change them."""
+    return load_settings()
+
+
+def run_context(runtime: Runtime[RunContext]) -> RunContext:
+    """The run's context with its settings and run id filled in: a served caller's context holds at
+    most a run id and a reviewer (:func:`agents.intake.check_context`); its settings are the
+    server's and its run id, when it gives none, the thread's."""
+    ctx = runtime.context if runtime.context is not None else RunContext()
+    if isinstance(ctx.settings, Settings) and ctx.run_id is not None:
+        return ctx
+    check_context(ctx)
+    info = getattr(runtime, "execution_info", None)
+    run_id = ctx.run_id or (info.thread_id if info is not None and info.thread_id else "served")
+    return replace(ctx, settings=ctx.settings or served_settings(), run_id=run_id)
+
 
 
 @timed
 def load_case(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    ctx = _context(runtime)
+    """The caller's input checked (a refusal ends the run with its ``error``) and the case decoded once."""
+    try:
+        ctx = run_context(runtime)
+        check_precomputed(state.get("precomputed"))
+        case = caller_case(state, ctx)
+    except InputRefused as exc:
+        return {"error": str(exc)}
     fields = fingerprint_fields(ctx.settings)
-    case = read_case(state["case_ref"], ctx.settings.data.root, ctx.settings.data.download)
     return {"settings": fields, "fingerprint": fingerprint(fields), "case_id": case.case_id,
             "image": case.image.tolist(), "ground_truth": case.label_name, "notes": list(case.notes),
             "views": None if case.views is None else case.views.tolist(), "attempts": 0}
 
 
-@timed
-def check_input(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """The classifier's one forward pass (opinion and embedding) and the gate's measurements, unless
-    given as input; then the gate's decision."""
-    ctx, image, views = _context(runtime), _image(state), state.get("views")
-    update: dict[str, Any] = {}
-    if "opinion" not in state or "embedding" not in state:
-        opinion, embedding = ctx.classifier.analyse_one(image)
-        update |= {"opinion": opinion, "embedding": embedding.tolist()}
-    embedding = np.asarray(update.get("embedding", state.get("embedding")), dtype=np.float32)
-    measure = state.get("gate") or ctx.gate.measure(image, None if views is None else np.asarray(views, np.uint8), embedding)
-    return update | {"gate": measure, "input_check": input_decision(measure)}
-
-
-def route_after_check(state: CaseState) -> str:
-    """A blank image gets no diagnosis: straight to finalize. Everything else is classified (flagged or not)."""
-    return "classify" if state["input_check"].judgeable else "finalize"
+def route_after_load(state: CaseState) -> str:
+    """A refused input ends the run; a case goes on to the classifier."""
+    return "__end__" if "error" in state else "classify"
 
 
 @timed
 def classify(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """The classifier's opinion (from check_input's forward pass, or given) becomes the case's classification."""
-    return {"classifier": state["opinion"]}
+    """The classifier's one forward pass: its calibrated opinion and the features the gate and the index use."""
+    if (ahead := state.get("precomputed")) is not None:
+        return {"classifier": ahead.classifier, "embedding": ahead.embedding}
+    opinion, embedding = run_context(runtime).classifier.analyse_one(_image(state))
+    return {"classifier": opinion, "embedding": embedding.tolist()}
+
+
+@timed
+def check_input(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """The input gate's measurements (on the classifier's features) and its decision."""
+    if (ahead := state.get("precomputed")) is not None:
+        return {"input_check": input_decision(ahead.gate)}
+    views = state.get("views")
+    measure = run_context(runtime).gate.measure(_image(state), None if views is None else np.asarray(views, np.uint8),
+                                                np.asarray(state["embedding"], dtype=np.float32))
+    return {"input_check": input_decision(measure)}
+
+
+def route_after_check(state: CaseState) -> str:
+    """A blank image gets no diagnosis: straight to triage. Everything else gets its evidence (flagged or not)."""
+    return "retrieve" if state["input_check"].judgeable else "triage"
 
 
 @timed
 def retrieve(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    if "neighbours" in state:  # given as input
-        return {}
-    ctx = _context(runtime)
+    if (ahead := state.get("precomputed")) is not None:
+        return {"neighbours": ahead.neighbours}
+    ctx = run_context(runtime)
     g = ctx.settings.graph
     vector = ctx.case_vector(_image(state), np.asarray(state["embedding"], dtype=np.float32))
     own = own_case(state["case_id"], parse_ref(state["case_id"]))  # a dataset case never retrieves itself
@@ -122,7 +157,7 @@ def rendered_prompt(state: CaseState, ctx: RunContext) -> RenderedPrompt:
 def compose_prompt(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     # Rendered once per attempt and stored, so it can be inspected before the model runs
     # (--step, the notebook, LangGraph Studio), and the report node sends exactly this prompt.
-    ctx = _context(runtime)
+    ctx = run_context(runtime)
     variant = next_variant(state, ctx)
     return {"variant": variant, "prompt": render_prompt(variant, evidence(state, ctx)).to_record()}
 
@@ -138,13 +173,13 @@ def report_update(state: CaseState, result: ReportResult) -> dict[str, Any]:
 
 @timed
 def report(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    ctx = _context(runtime)
+    ctx = run_context(runtime)
     return report_update(state, generate(ctx.backend, [rendered_prompt(state, ctx)])[0])
 
 
 @timed
 def verify(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    g = _context(runtime).settings.graph
+    g = run_context(runtime).settings.graph
     impression = state["report"].impression
     v = verify_report(impression, state["classifier"], state["neighbours"], g.neighbour_majority)
     entry = Attempt(attempt=state["attempts"], variant=state["variant"], impression=impression, verdict=v.verdict,
@@ -155,13 +190,22 @@ def verify(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
 def route_after_verify(state: CaseState, runtime: Runtime[RunContext]) -> str:
     """Back to compose_prompt (stricter variant) after a contradiction while attempts are left."""
     contradiction = state["verification"].verdict.startswith("contradicts")
-    return "compose_prompt" if contradiction and state["attempts"] < _context(runtime).settings.graph.max_attempts else "finalize"
+    return "compose_prompt" if contradiction and state["attempts"] < run_context(runtime).settings.graph.max_attempts else "triage"
+
+
+@timed
+def triage(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Every reason the case needs a human (none: it does not), and whether it waits for one (graph.sign_off)."""
+    g = run_context(runtime).settings.graph
+    reasons = review_reasons(state, g.neighbour_majority)
+    return {"review_reasons": reasons, "awaiting_sign_off": wants_sign_off(g.sign_off, bool(reasons))}
 
 
 @timed
 def finalize(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    ctx = _context(runtime)
-    reasons = review_reasons(state, ctx.settings.graph.neighbour_majority)
+    """The case record, ``preliminary`` until a person signs it."""
+    ctx = run_context(runtime)
+    reasons = state["review_reasons"]
     rep, prompt, judged = state.get("report"), state.get("prompt"), state["input_check"].judgeable
     provenance = Provenance(
         run_id=ctx.run_id, created=utc_now(), settings_fingerprint=state["fingerprint"], settings=state["settings"],
@@ -179,3 +223,35 @@ def finalize(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
         errors=state.get("errors", []), provenance=provenance,
     )
     return {"record": record}
+
+
+def records_folder(ctx: RunContext) -> Path:
+    """Where a run's records go: the caller's folder (in process), else ``<workdir>/reviews/<run id>``."""
+    return ctx.out if ctx.out is not None else resolve_inside(ctx.settings.paths.workdir / "reviews", ctx.run_id, what="run id")
+
+
+def save_record(state: CaseState, runtime: Runtime[RunContext], config: RunnableConfig) -> dict[str, Any]:
+    """Write the record's JSON, Markdown and image (again after a sign-off: the record then has its new status)."""
+    ctx = run_context(runtime)
+    record = state["record"]
+    clock = GraphClock.of(config)
+    if clock is not None and record.sign_off is None:  # the review's own time, not a reviewer's
+        record = record.model_copy(update={"provenance": record.provenance.model_copy(
+            update={"graph_total_s": clock.elapsed()})})
+    save_case_record(record.model_dump(), np.asarray(state["image"], dtype=np.uint8), records_folder(ctx))
+    return {"record": record}
+
+
+def route_after_save(state: CaseState) -> str:
+    """A review that waits for a reviewer pauses in sign_off; a signed one (or one no one need sign) is done."""
+    return "sign_off" if state.get("awaiting_sign_off") else "__end__"
+
+
+def sign_off(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    """Pause for a reviewer's decision (LangGraph's ``interrupt``; a value that is not a valid
+    :class:`SignOffDecision` is refused and the case stays paused), then apply it to the record.
+    Everything before ``interrupt`` is free of side effects: the node reruns from its start on resume."""
+    ctx = run_context(runtime)
+    image = f"{record_stem(state['case_id'])}.png"
+    decision = interrupt(sign_off_payload(state["record"], ctx.run_id, image), response_schema=SignOffDecision)
+    return {"record": apply_decision(state["record"], decision, utc_now()), "awaiting_sign_off": False}

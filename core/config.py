@@ -141,6 +141,14 @@ class GraphConfig(Section):
     conformal_alpha: float = Field(default=0.05, gt=0, lt=1)  # miscoverage of the split-conformal set that flags uncertain cases
     neighbour_majority: float = Field(default=0.6, gt=0, le=1)  # vote share the neighbours need before a report can contradict them
     checkpointer: Literal["sqlite", "memory", "none"] = "sqlite"
+    # Which finished reviews pause for a reviewer's decision (the sign_off node): none, the flagged
+    # ones, or all. Batch runs with it off.
+    sign_off: Literal["off", "flagged", "all"] = "off"
+    reviewer: str | None = None  # who signs (default: the login name)
+    # A served graph's callers send images as bytes; image paths they name are read only inside these
+    # folders (none by default: a caller never names a file on the server's disk).
+    caller_folders: list[Path] = []
+    caller_image_max_bytes: int = Field(default=8_000_000, ge=1_000)  # an image a caller sends, decoded
 
 
 class GateConfig(Section):

@@ -12,6 +12,7 @@ Labels: 0 = normal, 1 = pneumonia.
 
 from __future__ import annotations
 
+import io
 import re
 import warnings
 import zipfile
@@ -208,14 +209,17 @@ def resize_views(img: Image.Image, size: int = SIZE) -> np.ndarray:
 
 
 @contextmanager
-def _opened(path: Path) -> Iterator[Image.Image]:
-    """The image file open (its header read), or a :class:`CaseError` for a file that is unreadable or
-    too large to decode safely (also when decoding inside the block finds either)."""
+def _opened(path: Path | bytes, name: str | None = None) -> Iterator[Image.Image]:
+    """The image file (or the bytes of one, called ``name``) open (its header read), or a
+    :class:`CaseError` for one that is unreadable or too large to decode safely (also when decoding
+    inside the block finds either)."""
+    source = io.BytesIO(path) if isinstance(path, bytes) else path
+    path = name or path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels")
                 yield im
@@ -225,11 +229,12 @@ def _opened(path: Path) -> Iterator[Image.Image]:
         raise CaseError(f"{path}: unreadable image ({exc})") from exc
 
 
-def decode_image(path: Path, size: int = SIZE) -> DecodedImage:
-    """Read an image file as uint8 (size, size) grayscale (centre square crop, bicubic resize, the
-    way MedMNIST made its images); also says what was done to it and, for files of another size,
-    the other resize views of :func:`resize_views`."""
-    with _opened(path) as im:
+def decode_image(path: Path | bytes, size: int = SIZE, name: str | None = None) -> DecodedImage:
+    """Read an image file (or its bytes, called ``name`` in messages) as uint8 (size, size) grayscale
+    (centre square crop, bicubic resize, the way MedMNIST made its images); also says what was done
+    to it and, for files of another size, the other resize views of :func:`resize_views`."""
+    with _opened(path, name) as im:
+        path = name or path
         im.load()
         mode, original = im.mode, f"{im.width}x{im.height} {im.mode}"
         img = _to_gray8(ImageOps.exif_transpose(im))
@@ -342,6 +347,12 @@ def load_case(ref: str, root: Path | str | None = None, download: bool = False) 
     split, index = parsed
     data = load_split(split, root, download)
     return Case(case_id(split, index), np.array(data.images[index]), int(data.labels[index]), split, index)
+
+
+def case_from_bytes(data: bytes, name: str) -> Case:
+    """A case from the bytes of an image file (a caller sent them), decoded as a file is: ``name`` is its id."""
+    decoded = decode_image(data, name=name)
+    return Case(case_id=name, image=decoded.image, notes=tuple(decoded.notes), views=decoded.views)
 
 
 def case_from_input(

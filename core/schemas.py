@@ -4,11 +4,13 @@ and the saved case record. Everything above the data layer imports its record ty
 from __future__ import annotations
 
 import operator
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing_extensions import TypedDict  # pydantic reads typing's only from Python 3.12 (the graph's JSON schemas)
 
 Label = Literal["normal", "pneumonia"]
+Impression = Literal["normal", "pneumonia", "indeterminate"]
 
 
 class Record(BaseModel):
@@ -133,6 +135,47 @@ class Provenance(Record):
     graph_total_s: float | None = None
 
 
+# FHIR DiagnosticReport.status codes: the draft is ``preliminary`` until a person signs it.
+ReportStatus = Literal["preliminary", "final", "amended", "entered-in-error"]
+Decision = Literal["accept", "edit", "reject"]
+MAX_SIGN_OFF_TEXT = 20_000  # characters of a reviewer's report text
+
+
+class SignOffDecision(Record):
+    """A reviewer's decision on a paused case: the value a ``sign_off`` interrupt is resumed with.
+
+    ``accept`` signs the draft as it is; ``edit`` replaces the draft's impression and text with the
+    reviewer's (the draft stays in the record verbatim); ``reject`` marks the report entered in error
+    and needs a ``reason``."""
+
+    decision: Decision
+    reviewer: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
+    impression: Impression | None = None
+    text: str | None = Field(default=None, max_length=MAX_SIGN_OFF_TEXT)
+    reason: str | None = Field(default=None, max_length=2_000)
+
+    @model_validator(mode="after")
+    def _complete(self) -> "SignOffDecision":
+        if self.decision == "edit" and (self.impression is None or not (self.text or "").strip()):
+            raise ValueError("an edit needs the reviewer's impression and text")
+        if self.decision == "reject" and not (self.reason or "").strip():
+            raise ValueError("a reject needs a reason")
+        if self.decision != "edit" and (self.impression is not None or self.text is not None):
+            raise ValueError(f"{self.decision} takes no impression or text (use edit to change the report)")
+        return self
+
+
+class SignOff(Record):
+    """Who signed the case, when (UTC), how, and the report as signed."""
+
+    reviewer: str
+    decision: Decision
+    at: str = Field(description="UTC time of the decision, ISO 8601")
+    impression: Impression | None = Field(description="the final impression (the draft's on accept, none on reject)")
+    text: str | None = Field(description="the final report text (the draft's raw text on accept, none on reject)")
+    reason: str | None
+
+
 class CaseReview(Record):
     """The saved record of one case review (``<case>.json``); ``casereview schema`` prints its JSON schema."""
 
@@ -153,25 +196,56 @@ class CaseReview(Record):
     notes: list[str] = []
     errors: list[str] = []
     provenance: Provenance
+    status: ReportStatus = Field(default="preliminary", description="FHIR DiagnosticReport.status")
+    sign_off: SignOff | None = Field(default=None, description="the reviewer's decision (None: not signed)")
+
+
+class CaseEvidence(Record):
+    """The evidence of one case computed ahead of its review (``agents.evidence.batch_evidence``): what
+    the classify, check_input and retrieve nodes would compute. Given in process only (a batch, its
+    probes); a served graph's caller cannot send one."""
+
+    classifier: ClassifierResult
+    embedding: list[float]
+    gate: GateMeasure
+    neighbours: list[Neighbour]
 
 
 def merge_dicts(left: dict[str, float] | None, right: dict[str, float] | None) -> dict[str, float]:
     return {**(left or {}), **(right or {})}
 
 
-class CaseState(TypedDict, total=False):
-    """The state of one case review as it moves through the graph: the evidence itself.
+class ReviewInput(TypedDict, total=False):
+    """What a caller gives the graph: a case, as a dataset reference (``test:42``; an image path only
+    in process or inside the folders a server allows) or as the bytes of an image file (base64). Any
+    other key is dropped before the graph starts. ``precomputed``: evidence computed ahead, in process."""
 
-    Records are the pydantic models above (the checkpointers serialise them; see
-    ``STATE_TYPES``). Nodes return partial updates; ``timings``, ``attempt_log`` and ``errors``
-    are merged/appended by their reducers, every other key is overwritten. The evidence keys
-    (``opinion``, ``embedding``, ``gate``, ``neighbours``) may also be given as input (a batch
-    computes them for many cases in one pass; a probe transforms them): a node skips the work
-    whose result is already present.
+    case_ref: str
+    image_base64: str
+    precomputed: CaseEvidence
+
+
+class ReviewOutput(TypedDict, total=False):
+    """What a run returns: the case record, or why the input was refused."""
+
+    record: CaseReview
+    error: str
+
+
+class CaseState(TypedDict, total=False):
+    """The state of one case review as it moves through the graph: the evidence itself, one fact per key.
+
+    Records are the pydantic models above (the checkpointers serialise them; see ``STATE_TYPES``).
+    Nodes return partial updates; ``timings``, ``attempt_log`` and ``errors`` are merged/appended by
+    their reducers, every other key is overwritten. Only the keys of :class:`ReviewInput` come from
+    the caller; a node whose result is already in ``precomputed`` takes it from there.
     """
 
-    # input
+    # input (ReviewInput)
     case_ref: str  # "test:42" or an image path
+    image_base64: str  # or the bytes of an image file
+    precomputed: CaseEvidence
+    error: str  # the input was refused: the run ends here
     # load_case
     settings: dict[str, Any]  # what shapes the result (see tools.context.fingerprint_fields), fixed per thread
     fingerprint: str  # hash of ``settings``: a resume with other settings is refused
@@ -180,30 +254,32 @@ class CaseState(TypedDict, total=False):
     ground_truth: Label | None
     notes: list[str]
     views: list[list[list[int]]] | None  # image files of another size: the other resize views
-    # check_input: the classifier's one forward pass and the gate (or given as input)
-    opinion: ClassifierResult
-    embedding: list[float]  # the classifier's unit penultimate features (what the cnn index stores)
-    gate: GateMeasure
-    input_check: InputCheck  # the gate's decision
-    # classify
+    # classify: the classifier's one forward pass
     classifier: ClassifierResult
-    # retrieve (or given as input)
+    embedding: list[float]  # the classifier's unit penultimate features (what the cnn index stores)
+    # check_input: the gate's measurements and its decision
+    input_check: InputCheck
+    # retrieve
     neighbours: list[Neighbour]
     # compose_prompt / report / verify (repeated on a retry)
     variant: str
     prompt: PromptRecord  # exactly what the report node sends
     report: ReportRecord
     reporter: dict[str, Any]  # the backend's provenance for that report
-    verification: Verification
+    verification: Verification  # with the neighbours' vote, computed once, there
     attempts: int
     attempt_log: Annotated[list[Attempt], operator.add]
+    # triage
+    review_reasons: list[str]  # why a human should look (empty: no need)
+    awaiting_sign_off: bool  # the case pauses in sign_off (graph.sign_off); set again to sign a signed case again
+    # finalize, save_record, sign_off
+    record: CaseReview
     # bookkeeping
     errors: Annotated[list[str], operator.add]  # failures of earlier tries of this case (resumed since)
     timings: Annotated[dict[str, float], merge_dicts]
-    record: CaseReview  # finalize
 
 
 # The record types a checkpoint may hold: the checkpointers' serialiser restores these (and only these)
 # from their module and class name.
 STATE_TYPES = (ClassifierResult, GateMeasure, InputCheck, Neighbour, PromptRecord, ReportRecord, Verification,
-               Attempt, Provenance, CaseReview)
+               Attempt, Provenance, CaseReview, SignOff, SignOffDecision, CaseEvidence)

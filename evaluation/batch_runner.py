@@ -130,6 +130,7 @@ class BatchRunner:
         if not pending:
             return outcome
         s = self.plan.settings
+        s = s.model_copy(update={"graph": s.graph.model_copy(update={"sign_off": "off"})})  # no case waits for a reviewer
         base = build_context(s, "batch")  # the models load once, for every arm
         # Every case of the plan, not just the pending ones: the batched forward pass then sees the same
         # batches in a resumed run as in one that ran through, so the numbers match to the last bit.

@@ -5,21 +5,23 @@ from __future__ import annotations
 import fcntl
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from collections.abc import Iterator
 from typing import IO, Any, Callable
 
 import numpy as np
-from langchain_core.callbacks import BaseCallbackHandler
 
+from casereview.agents.clock import GraphClock
 from casereview.agents.evidence import batch_evidence
 from casereview.agents.nodes import rendered_prompt, report_update
 from casereview.config import Settings
 from casereview.data import check_refs, expand_folders, load_case, parse_ref
 from casereview.errors import CaseReviewError
-from casereview.graphs.graph import NODE_ORDER, build_graph, make_checkpointer, thread_config
+from casereview.graphs.graph import NODE_ORDER, make_checkpointer, thread_config, with_checkpointer
 from casereview.provenance import sha256_text, utc_now
 from casereview.records import record_stem, save_case_record
+from casereview.schemas import CaseEvidence
 from casereview.tools.context import RunContext, build_context, fingerprint, fingerprint_fields
 from casereview.tools.reporter.reporting import generate
 
@@ -78,33 +80,22 @@ def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
 
 
-class GraphClock(BaseCallbackHandler):
-    """The wall time of one graph run (its outermost chain), for the record's ``graph_total_s``."""
-
-    def __init__(self) -> None:
-        self.start: float | None = None
-        self.seconds: float | None = None
-
-    def on_chain_start(self, serialized: Any, inputs: Any, *, parent_run_id: Any = None, **kwargs: Any) -> None:
-        if parent_run_id is None and self.start is None:
-            self.start = time.perf_counter()
-
-    def on_chain_end(self, outputs: Any, *, parent_run_id: Any = None, **kwargs: Any) -> None:
-        if parent_run_id is None and self.start is not None:
-            self.seconds = round(time.perf_counter() - self.start, 4)
+class InputRefusedError(CaseReviewError):
+    """The graph refused the case's input (its run ended with an ``error``)."""
 
 
 class ReviewRun:
-    """One run (run id) of the review graph over any number of cases, checkpointed per case."""
+    """One run (run id) of the review graph over any number of cases, checkpointed per case; the graph
+    writes each case's record under ``out``."""
 
     def __init__(self, settings: Settings, run_id: str, out: Path, context: RunContext | None = None,
                  in_use: str = RUN_IN_USE):
         self.settings, self.run_id, self.out = settings, run_id, out
         lock_run(settings.paths.workdir, run_id, in_use)  # before any model loads: a second process exits at once
-        self.context = context or build_context(settings, run_id)
+        self.context = replace(context or build_context(settings, run_id), run_id=run_id, out=out)
         self.checkpointer = make_checkpointer(settings.graph.checkpointer, settings.paths.workdir / "checkpoints.sqlite")
-        self.graph = build_graph(self.checkpointer)
-        self.evidence: dict[str, dict[str, Any]] = {}  # graph input computed ahead, per case ref
+        self.graph = with_checkpointer(self.checkpointer)
+        self.evidence: dict[str, CaseEvidence] = {}  # evidence computed ahead, per case ref (graph input, in process)
 
     def prefetch(self, refs: list[str]) -> None:
         """Classify the dataset cases among ``refs`` and retrieve their neighbours in one batched pass
@@ -126,36 +117,39 @@ class ReviewRun:
                 "rerun with the run's original settings, or start a new run (omit --run-id)"
             )
 
-    def review(self, ref: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def review(self, ref: str, precomputed: CaseEvidence | None = None) -> dict[str, Any]:
         """Review one case (see :meth:`review_many`); a failure raises."""
-        [(_, outcome)] = self.review_many([ref], {ref: extra} if extra else None)
+        [(_, outcome)] = self.review_many([ref], {ref: precomputed} if precomputed else None)
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
 
-    def review_many(self, refs: list[str], inputs: dict[str, dict[str, Any]] | None = None,
+    def review_many(self, refs: list[str], inputs: dict[str, CaseEvidence] | None = None,
                     concurrency: int = 1) -> Iterator[tuple[str, dict[str, Any] | CaseReviewError]]:
         """Review cases, ``concurrency`` at a time (LangGraph's ``batch``), yielding each case's saved
-        record, or its :class:`CaseReviewError`, as it finishes. ``inputs[ref]``: evidence given as
-        graph input (default: what :meth:`prefetch` computed). A case already finished in this run is
-        returned as saved (and its files written if they are missing); one interrupted mid-way resumes
-        from its last checkpoint."""
+        record, or its :class:`CaseReviewError`, as it finishes (a case waiting for a reviewer: its
+        ``preliminary`` record). ``inputs[ref]``: evidence given as graph input (default: what
+        :meth:`prefetch` computed). A case already finished (or waiting) in this run is returned as
+        saved (and its files written if they are missing); one interrupted mid-way resumes from its
+        last checkpoint."""
         inputs = self.evidence if inputs is None else inputs
         todo: list[tuple[str, dict[str, Any] | None, dict[str, Any]]] = []
         for ref in refs:
             cfg = self._config(ref, concurrency)
-            values = self.graph.get_state(cfg).values if self.checkpointer is not None else {}
+            snap = self.graph.get_state(cfg) if self.checkpointer is not None else None
+            values = snap.values if snap is not None else {}
             try:
                 self._check_settings(values, ref)
             except CaseReviewError as exc:
                 yield ref, exc
                 continue
-            if values.get("record"):
+            if values.get("record") and (not snap.next or snap.interrupts):
                 record = values["record"].model_dump()
                 self.ensure_saved(record, values["image"])
                 yield ref, record
                 continue
-            todo.append((ref, None if values else {"case_ref": ref} | inputs.get(ref, {}), cfg))
+            given = {"precomputed": inputs[ref]} if ref in inputs else {}
+            todo.append((ref, None if values else {"case_ref": ref} | given, cfg))
         if not todo:
             return
         # Checkpoint when the graph exits (finished, failed or interrupted), not after every node:
@@ -179,10 +173,10 @@ class ReviewRun:
                 continue
             if isinstance(state, BaseException):
                 raise state
-            record = state["record"].model_dump()
-            record["provenance"]["graph_total_s"] = cfg["callbacks"][0].seconds
-            self.save(record, state["image"])
-            yield ref, record
+            if "error" in state:
+                yield ref, InputRefusedError(state["error"])
+                continue
+            yield ref, state["record"].model_dump()
 
     def _in_rounds(self, inputs: list[dict[str, Any] | None], configs: list[dict[str, Any]]) -> Iterator[tuple[int, Any]]:
         """A local model generates the waiting prompts together: every case runs to the report node and
@@ -191,7 +185,7 @@ class ReviewRun:
         round more) until each is final. Yields (position, final state or error)."""
         if self.checkpointer is None:  # pausing needs one; this run's threads need not outlive it
             self.checkpointer = make_checkpointer("memory")
-            self.graph = build_graph(self.checkpointer)
+            self.graph = with_checkpointer(self.checkpointer)
         active = list(range(len(inputs)))
         while active:
             outs = self.graph.batch([inputs[i] for i in active], [configs[i] for i in active], context=self.context,
@@ -225,7 +219,7 @@ class ReviewRun:
         stays resumable by run id)."""
         if self.checkpointer is None:
             self.checkpointer = make_checkpointer("memory")
-            self.graph = build_graph(self.checkpointer)
+            self.graph = with_checkpointer(self.checkpointer)
         cfg = thread_config(self.run_id, ref)
         values = self.graph.get_state(cfg).values
         self._check_settings(values, ref)
@@ -238,13 +232,13 @@ class ReviewRun:
                         show(node, update)
             inp = None
             snap = self.graph.get_state(cfg)
-            if not snap.next:
+            if "error" in snap.values:
+                raise InputRefusedError(snap.values["error"])
+            if not snap.next or snap.interrupts:  # done, or waiting for a reviewer
                 break
             if not ask(snap.next[0], snap.values):
                 return None
-        record = snap.values["record"].model_dump()
-        self.save(record, snap.values["image"])
-        return record
+        return snap.values["record"].model_dump()
 
     def save(self, record: dict[str, Any], image: Any) -> Path:
         return save_case_record(record, np.asarray(image, dtype=np.uint8), self.out)

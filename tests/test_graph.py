@@ -26,6 +26,8 @@ from casereview.tools.case_index import chroma_path
 from casereview.tools.index_build import build_index
 
 LIMIT = 60  # images per split in the test index
+# the nodes a record's timings list: all that run before the record is built (saving and signing come after)
+TIMED = ("load_case", "classify", "check_input", "retrieve", "compose_prompt", "report", "verify", "triage")
 GATE_FIT = 300  # train and val images the input gate is fitted on in these tests
 
 
@@ -87,9 +89,9 @@ def test_router_caps_retries(settings):
     rt = runtime(with_overrides(settings, graph={"max_attempts": 2}))
     contra = {"verification": verification("contradicts_classifier")}
     assert nodes.route_after_verify({**contra, "attempts": 1}, rt) == "compose_prompt"
-    assert nodes.route_after_verify({**contra, "attempts": 2}, rt) == "finalize"
-    assert nodes.route_after_verify({"verification": verification("agree"), "attempts": 1}, rt) == "finalize"
-    assert nodes.route_after_verify({"verification": verification("unparseable"), "attempts": 1}, rt) == "finalize"
+    assert nodes.route_after_verify({**contra, "attempts": 2}, rt) == "triage"
+    assert nodes.route_after_verify({"verification": verification("agree"), "attempts": 1}, rt) == "triage"
+    assert nodes.route_after_verify({"verification": verification("unparseable"), "attempts": 1}, rt) == "triage"
 
 
 def test_retry_uses_the_strict_variant(settings):
@@ -101,9 +103,9 @@ def test_retry_uses_the_strict_variant(settings):
 def test_uncertain_cases_get_more_neighbours(settings):
     rt = runtime(settings)
     loaded = nodes.load_case({"case_ref": "test:3"}, rt)
-    checked = nodes.check_input(loaded, rt)
+    classified = nodes.classify(loaded, rt)
     for uncertain, k in ((False, settings.graph.k), (True, settings.graph.k_uncertain)):
-        update = nodes.retrieve({**loaded, **checked, "classifier": opinion(uncertain=uncertain)}, rt)
+        update = nodes.retrieve({**loaded, **classified, "classifier": opinion(uncertain=uncertain)}, rt)
         assert len(update["neighbours"]) == k
         assert {n.split for n in update["neighbours"]} == {"train"}  # never test cases as evidence
         assert "retrieve" in update["timings"]
@@ -135,7 +137,7 @@ def test_full_run_with_template_backend(settings, tmp_path):
     assert prov["prompt_variant"] == "grounded" and prov["template_sha256"] == record["prompt"]["template_sha256"]
     assert prov["reporter"]["backend"] == "template" and prov["packages"]["langgraph"]
     assert prov["settings"]["k"] == settings.graph.k and len(prov["settings_fingerprint"]) == 16
-    assert set(NODE_ORDER) - {"finalize"} <= set(prov["timings_s"])
+    assert set(TIMED) <= set(prov["timings_s"])
     saved = json.loads((tmp_path / "test_3.json").read_text())
     assert saved["case_id"] == "test:3"
     md = (tmp_path / "test_3.md").read_text()
@@ -168,7 +170,7 @@ def test_step_before_each_node(settings):
     while graph.get_state(cfg).next:
         visited.append(graph.get_state(cfg).next[0])
         graph.invoke(None, cfg, context=ctx, interrupt_before=list(NODE_ORDER))
-    assert visited == list(NODE_ORDER)  # the template agrees with its evidence: no retry
+    assert visited == list(NODE_ORDER[:-1])  # the template agrees with its evidence: no retry; no sign-off
     assert graph.get_state(cfg).values["record"].case_id == "test:5"
 
 
@@ -180,7 +182,7 @@ def test_cli_step_mode_pauses_and_finishes(settings, tmp_path, monkeypatch, caps
     monkeypatch.setenv("CASEREVIEW_DATA_ROOT", str(settings.data.root))
     code = main(["review", "test:6", "--step", "--checkpoint", str(settings.classifier.checkpoint), "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert code == 0 and [p.split()[2].rstrip(",") for p in prompts] == list(NODE_ORDER)
+    assert code == 0 and [p.split()[2].rstrip(",") for p in prompts] == list(NODE_ORDER[:-1])
     assert "--- retrieve (" in out and "neighbours:" in out and "28x28 uint8 image" in out
     assert "embedding: " in out and "-dimensional unit vector" in out  # the evidence, not 1,000 numbers
     assert (tmp_path / "test_6.json").is_file()
@@ -215,7 +217,7 @@ def test_interrupted_run_resumes_without_rerunning(settings, tmp_path):
     run = ReviewRun(s, "crash", tmp_path / "out")
     record = run.review("test:8")
     assert record["attempts"] == 1 and len(record["attempt_log"]) == 1
-    assert set(record["provenance"]["timings_s"]) == set(NODE_ORDER) - {"finalize"}
+    assert set(record["provenance"]["timings_s"]) == set(TIMED)
     again = ReviewRun(s, "crash", tmp_path / "out").review("test:8")  # finished: returned, not recomputed
     assert again["provenance"]["created"] == record["provenance"]["created"]
 
@@ -258,7 +260,8 @@ def test_one_decode_one_checkpoint_load_one_prompt(settings, tmp_path, monkeypat
     for i, name in enumerate(("a b.png", "a_b.png")):  # names that a naive stem would merge
         files.append(tmp_path / name)
         Image.fromarray(films[i]).resize((64, 64), Image.Resampling.BICUBIC).save(files[-1])
-    run = ReviewRun(settings, "counts", tmp_path / "out")
+    # settings no earlier test used (a batch size changes no result): the models load in this test
+    run = ReviewRun(with_overrides(settings, classifier={"batch_size": 255}), "counts", tmp_path / "out")
     from casereview.tools.case_classifier import CaseClassifier
 
     monkeypatch.setattr(CaseClassifier, "analyse", counting("forward", CaseClassifier.analyse))
@@ -321,7 +324,8 @@ def test_review_cli_json(settings, capsys, monkeypatch):
 def test_graph_mermaid(capsys):
     assert main(["graph", "--mermaid"]) == 0
     out = capsys.readouterr().out
-    assert "verify -.-> compose_prompt" in out and "verify -.-> finalize" in out
+    assert "verify -.-> compose_prompt" in out and "verify -.-> triage" in out
+    assert "save_record -.-> sign_off" in out and "sign_off --> save_record" in out
 
 
 # --- bad input ------------------------------------------------------------------------------
@@ -473,7 +477,8 @@ def test_blank_image_gets_no_diagnosis(settings, tmp_path):
     assert record["neighbours"] == [] and record["attempts"] == 0 and record["prompt"] is None
     assert not record["input_check"]["judgeable"] and record["needs_review"]
     assert len(record["review_reasons"]) == 1 and "no diagnosis" in record["review_reasons"][0]
-    assert set(record["provenance"]["timings_s"]) == {"load_case", "check_input"}  # classify never ran
+    # the classifier's forward pass ran (the gate measures its features) but no retrieval, report or verification
+    assert set(record["provenance"]["timings_s"]) == {"load_case", "classify", "check_input", "triage"}
     md = next((tmp_path / "out").glob("blank-*.md")).read_text()
     assert "**Not judged.**" in md and "| diagnosis | **none**" in md and "## Report" not in md
     assert "NOT JUDGED" in present.summary(record)
@@ -512,7 +517,8 @@ def test_external_file_gets_its_resize_spread_checked(settings, tmp_path):
     assert unstable == any("unstable under the resize" in r for r in record["review_reasons"])
 
 
-def test_graph_routes_a_blank_case_to_finalize(capsys):
+def test_graph_routes_a_blank_case_to_triage(capsys):
     assert main(["graph", "--mermaid"]) == 0
     out = capsys.readouterr().out
-    assert "load_case --> check_input" in out and "check_input -.-> finalize" in out and "check_input -.-> classify" in out
+    assert "classify --> check_input" in out and "check_input -.-> triage" in out and "check_input -.-> retrieve" in out
+    assert "load_case -.-> __end__" in out  # a refused input ends the run

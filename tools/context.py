@@ -1,24 +1,28 @@
-"""The run context: the typed resources of one run, built once by :func:`build_context`, and the
-settings that shape a result.
+"""The run context: the serialisable values of one run (settings, run id, reviewer, where records go)
+and, through it, the run's heavy resources, each built once per process.
 
 It is LangGraph's runtime context: nodes reach the capabilities through ``runtime.context``
-(``ctx.classifier``, ``ctx.index``, ``ctx.backend``), and :func:`casereview.tools.agent_tools.make_tools`
-builds the langchain-core tools over the very same resources. It is frozen: a variant of a run
-(another reporter variant, a batch arm) is ``dataclasses.replace(ctx, settings=..., run_id=...)``,
-sharing the loaded models. It is never saved in checkpoints.
+(``ctx.classifier``, ``ctx.index``, ``ctx.gate``, ``ctx.backend``), which look them up in a
+per-process cache keyed by the settings that build them (the way LangGraph's react-agent template
+loads its model from ``runtime.context``). The context itself holds no model, so every front end
+(CLI, batch, notebook, LangGraph's server) runs the one compiled graph with a context of its own;
+:func:`casereview.tools.agent_tools.make_tools` builds the langchain-core tools over the same
+resources. It is frozen: a variant of a run (another reporter variant, a batch arm) is
+``dataclasses.replace(ctx, settings=..., run_id=...)``, and shares the loaded models.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from casereview.config import Settings, load_settings
+from casereview.config import Settings
 from casereview.provenance import sha256_file, sha256_text
 from casereview.tools.case_classifier import CaseClassifier, load_case_classifier
 from casereview.tools.case_index import CaseIndex, open_index, parse_splits
@@ -26,15 +30,40 @@ from casereview.tools.input_gate import InputGate, load_input_gate
 from casereview.tools.reporter.backends import ReporterBackend, get_backend
 from casereview.training.classifier import onnx_file, released_checkpoint
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class RunContext:
-    settings: Settings
-    classifier: CaseClassifier
-    gate: InputGate  # over the classifier's model (fitted once per checkpoint, then cached on disk)
-    index: CaseIndex  # the cnn embedder reuses the classifier's loaded model
-    backend: ReporterBackend  # a local model loads on its first report
-    run_id: str = "adhoc"
+    """What one run is: its settings, its id, who signs, where its records go. Serialisable values only.
+
+    ``settings`` None (a caller of LangGraph's server, who cannot name the server's settings): the
+    server process's own settings, from its environment (see ``agents.nodes.run_context``).
+    ``out`` None: ``<workdir>/reviews/<run id>``."""
+
+    settings: Settings | None = None
+    run_id: str | None = None
+    reviewer: str | None = None
+    out: Path | None = None
+
+    @property
+    def classifier(self) -> CaseClassifier:
+        return _resources(self.settings).classifier
+
+    @property
+    def gate(self) -> InputGate:
+        """The input gate over the classifier's model (fitted once per checkpoint, then cached on disk)."""
+        return _resources(self.settings).gate
+
+    @property
+    def index(self) -> CaseIndex:
+        """The case index (the cnn embedder reuses the classifier's loaded model)."""
+        return _resources(self.settings).index
+
+    @property
+    def backend(self) -> ReporterBackend:
+        """The reporter backend, one per reporter configuration (a local model loads on its first report)."""
+        return get_backend(self.settings)
 
     def case_vector(self, image: np.ndarray, embedding: np.ndarray) -> np.ndarray:
         """The index's vector for one image: the classifier's ``embedding`` when the index was built
@@ -45,22 +74,53 @@ class RunContext:
         return emb.embed_images(np.asarray(image, dtype=np.uint8)[None])[0]
 
 
-def build_context(settings: Settings, run_id: str = "adhoc") -> RunContext:
-    """Load the classifier and its input gate, open the case index and choose the reporter backend, once.
+@dataclass(frozen=True)
+class Resources:
+    classifier: CaseClassifier
+    gate: InputGate
+    index: CaseIndex
 
-    A missing checkpoint or index fails here, before any case starts."""
+
+_CACHE: dict[str, Any] = {}
+_LOCK = threading.Lock()  # a served graph runs cases in threads: one of them loads, the others wait
+
+
+def _cached(key: str, build: Callable[[], T]) -> T:
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = build()
+        return _CACHE[key]
+
+
+def resource_key(settings: Settings) -> str:
+    """The settings the classifier, the gate and the index are built from (not the reporter's, so
+    runs that differ only in their reporter share the models)."""
+    return json.dumps({"sections": settings.model_dump(mode="json", include={"data", "classifier", "index", "gate", "paths"}),
+                       "conformal_alpha": settings.graph.conformal_alpha, "case_base": settings.graph.case_base},
+                      sort_keys=True)
+
+
+def _resources(settings: Settings | None) -> Resources:
+    if settings is None:
+        raise ValueError("a run context without settings has no resources; resolve it first (agents.nodes.run_context)")
+    return _cached(resource_key(settings), lambda: _build(settings))
+
+
+def _build(settings: Settings) -> Resources:
     classifier = load_case_classifier(settings)
     index = open_index(settings, classifier=classifier.clf if settings.index.embedder == "cnn" else None)
     index.verify(parse_splits(settings.graph.case_base))  # the splits the reviews will search
-    gate = load_input_gate(settings, classifier.clf)
-    return RunContext(settings, classifier, gate, index, get_backend(settings), run_id)
+    return Resources(classifier, load_input_gate(settings, classifier.clf), index)
 
 
-@lru_cache(maxsize=1)
-def server_context() -> RunContext:
-    """The context of a process that serves the graph to callers who pass none (``langgraph dev``):
-    settings from the environment, resources loaded on the first run and kept for the process."""
-    return build_context(load_settings(), "server")
+def build_context(settings: Settings, run_id: str = "adhoc", reviewer: str | None = None,
+                  out: Path | None = None) -> RunContext:
+    """The context of a run, its resources loaded now (the classifier and its input gate, the case
+    index, the reporter backend), so that a missing checkpoint or index fails here, before any case starts."""
+    ctx = RunContext(settings, run_id, reviewer, out)
+    _resources(settings)
+    get_backend(settings)
+    return ctx
 
 
 def fingerprint_fields(settings: Settings) -> dict[str, Any]:
