@@ -108,11 +108,11 @@ def run_sign_off(args: argparse.Namespace) -> int:
         raise CaseReviewError("--run-id is required to sign a case (see `casereview sign-off list`)")
     run_id = check_name(args.run_id, "--run-id")
     decision = decision_from_args(args, reviewer_name(args.reviewer, settings))
-    from casereview.graphs.signing import find_pending, sign  # the graph: only once the decision is valid
+    from casereview.graphs.signing import case_to_sign, sign  # the graph: only once the decision is valid
 
-    pending = find_pending(settings, run_id, args.case)
-    record = sign(settings, run_id, pending.case, decision, args.out)
-    print(signed_line(pending.case, run_id, record))
+    case, again = case_to_sign(settings, run_id, args.case)
+    record = sign(settings, run_id, case, decision, args.out, again)
+    print(signed_line(case, run_id, record))
     return 0
 
 

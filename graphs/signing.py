@@ -112,16 +112,25 @@ def pending_in_workdir(settings: Settings, run_id: str | None = None) -> list[Pe
     return pending_cases(make_checkpointer("sqlite", path), run_id)
 
 
-def find_pending(settings: Settings, run_id: str, case: str) -> PendingCase:
-    """The paused case ``case`` of run ``run_id`` (named as in the review, or as another path to the same
-    file); a :class:`CaseReviewError` saying what is waiting instead otherwise."""
-    waiting = pending_in_workdir(settings, run_id)
+def case_to_sign(settings: Settings, run_id: str, case: str) -> tuple[str, bool]:
+    """The case of run ``run_id`` that ``case`` names (as in the review, or another path to the same file)
+    and whether it was signed before: a paused case, or a signed one (signing it again amends it).
+    A :class:`CaseReviewError` saying what waits instead otherwise."""
+    from casereview.graphs.graph import make_checkpointer, thread_config
+
+    path = checkpoints_file(settings)
+    saver = make_checkpointer("sqlite", path) if path.is_file() else None
+    waiting = pending_cases(saver, run_id) if saver is not None else []
     for p in waiting:
         if p.case == case or record_stem(p.case) == record_stem(case):
-            return p
+            return p.case, False
+    latest = saver.get_tuple(thread_config(run_id, case)) if saver is not None else None
+    record = latest.checkpoint["channel_values"].get("record") if latest is not None else None
+    if record is not None and record.sign_off is not None:
+        return case, True
     others = f"; waiting in that run: {', '.join(p.case for p in waiting[:5])}" if waiting else ""
-    raise CaseReviewError(f"{case} is not waiting for sign-off in run {run_id} (not flagged, already signed, or "
-                          f"not reviewed there){others}; see `casereview sign-off list`")
+    raise CaseReviewError(f"{case} is not waiting for sign-off in run {run_id} (not flagged, or not reviewed "
+                          f"there){others}; see `casereview sign-off list`")
 
 
 def resume(graph: CompiledStateGraph, context: RunContext, case: str, decision: dict[str, Any]) -> dict[str, Any]:
@@ -137,11 +146,19 @@ def resume(graph: CompiledStateGraph, context: RunContext, case: str, decision: 
     return state["record"].model_dump(mode="json")
 
 
-def sign(settings: Settings, run_id: str, case: str, decision: dict[str, Any], out: Path | None = None) -> dict[str, Any]:
+def sign(settings: Settings, run_id: str, case: str, decision: dict[str, Any], out: Path | None = None,
+         again: bool = False) -> dict[str, Any]:
     """:func:`resume` from a new process: the run's checkpoints, a context of values (no model loads;
-    the nodes after the pause need none). ``out``: the run's records folder, if not the default."""
-    from casereview.graphs.graph import make_checkpointer, with_checkpointer
+    the nodes after the pause need none). ``again``: the case was signed before; it is made to wait
+    once more first (its new status: amended, or entered-in-error). ``out``: the run's records folder,
+    if not the default."""
+    from casereview.graphs.graph import make_checkpointer, reopen_for_sign_off, thread_config, with_checkpointer
     from casereview.tools.context import RunContext
 
     graph = with_checkpointer(make_checkpointer("sqlite", checkpoints_file(settings)))
-    return resume(graph, RunContext(settings, run_id, decision["reviewer"], out), case, decision)
+    context = RunContext(settings, run_id, decision["reviewer"], out)
+    if again:
+        config = thread_config(run_id, case)
+        reopen_for_sign_off(graph, config)
+        graph.invoke(None, config, context=context, durability="sync")  # to the pause in sign_off
+    return resume(graph, context, case, decision)

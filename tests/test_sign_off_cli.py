@@ -124,7 +124,14 @@ def test_without_a_terminal_cases_wait_then_each_decision_is_recorded(env, tmp_p
     assert record(env, "ward1", "test:2")["sign_off"]["reason"] == "wrong film"
     assert pending(env) == []
 
-    done = cli(env, "sign-off", "test:0", "--run-id", "ward1", "--accept")  # signed: not waiting any more
+    done = cli(env, "sign-off", "test:0", "--run-id", "ward1", "--edit", str(tmp_path / "mine.txt"), "--impression",
+               "normal", "--reviewer", "Dr E")  # signed before: signing again amends it
+    assert done.returncode == 0, done.stderr
+    amended = record(env, "ward1", "test:0")
+    assert amended["status"] == "amended" and amended["sign_off"]["reviewer"] == "Dr E"
+    assert amended["sign_off"]["impression"] == "normal" and amended["report"] == draft
+
+    done = cli(env, "sign-off", "test:9", "--run-id", "ward1", "--accept")  # never reviewed there
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "not waiting for sign-off" in done.stderr
 
 
