@@ -20,6 +20,7 @@ import pytest
 
 from case_index_support import index_settings
 from casereview.cli import main
+from casereview.graphs.graph import NODE_ORDER
 from casereview.records import record_stem
 from casereview.schemas import CaseReview
 from casereview.tools.index_build import build_index
@@ -203,3 +204,23 @@ def test_kill_9_while_waiting_then_list_and_sign_resume_the_cases(env):
         assert done.returncode == 0, done.stderr
         assert record(env, "ward3", case)["status"] == "final"
     assert [r for r in pending(env) if r[0] == "ward3"] == []
+
+
+@pytest.mark.slow
+def test_step_pauses_before_sign_off_like_any_node(env):
+    child = spawn(env, "review", "test:8", "--step", "--sign-off", "all", "--run-id", "ward4")
+    try:
+        for _ in range(len(NODE_ORDER) + 2):  # Enter before each node, until the one before sign_off
+            if child.expect([r"\[Enter\] run sign_off", r"\[Enter\] run \w+"]) == 0:
+                break
+            child.sendline("")
+        child.sendline("")  # run sign_off: it pauses for the reviewer
+        child.expect(r"=== sign-off: test:8")
+        child.expect(r"\[a\]ccept, \[e\]dit")
+        child.sendline("a")
+        child.expect(r"test:8 \(run ward4\): final, accept")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.before
+    assert record(env, "ward4", "test:8")["status"] == "final"
