@@ -102,24 +102,35 @@ def checkpoints_file(settings: Settings) -> Path:
     return settings.paths.workdir / "checkpoints.sqlite"
 
 
+def reading_saver(path: Path) -> BaseCheckpointSaver:
+    """The run checkpoints at ``path``, to read: LangGraph's SQLite saver restoring the state's records
+    by the allow-list of ``graphs.graph.SERDE`` (built here from the same types: importing the graph
+    module, with every capability module it imports, would be most of ``sign-off list``'s time)."""
+    import sqlite3
+
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    from casereview.schemas import STATE_TYPES
+
+    serde = JsonPlusSerializer(allowed_msgpack_modules=[(t.__module__, t.__name__) for t in STATE_TYPES])
+    return SqliteSaver(sqlite3.connect(str(path), check_same_thread=False), serde=serde)
+
+
 def pending_in_workdir(settings: Settings, run_id: str | None = None) -> list[PendingCase]:
     """The paused cases of every run in the settings' workdir (of ``run_id`` only, when given)."""
-    from casereview.graphs.graph import make_checkpointer
-
     path = checkpoints_file(settings)
-    if not path.is_file():
-        return []
-    return pending_cases(make_checkpointer("sqlite", path), run_id)
+    return pending_cases(reading_saver(path), run_id) if path.is_file() else []
 
 
 def case_to_sign(settings: Settings, run_id: str, case: str) -> tuple[str, bool]:
     """The case of run ``run_id`` that ``case`` names (as in the review, or another path to the same file)
     and whether it was signed before: a paused case, or a signed one (signing it again amends it).
     A :class:`CaseReviewError` saying what waits instead otherwise."""
-    from casereview.graphs.graph import make_checkpointer, thread_config
+    from casereview.graphs.graph import thread_config
 
     path = checkpoints_file(settings)
-    saver = make_checkpointer("sqlite", path) if path.is_file() else None
+    saver = reading_saver(path) if path.is_file() else None
     waiting = pending_cases(saver, run_id) if saver is not None else []
     for p in waiting:
         if p.case == case or record_stem(p.case) == record_stem(case):

@@ -224,3 +224,18 @@ def test_step_pauses_before_sign_off_like_any_node(env):
         child.close(force=True)
     assert child.exitstatus == 0, child.before
     assert record(env, "ward4", "test:8")["status"] == "final"
+
+
+def test_pending_cases_are_read_with_the_graphs_allow_list(tmp_path, caplog):
+    """`sign-off list` reads checkpoints without importing the graph, restoring every record type of
+    the state as the graph's own serde does, without a deserialisation warning."""
+    from casereview.graphs.graph import SERDE
+    from casereview.graphs.signing import reading_saver
+    from casereview.schemas import STATE_TYPES
+
+    (tmp_path / "c.sqlite").touch()
+    serde = reading_saver(tmp_path / "c.sqlite").serde
+    for t in STATE_TYPES:
+        value = t.model_construct()
+        assert type(serde.loads_typed(SERDE.dumps_typed(value))) is t
+    assert "unregistered" not in caplog.text
