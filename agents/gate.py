@@ -6,8 +6,7 @@ validation); here they become a decision a reader can follow, one reason per fin
 
 from __future__ import annotations
 
-from casereview.agents.verify import neighbour_vote
-from casereview.schemas import CaseState, ClassifierResult, GateMeasure, InputCheck, Neighbour
+from casereview.schemas import CaseState, ClassifierResult, GateMeasure, InputCheck, Label
 
 # Below this standard deviation (gray levels) an image is blank or near-constant: there is no
 # film to judge. The least contrasted of the 4,708 training images has 6.3.
@@ -47,31 +46,31 @@ def input_decision(m: GateMeasure) -> InputCheck:
     return InputCheck(**m.model_dump(), judgeable=judgeable, flagged=bool(reasons), reasons=reasons)
 
 
-def disagreement(classifier: ClassifierResult, neighbours: list[Neighbour], majority: float) -> str | None:
-    """A reason when the neighbours' clear majority differs from the classifier's label.
+def disagreement(classifier: ClassifierResult, vote: Label | None, share: float, n: int) -> str | None:
+    """A reason when the neighbours' clear majority (``vote``, their share of ``n``; see
+    ``agents.verify.neighbour_vote``) differs from the classifier's label.
 
     With the cnn embedder the neighbours come from the classifier's own features: agreement is
     weak confirmation, but disagreement still marks a case near the decision boundary."""
-    label, share = neighbour_vote([n.label for n in neighbours], majority)
-    if label is None or label == classifier.label:
+    if vote is None or vote == classifier.label:
         return None
     return (f"the classifier says {classifier.label} (p={classifier.prob_pneumonia:.2f}) but "
-            f"{share:.0%} of {len(neighbours)} similar cases are {label}")
+            f"{share:.0%} of {n} similar cases are {vote}")
 
 
-def review_reasons(state: CaseState, majority: float) -> list[str]:
+def review_reasons(state: CaseState) -> list[str]:
     """Every reason the finished case needs a human: the gate, the classifier's uncertainty, the
-    classifier against the neighbours, and the verification of the report."""
+    classifier against the neighbours' vote (as the verification counted it: one count, one rule), and
+    the verification of the report."""
     reasons = list(state["input_check"].reasons)
     if not state["input_check"].judgeable:  # not judged: the gate's reason says why
         return reasons
-    clf = state["classifier"]
+    clf, v = state["classifier"], state["verification"]
     if clf.uncertain:
         reasons.append(f"classifier uncertain: conformal set {' + '.join(clf.prediction_set) or 'empty'} "
                        f"at alpha {clf.conformal_alpha} (p={clf.prob_pneumonia:.2f})")
-    if (reason := disagreement(clf, state["neighbours"], majority)) is not None:
+    if (reason := disagreement(clf, v.neighbour_label, v.neighbour_share, len(state["neighbours"]))) is not None:
         reasons.append(reason)
-    v = state["verification"]
     if v.verdict != "agree":
         reasons.append(f"verification {v.verdict}: {'; '.join(v.reasons)}")
     elif v.report_impression == "indeterminate":

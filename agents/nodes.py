@@ -19,12 +19,13 @@ import numpy as np
 from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
+from pydantic import ValidationError
 
 from casereview.agents.clock import GraphClock
 from casereview.agents.evidence import neighbour_count, own_case
 from casereview.agents.gate import input_decision, review_reasons
 from casereview.agents.intake import InputRefused, caller_case, check_context, check_precomputed
-from casereview.agents.signoff import apply_decision, sign_off_payload, wants_sign_off
+from casereview.agents.signoff import DECISION_SCHEMA, apply_decision, refusal, sign_off_payload, wants_sign_off
 from casereview.agents.verify import verify_report
 from casereview.config import Settings, load_settings
 from casereview.data import parse_ref
@@ -196,9 +197,9 @@ def route_after_verify(state: CaseState, runtime: Runtime[RunContext]) -> str:
 @timed
 def triage(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     """Every reason the case needs a human (none: it does not), and whether it waits for one (graph.sign_off)."""
-    g = run_context(runtime).settings.graph
-    reasons = review_reasons(state, g.neighbour_majority)
-    return {"review_reasons": reasons, "awaiting_sign_off": wants_sign_off(g.sign_off, bool(reasons))}
+    reasons = review_reasons(state)
+    return {"review_reasons": reasons, "awaiting_sign_off": wants_sign_off(run_context(runtime).settings.graph.sign_off,
+                                                                           bool(reasons))}
 
 
 @timed
@@ -248,10 +249,19 @@ def route_after_save(state: CaseState) -> str:
 
 
 def sign_off(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
-    """Pause for a reviewer's decision (LangGraph's ``interrupt``; a value that is not a valid
-    :class:`SignOffDecision` is refused and the case stays paused), then apply it to the record.
-    Everything before ``interrupt`` is free of side effects: the node reruns from its start on resume."""
-    ctx = run_context(runtime)
-    image = f"{record_stem(state['case_id'])}.png"
-    decision = interrupt(sign_off_payload(state["record"], ctx.run_id, image), response_schema=SignOffDecision)
+    """Pause for a reviewer's decision (LangGraph's ``interrupt``), then apply it to the record.
+
+    The interrupt advertises :class:`SignOffDecision`'s JSON schema; an answer that does not validate
+    is refused by pausing again with the payload's ``refused`` saying why (the case stays paused,
+    nothing is written, and a served run does not fail). Everything before ``interrupt`` is free of
+    side effects: the node reruns from its start on each resume."""
+    payload = sign_off_payload(state["record"], run_context(runtime).run_id, f"{record_stem(state['case_id'])}.png")
+    refused = None
+    while True:  # each pass takes the next answer given, or pauses: as many passes as answers
+        answer = interrupt(payload | {"refused": refused}, response_schema=DECISION_SCHEMA)
+        try:
+            decision = SignOffDecision.model_validate(answer)
+            break
+        except ValidationError as exc:
+            refused = refusal(exc)
     return {"record": apply_decision(state["record"], decision, utc_now()), "awaiting_sign_off": False}

@@ -5,9 +5,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from casereview.schemas import CaseReview, ReportStatus, SignOff, SignOffDecision
 
 SignOffMode = Literal["off", "flagged", "all"]
+DECISION_SCHEMA = SignOffDecision.model_json_schema()  # the interrupt's response_schema: a front end's form
+
+
+def refusal(exc: ValidationError) -> str:
+    """Why a decision was refused, one line (what a reviewer's front end shows)."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'decision'}: {e['msg']}" for e in exc.errors())
 
 
 def wants_sign_off(mode: SignOffMode, needs_review: bool) -> bool:
@@ -49,5 +57,5 @@ def sign_off_payload(record: CaseReview, run_id: str, image_file: str | None) ->
         "status": r["status"], "signed_before": r["sign_off"],
         "classifier": r["classifier"], "neighbours": r["neighbours"], "input_check": r["input_check"],
         "draft": r["report"], "verification": r["verification"], "review_reasons": r["review_reasons"],
-        "decisions": ["accept", "edit", "reject"],
+        "decisions": ["accept", "edit", "reject"], "refused": None,
     }

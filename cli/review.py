@@ -63,9 +63,9 @@ def run_schema(args: argparse.Namespace) -> int:
 
 
 def run_graph(args: argparse.Namespace) -> int:
-    from casereview.graphs.graph import build_graph
+    from casereview.graphs.graph import graph
 
-    g = build_graph().get_graph()
+    g = graph.get_graph()
     print(g.draw_mermaid() if args.mermaid else g.draw_ascii())
     return 0
 

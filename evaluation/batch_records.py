@@ -129,7 +129,7 @@ def review_flag(record: dict[str, Any], impression: str | None, majority: float)
     if record["classifier"] is not None:
         state["classifier"] = ClassifierResult(**record["classifier"])
         state["verification"] = verify_report(impression, state["classifier"], state["neighbours"], majority)
-    return bool(review_reasons(state, majority))
+    return bool(review_reasons(state))
 
 
 def reference_row(ref: str, r: dict[str, Any], arm: str, majority: float) -> Row:

@@ -25,6 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from casereview.agents.gate import disagreement, input_decision
+from casereview.agents.verify import neighbour_vote
 from casereview.config import Settings
 from casereview.data import load_split
 from casereview.studies.gate_shifts import ARRAY_SHIFTS, FILE_SHIFTS, Shifted, array_shift, external_files
@@ -117,7 +118,8 @@ def review_flags(ctx: RunContext, split: str, margin_cut: float | None = None) -
     # an uncertain case gets k_uncertain neighbours in the graph; the vote below uses k for every case
     gate = np.array([c.flagged for c in checks(ctx.gate, Shifted(data.images, [None] * len(data)))])
     uncertain = np.array([o["uncertain"] for o in opinions])
-    disagree = np.array([disagreement(o, n, s.graph.neighbour_majority) is not None for o, n in zip(models, hits)])
+    votes = [neighbour_vote([h.label for h in n], s.graph.neighbour_majority) for n in hits]
+    disagree = np.array([disagreement(o, *vote, len(n)) is not None for o, vote, n in zip(models, votes, hits)])
     wrong = np.array([(o["label"] == "pneumonia") != bool(y) for o, y in zip(opinions, data.labels)])
     review = gate | uncertain | disagree
     margin = np.array([abs(o["prob_pneumonia"] - o["threshold"]) for o in opinions])

@@ -21,10 +21,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(cmd: list[str], ready, log: Path, what: str, timeout: float = 120) -> Iterator[None]:
-    """Run ``cmd`` until the block ends (SIGTERM, then SIGKILL); wait until ``ready()`` is true."""
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=os.environ | {"HF_HUB_OFFLINE": "1"})
+def server(cmd: list[str], ready, log: Path, what: str, timeout: float = 120, cwd: Path | None = None) -> Iterator[None]:
+    """Run ``cmd`` (in ``cwd``) until the block ends (SIGTERM, then SIGKILL); wait until ``ready()`` is true."""
+    with open(log, "ab") as fh:  # appended: a server restarted on the same log keeps its first life's lines
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=os.environ | {"HF_HUB_OFFLINE": "1"},
+                                cwd=cwd)
     try:
         deadline = time.monotonic() + timeout
         while not ready():

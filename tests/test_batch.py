@@ -221,7 +221,7 @@ def test_unreachable_server_is_a_clear_error(settings, tmp_path, capsys, monkeyp
 
 
 def test_full_disk_stops_with_a_clear_error_and_keeps_what_finished(settings, tmp_path, monkeypatch):
-    import casereview.graphs.review as review
+    import casereview.agents.nodes as review  # the graph's save_record node writes the records
 
     real, saved = review.save_case_record, []
 

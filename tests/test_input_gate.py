@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from casereview.agents.gate import BLANK_STD, OUTSIDE, input_decision, review_reasons
+from casereview.agents.verify import neighbour_vote
 from casereview.config import load_settings
 from casereview.data import load_split
 from casereview.schemas import ClassifierResult, GateMeasure, Neighbour, Verification
@@ -53,7 +54,7 @@ def test_each_measurement_flags_with_its_reason(changes, words):
 
 def state(uncertain=False, label="pneumonia", votes=("pneumonia",) * 5, verdict="agree", impression="pneumonia", gate=(),
           judgeable=True):
-    other = "normal" if label == "pneumonia" else "pneumonia"
+    vote, share = neighbour_vote(list(votes), 0.6)  # counted once, by the verification
     return {
         "input_check": input_decision(measure()).model_copy(update={"reasons": list(gate), "judgeable": judgeable}),
         "classifier": ClassifierResult(prob_pneumonia=0.8, label=label, threshold=0.5, temperature=1.0, uncertain=uncertain,
@@ -61,7 +62,7 @@ def state(uncertain=False, label="pneumonia", votes=("pneumonia",) * 5, verdict=
         "neighbours": [Neighbour(case_id=f"train:{i}", split="train", index=i, label=v, similarity=0.9)
                        for i, v in enumerate(votes)],
         "verification": Verification(verdict=verdict, reasons=["r"], report_impression=impression, classifier_label=label,
-                                     neighbour_label=other, neighbour_share=0.6),
+                                     neighbour_label=vote, neighbour_share=share),
     }
 
 
@@ -78,12 +79,12 @@ def state(uncertain=False, label="pneumonia", votes=("pneumonia",) * 5, verdict=
     ],
 )
 def test_review_reasons(kwargs, expected):
-    got = review_reasons(state(**kwargs), majority=0.6)
+    got = review_reasons(state(**kwargs))
     assert len(got) == len(expected) and all(g.startswith(e) for g, e in zip(got, expected))
 
 
 def test_a_case_not_judged_has_only_the_gate_reason():
-    assert review_reasons(state(gate=["blank"], judgeable=False, uncertain=True, verdict="unparseable"), 0.6) == ["blank"]
+    assert review_reasons(state(gate=["blank"], judgeable=False, uncertain=True, verdict="unparseable")) == ["blank"]
 
 
 # --- measurements and fit -----------------------------------------------------------------------

@@ -12,7 +12,7 @@ from langgraph.types import Command
 from pydantic import ValidationError
 
 from case_index_support import index_settings
-from casereview.agents.signoff import apply_decision, next_status, wants_sign_off
+from casereview.agents.signoff import apply_decision, next_status, refusal, wants_sign_off
 from casereview.cli import main
 from casereview.graphs.graph import make_checkpointer, reopen_for_sign_off, thread_config, with_checkpointer
 from casereview.graphs.review import ReviewRun
@@ -30,6 +30,14 @@ def settings(tmp_path_factory, data_root, random_checkpoint):
     build_index(s, progress=False)
     return s.model_copy(update={"graph": s.graph.model_copy(update={"checkpointer": "memory", "sign_off": "all"}),
                                 "gate": s.gate.model_copy(update={"fit_limit": 300})})
+
+
+def refusal_of(value) -> str:
+    try:
+        SignOffDecision.model_validate(value)
+    except ValidationError as exc:
+        return refusal(exc)
+    return ""
 
 
 def decision(kind: str, **fields):
@@ -70,9 +78,12 @@ def test_sign_off_in_the_graph(settings, tmp_path, capsys):
     saved = json.loads((tmp_path / "test_3.json").read_text())
     assert saved["status"] == "preliminary" and saved["sign_off"] is None and out["record"].status == "preliminary"
 
-    with pytest.raises(ValidationError):  # a bad decision: refused, and the case stays paused
-        graph.invoke(Command(resume={"decision": "edit", "reviewer": "x"}), cfg, context=ctx)
-    assert graph.get_state(cfg).next == ("sign_off",)
+    for bad in ({"decision": "edit", "reviewer": "x"}, "accept", {"decision": "accept", "reviewer": "x", "at": "forged"}):
+        graph.invoke(Command(resume=bad), cfg, context=ctx)  # refused: the case stays paused, saying why
+        snap = graph.get_state(cfg)
+        assert snap.next == ("sign_off",) and snap.interrupts[0].value["refused"]
+        assert json.loads((tmp_path / "test_3.json").read_text()) == saved
+    assert "impression and text" in refusal_of({"decision": "edit", "reviewer": "x"})
 
     draft = saved["report"]
     edited = graph.invoke(Command(resume=decision("edit", impression="normal", text="No consolidation.")), cfg,
