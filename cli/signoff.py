@@ -117,13 +117,13 @@ def run_sign_off(args: argparse.Namespace) -> int:
 
 
 def list_pending(settings: Settings, run_id: str | None) -> int:
-    from casereview.graphs.signing import pending_in_workdir
+    from casereview.graphs.signing import NO_TRIAGE_REASON, pending_in_workdir
 
     cases = pending_in_workdir(settings, run_id)
     if not cases:
         print("no case is waiting for sign-off" + (f" in run {run_id}" if run_id else ""), file=sys.stderr)
         return 0
-    rows = [(p.run_id, p.case, p.age(), "; ".join(p.payload.get("review_reasons") or ["sign-off of every case"]))
+    rows = [(p.run_id, p.case, p.age(), "; ".join(p.payload.get("review_reasons") or [NO_TRIAGE_REASON]))
             for p in cases]
     widths = [max(len(r[i]) for r in rows + [("RUN", "CASE", "AGE", "")]) for i in range(3)]
     print(f"{'RUN':<{widths[0]}}  {'CASE':<{widths[1]}}  {'AGE':<{widths[2]}}  REASONS")

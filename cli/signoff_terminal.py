@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from casereview.cli.present import gate_text, neighbours_text, opinion_text, plain, wrap
 from casereview.errors import CaseReviewError
+from casereview.graphs.signing import NO_TRIAGE_REASON
 from casereview.render import fence
 
 KEYS = "[a]ccept, [e]dit in $EDITOR, [r]eject, [l]eave pending"
@@ -27,7 +28,7 @@ def case_view(payload: dict[str, Any]) -> str:
     if p.get("signed_before"):
         s = p["signed_before"]
         lines.append(f"  signed before: {s['decision']} by {s['reviewer']} at {s['at']} (signing again amends it)")
-    lines += ["why it needs you:"] + [wrap(r, indent=4, first="  - ") for r in p.get("review_reasons") or ["sign-off of every case"]]
+    lines += ["why it needs you:"] + [wrap(r, indent=4, first="  - ") for r in p.get("review_reasons") or [NO_TRIAGE_REASON]]
     if p.get("input_check") and gate_text(p["input_check"]):
         lines.append(wrap(gate_text(p["input_check"]), indent=4, first="  input:      "))
     if p.get("classifier"):

@@ -29,6 +29,10 @@ if TYPE_CHECKING:  # (the graph and the context import the capabilities: only si
     from casereview.tools.context import RunContext
 
 
+# what a front end shows as the reason of a case that waits only because every case does
+NO_TRIAGE_REASON = "no triage reason (every case waits: graph.sign_off all)"
+
+
 @dataclass(frozen=True)
 class PendingCase:
     """One paused thread: its run and case (the thread id is ``<run id>/<case>``), since when, and what

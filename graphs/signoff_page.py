@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from casereview.graphs.signing import DecisionError, check_decision
+from casereview.graphs.signing import NO_TRIAGE_REASON, DecisionError, check_decision
 from casereview.records import view_png
 from casereview.render import render_html
 
@@ -44,7 +44,8 @@ SECURITY_HEADERS = {
 
 
 def _page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    return HTMLResponse(render_html(template, **context), status_code=status, headers=SECURITY_HEADERS)
+    page = render_html(template, no_triage_reason=NO_TRIAGE_REASON, **context)
+    return HTMLResponse(page, status_code=status, headers=SECURITY_HEADERS)
 
 
 def _payload(thread: dict[str, Any]) -> dict[str, Any] | None:
@@ -107,12 +108,22 @@ def decision_from_form(form: dict[str, str]) -> dict[str, Any]:
     return {k: form[k].replace("\r\n", "\n").strip() for k in fields if form.get(k, "").strip()}
 
 
+async def _limited_body(request: Request) -> bytes | None:
+    """The posted body, read up to ``FORM_LIMIT`` bytes; None when it is larger (the rest is not read)."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > FORM_LIMIT:
+            return None
+    return body
+
+
 async def decide(request: Request) -> Response:
     if not _same_origin(request):
         return _page("sign_off_missing.html.j2", status=403, forbidden=True)
-    body = await request.body()
-    if len(body) > FORM_LIMIT:
-        return await case_page(request, error=f"the form is larger than {FORM_LIMIT} bytes")
+    body = await _limited_body(request)
+    if body is None:
+        return await case_page(request, error=f"the form is larger than {FORM_LIMIT} bytes; nothing was signed")
     form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
     thread = await _thread(request)
     if thread is None:

@@ -38,24 +38,20 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, data_root, random_checkpoint):
     """`langgraph dev` serving the review graph and the reviewer page, every case pausing for sign-off;
-    yields (base URL, SDK client)."""
+    yields (base URL, SDK client). It runs in a folder of its own (its state, .langgraph_api/, goes
+    there, not into the checkout)."""
     from langgraph_sdk import get_sync_client
 
     tmp = tmp_path_factory.mktemp("served")
     s = index_settings(tmp / "work", data_root, checkpoint=random_checkpoint, limit=LIMIT, embedder="cnn")
     build_index(s.model_copy(update={"gate": s.gate.model_copy(update={"fit_limit": GATE_FIT})}), progress=False)
-    # langgraph.json as it is, its paths made absolute: the server then runs in a folder of its own and
-    # keeps its state (.langgraph_api/) there, not in the checkout
     config = json.loads((ROOT / "langgraph.json").read_text())
-    assert config["http"] == {"app": "./graphs/signoff_page.py:app"}
-    config |= {"dependencies": [str(ROOT)], "graphs": {k: str(ROOT / v) for k, v in config["graphs"].items()},
-               "http": {"app": str(ROOT / config["http"]["app"])}}
-    (tmp / "langgraph.json").write_text(json.dumps(config))
+    assert config["http"] == {"app": "casereview.graphs.signoff_page:app"}  # the installed package: any folder
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # the langgraph CLI of this interpreter (a venv that sees another's packages has no script of its own)
-    cmd = [sys.executable, "-m", "langgraph_cli", "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1", "--port", str(port),
-           "--config", str(tmp / "langgraph.json")]
+    cmd = [sys.executable, "-m", "langgraph_cli", "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1",
+           "--port", str(port), "--config", str(ROOT / "langgraph.json")]
     with fake_openai("script") as vlm, pytest.MonkeyPatch.context() as mp:
         for key, value in {
             "CASEREVIEW_DATA_ROOT": str(data_root), "CASEREVIEW_PATHS_WORKDIR": str(s.paths.workdir),
@@ -163,6 +159,11 @@ def test_another_sites_form_cannot_sign_and_unknown_threads_are_404(served):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(forged, timeout=30)
     assert refused.value.code == 403
+    huge = urllib.request.Request(f"{url}/sign-off/{thread}", method="POST", data=b"reviewer=" + b"x" * 200_000,
+                                  headers={"Origin": url, "Content-Type": "application/x-www-form-urlencoded"})
+    with pytest.raises(urllib.error.HTTPError) as too_big:
+        urllib.request.urlopen(huge, timeout=30)
+    assert too_big.value.code == 400 and b"larger than" in too_big.value.read()
     assert client.threads.get(thread)["status"] == "interrupted"
     for path in ("/sign-off/00000000-0000-0000-0000-000000000000", "/sign-off/..%2F..%2Fetc%2Fpasswd"):
         with pytest.raises(urllib.error.HTTPError) as missing:
