@@ -153,6 +153,8 @@ def check_sign_off(settings: Settings, reviewer: str, interactive: bool) -> None
     if settings.graph.sign_off == "off":
         return
     check_decision({"decision": "accept", "reviewer": reviewer})
+    if settings.graph.checkpointer == "none":
+        raise CaseReviewError("sign-off pauses cases in their checkpoints: set graph.checkpointer to sqlite (the default)")
     if not interactive and settings.graph.checkpointer != "sqlite":
         raise CaseReviewError(f"--sign-off without a terminal leaves cases waiting for `casereview sign-off`, which needs "
                               f"graph.checkpointer sqlite (it is {settings.graph.checkpointer})")

@@ -8,6 +8,7 @@ The classifier is the random-weights fixture (code paths, not results).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -58,6 +59,20 @@ def test_an_edit_needs_an_impression_and_a_run_id_is_a_name(capsys, tmp_path):
     assert "--run-id is required" in capsys.readouterr().err
     assert main(["sign-off", "list", "--accept"]) == 2
     assert "takes no decision" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--sign-off", "--reviewer", "Dr\tX"], {}, "decision refused: reviewer"),
+    (["--sign-off"], {"CASEREVIEW_GRAPH_CHECKPOINTER": "none"}, "set graph.checkpointer to sqlite"),
+    (["--sign-off", "all"], {"CASEREVIEW_GRAPH_CHECKPOINTER": "memory"}, "needs graph.checkpointer sqlite"),
+])
+def test_review_with_sign_off_refuses_what_cannot_work_before_it_starts(args, env, message, capsys, monkeypatch):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr("sys.stdin", io.StringIO())  # no terminal
+    assert main(["review", "test:1", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
 
 
 # --- real runs ------------------------------------------------------------------------------------
