@@ -118,7 +118,12 @@ def reading_saver(path: Path) -> BaseCheckpointSaver:
     from casereview.schemas import STATE_TYPES
 
     serde = JsonPlusSerializer(allowed_msgpack_modules=[(t.__module__, t.__name__) for t in STATE_TYPES])
-    return SqliteSaver(sqlite3.connect(str(path), check_same_thread=False), serde=serde)
+    saver = SqliteSaver(sqlite3.connect(str(path), check_same_thread=False), serde=serde)
+    try:
+        saver.setup()  # (its tables, should the file hold none yet)
+    except sqlite3.DatabaseError as exc:
+        raise CaseReviewError(f"cannot read the run checkpoints {path} ({exc})") from None
+    return saver
 
 
 def pending_in_workdir(settings: Settings, run_id: str | None = None) -> list[PendingCase]:
