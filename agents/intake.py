@@ -18,7 +18,7 @@ from typing import Any
 from casereview.config import Settings
 from casereview.data import Case, case_from_bytes, check_ref, load_case, parse_ref
 from casereview.errors import CaseReviewError
-from casereview.paths import check_name
+from casereview.paths import NAME_PATTERN
 from casereview.schemas import CaseEvidence
 from casereview.tools.context import RunContext
 
@@ -43,9 +43,9 @@ def check_context(ctx: RunContext) -> None:
     if ctx.out is not None and not isinstance(ctx.out, Path):
         raise InputRefused("context.out is not accepted from a caller: records go to the server's work folder")
     if ctx.run_id is not None:
-        if not isinstance(ctx.run_id, str):
-            raise InputRefused("context.run_id must be a string")
-        check_name(ctx.run_id, "context.run_id")
+        if not isinstance(ctx.run_id, str) or not NAME_PATTERN.fullmatch(ctx.run_id):
+            raise InputRefused("context.run_id must be a plain name: 1 to 128 letters, digits, '.', '_' or '-', "
+                               "not starting with '.'")
     if ctx.reviewer is not None and (not isinstance(ctx.reviewer, str) or not 0 < len(ctx.reviewer) <= 200):
         raise InputRefused("context.reviewer must be a name of 1 to 200 characters")
 
@@ -55,9 +55,10 @@ def _allowed(path: Path, folders: list[Path]) -> bool:
     return any(real.is_relative_to(Path(f).resolve()) for f in folders)
 
 
-def caller_case(state: dict[str, Any], ctx: RunContext) -> Case:
+def caller_case(state: dict[str, Any], ctx: RunContext, in_process: bool) -> Case:
     """The case a caller named (``case_ref``) or sent (``image_base64``), decoded once; an
-    :class:`InputRefused` for anything else."""
+    :class:`InputRefused` for anything else. ``in_process``: the caller passed its own settings
+    (:func:`trusted`, asked of the context as the caller gave it) and may name any image path."""
     s: Settings = ctx.settings
     ref, data = state.get("case_ref"), state.get("image_base64")
     if (ref is None) == (data is None):
@@ -68,7 +69,7 @@ def caller_case(state: dict[str, Any], ctx: RunContext) -> Case:
     if not isinstance(ref, str) or not ref.strip() or len(ref) > MAX_REF_CHARS:
         got = f"{len(ref.strip()):,} characters" if isinstance(ref, str) else f"a JSON {type(ref).__name__}"
         raise InputRefused(f"case_ref must be a non-empty string of at most {MAX_REF_CHARS:,} characters (got {got})")
-    if parse_ref(ref) is None and not trusted(ctx):
+    if parse_ref(ref) is None and not in_process:
         folders = s.graph.caller_folders
         if not folders or "\x00" in ref or not _allowed(Path(ref), folders):
             raise InputRefused(NOT_A_CASE.format(folders=", or an image path inside the folders this server "

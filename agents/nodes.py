@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from casereview.agents.clock import GraphClock
 from casereview.agents.evidence import neighbour_count, own_case
 from casereview.agents.gate import input_decision, review_reasons
-from casereview.agents.intake import InputRefused, caller_case, check_context, check_precomputed
+from casereview.agents.intake import InputRefused, caller_case, check_context, check_precomputed, trusted
 from casereview.agents.signoff import DECISION_SCHEMA, apply_decision, refusal, sign_off_payload, wants_sign_off
 from casereview.agents.verify import verify_report
 from casereview.config import Settings, load_settings
@@ -85,11 +85,11 @@ def load_case(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     try:
         ctx = run_context(runtime)
         check_precomputed(state.get("precomputed"))
-        case = caller_case(state, ctx)
+        case = caller_case(state, ctx, runtime.context is not None and trusted(runtime.context))
     except InputRefused as exc:
-        return {"error": str(exc)}
+        return {"error": str(exc), "precomputed": None}  # nothing a refused caller sent stays as evidence
     fields = fingerprint_fields(ctx.settings)
-    return {"settings": fields, "fingerprint": fingerprint(fields), "case_id": case.case_id,
+    return {"run_id": ctx.run_id, "settings": fields, "fingerprint": fingerprint(fields), "case_id": case.case_id,
             "image": case.image.tolist(), "ground_truth": case.label_name, "notes": list(case.notes),
             "views": None if case.views is None else case.views.tolist(), "attempts": 0}
 
@@ -209,7 +209,7 @@ def finalize(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     reasons = state["review_reasons"]
     rep, prompt, judged = state.get("report"), state.get("prompt"), state["input_check"].judgeable
     provenance = Provenance(
-        run_id=ctx.run_id, created=utc_now(), settings_fingerprint=state["fingerprint"], settings=state["settings"],
+        run_id=state["run_id"], created=utc_now(), settings_fingerprint=state["fingerprint"], settings=state["settings"],
         classifier_checkpoint_sha256=state["settings"]["checkpoint_sha256"], classifier_arch=ctx.classifier.clf.arch,
         index=ctx.index.embedder_id, prompt_variant=rep.variant if rep else None,
         template_sha256=prompt.template_sha256 if prompt else None, reporter=state.get("reporter", {}),
@@ -226,9 +226,9 @@ def finalize(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     return {"record": record}
 
 
-def records_folder(ctx: RunContext) -> Path:
+def records_folder(ctx: RunContext, run_id: str) -> Path:
     """Where a run's records go: the caller's folder (in process), else ``<workdir>/reviews/<run id>``."""
-    return ctx.out if ctx.out is not None else resolve_inside(ctx.settings.paths.workdir / "reviews", ctx.run_id, what="run id")
+    return ctx.out if ctx.out is not None else resolve_inside(ctx.settings.paths.workdir / "reviews", run_id, what="run id")
 
 
 def save_record(state: CaseState, runtime: Runtime[RunContext], config: RunnableConfig) -> dict[str, Any]:
@@ -239,7 +239,7 @@ def save_record(state: CaseState, runtime: Runtime[RunContext], config: Runnable
     if clock is not None and record.sign_off is None:  # the review's own time, not a reviewer's
         record = record.model_copy(update={"provenance": record.provenance.model_copy(
             update={"graph_total_s": clock.elapsed()})})
-    save_case_record(record.model_dump(), np.asarray(state["image"], dtype=np.uint8), records_folder(ctx))
+    save_case_record(record.model_dump(), np.asarray(state["image"], dtype=np.uint8), records_folder(ctx, state["run_id"]))
     return {"record": record}
 
 
@@ -255,7 +255,7 @@ def sign_off(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     is refused by pausing again with the payload's ``refused`` saying why (the case stays paused,
     nothing is written, and a served run does not fail). Everything before ``interrupt`` is free of
     side effects: the node reruns from its start on each resume."""
-    payload = sign_off_payload(state["record"], run_context(runtime).run_id, f"{record_stem(state['case_id'])}.png")
+    payload = sign_off_payload(state["record"], state["run_id"], f"{record_stem(state['case_id'])}.png")
     refused = None
     while True:  # each pass takes the next answer given, or pauses: as many passes as answers
         answer = interrupt(payload | {"refused": refused}, response_schema=DECISION_SCHEMA)

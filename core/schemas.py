@@ -247,6 +247,7 @@ class CaseState(TypedDict, total=False):
     precomputed: CaseEvidence
     error: str  # the input was refused: the run ends here
     # load_case
+    run_id: str  # the run the case belongs to (its records folder), fixed per thread: a resume may name none
     settings: dict[str, Any]  # what shapes the result (see tools.context.fingerprint_fields), fixed per thread
     fingerprint: str  # hash of ``settings``: a resume with other settings is refused
     case_id: str

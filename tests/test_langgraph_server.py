@@ -143,6 +143,7 @@ def test_langgraph_dev_serves_the_review_graph(served, capsys, monkeypatch):
     assert (files / "test_42.md").is_file() and (files / "test_42.png").is_file()
 
     monkeypatch.setenv("CASEREVIEW_GRAPH_SIGN_OFF", "off")
+    monkeypatch.setenv("CASEREVIEW_PATHS_WORKDIR", str(s.paths.workdir))  # the server's (conftest gives each test its own)
     assert main(["review", "test:42", "--json"]) == 0
     local = json.loads(capsys.readouterr().out)
     for key in ("needs_review", "review_reasons", "ground_truth"):
