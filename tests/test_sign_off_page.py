@@ -30,7 +30,7 @@ GATE_FIT = 300  # train and val images the input gate is fitted on (the index bu
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOT = Path("/tmp/casereview_sign_off_case.png")
+SCREENSHOTS = Path("/tmp")  # casereview_sign_off_{list,case}.png, to look at
 
 pytestmark = pytest.mark.slow
 
@@ -105,6 +105,7 @@ def test_the_page_lists_shows_and_signs(served, browser):
     page.goto(f"{url}/sign-off")
     for case in ("test:42", "test:43", "test:44"):
         assert page.get_by_role("link", name=case).count() == 1
+    page.screenshot(path=str(SCREENSHOTS / "casereview_sign_off_list.png"), full_page=True)
 
     page.get_by_role("link", name="test:42").click()
     assert page.locator("h1").inner_text().startswith("test:42")
@@ -113,7 +114,7 @@ def test_the_page_lists_shows_and_signs(served, browser):
     assert "<script>document.title='owned'</script><b>patchy</b>" in draft  # shown as written
     assert page.locator(".draft *").count() == 0 and page.locator("script").count() == 0  # no markup from it
     assert page.title() != "owned" and not scripts_ran
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.screenshot(path=str(SCREENSHOTS / "casereview_sign_off_case.png"), full_page=True)
 
     page.fill("#reviewer", "Dr A. Jones")
     page.check("input[value=accept]")
