@@ -98,7 +98,7 @@ def _sent_case(data: Any, max_bytes: int) -> Case:
     try:
         return case_from_bytes(raw, name)
     except CaseReviewError as exc:
-        raise InputRefused(f"image_base64: {str(exc).removeprefix(name + ': ')}") from None
+        raise InputRefused(f"image_base64: {exc}") from None
 
 
 def check_precomputed(value: Any) -> None:

@@ -37,6 +37,7 @@ from casereview.tools.agent_tools import neighbour_images
 from casereview.tools.context import RunContext, fingerprint, fingerprint_fields
 from casereview.tools.reporter.evidence import Evidence
 from casereview.tools.reporter.prompts import RenderedPrompt, render_prompt
+from casereview.tools.reporter.report_language import read_findings
 from casereview.tools.reporter.reporting import ReportResult, generate
 
 Node = Callable[[CaseState, Runtime[RunContext]], dict[str, Any]]
@@ -167,7 +168,8 @@ def report_update(state: CaseState, result: ReportResult) -> dict[str, Any]:
     """The report node's update for a generated report (also written by a batch that generates in rounds)."""
     p = result.parsed
     record = ReportRecord(raw=result.raw, impression=p.impression, status=p.status, findings=p.findings,
-                          hedging=p.hedging, parse_notes=p.notes, variant=result.variant, backend=result.backend,
+                          hedging=p.hedging, parse_notes=p.notes, read_by_tier=p.tier,
+                          impression_sentences=p.impression_sentences, variant=result.variant, backend=result.backend,
                           model_id=result.model_id)
     return {"report": record, "reporter": result.provenance, "attempts": state.get("attempts", 0) + 1}
 
@@ -181,8 +183,11 @@ def report(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
 @timed
 def verify(state: CaseState, runtime: Runtime[RunContext]) -> dict[str, Any]:
     g = run_context(runtime).settings.graph
-    impression = state["report"].impression
-    v = verify_report(impression, state["classifier"], state["neighbours"], g.neighbour_majority)
+    rep = state["report"]
+    impression = rep.impression
+    # A template report's findings restate the evidence: they are not a second reading of the image.
+    findings = None if rep.backend == "template" else read_findings(rep.findings, impression)
+    v = verify_report(impression, state["classifier"], state["neighbours"], g.neighbour_majority, findings)
     entry = Attempt(attempt=state["attempts"], variant=state["variant"], impression=impression, verdict=v.verdict,
                     reasons=v.reasons)
     return {"verification": v, "attempt_log": [entry]}

@@ -18,7 +18,8 @@ import warnings
 from pathlib import Path
 
 from casereview.cli.examples import add_examples
-from casereview.errors import CaseReviewError
+from casereview.errors import CaseReviewError, printable
+from casereview.provenance import RedactingFilter
 
 COMMAND_MODULES = ("classifier", "report", "review", "signoff", "reporter", "index", "batch")
 
@@ -42,11 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # HTTP clients log whole request URLs, credentials included
+        handler.addFilter(RedactingFilter())
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
     try:
         return int(args.func(args) or 0)
     except CaseReviewError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)  # names in it came from a user or a file system
         return 2
     except (OSError, sqlite3.OperationalError) as exc:
         if (message := disk_full_message(exc)) is None:

@@ -6,9 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from casereview.cli.common import add_common_options, add_runtime_option, settings_from_args
+from casereview.cli.common import add_common_options, add_runtime_option, path_arg, settings_from_args
 from casereview.errors import CaseReviewError
-from casereview.paths import check_folder
+from casereview.paths import check_folder, check_writable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,16 +27,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--split", choices=["val", "test"], help="review every case of this split (choose variants on val)")
     which.add_argument("--cases", nargs="+", metavar="CASE", help="or these cases: test:42, image files, folders")
-    which.add_argument("--summarize", type=Path, metavar="DIR",
+    which.add_argument("--summarize", type=path_arg, metavar="DIR",
                        help="only recompute metrics.json and the reports from the records in DIR")
     p.add_argument("--sample", type=int, metavar="N", help="a seeded random sample of N cases of the split (batch.sample)")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample (default: 0)")
     p.add_argument("--variants", help="comma-separated prompt variants (default: all in prompts/)")
     p.add_argument("--backend", choices=["template", "medgemma", "openai"], help="reporter backend (default: template)")
+    p.add_argument("--outputs", metavar="text,json",
+                   help="compare how reports are asked for, as arms: free text and/or the structured JSON answer "
+                        "(reporter.structured_output; openai backend)")
     p.add_argument("--model-id", help="VLM model id or local folder (medgemma/openai backends)")
     p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
     p.add_argument("--chroma-url", help="http://host:port of a `chroma run` server holding the case index")
-    p.add_argument("--checkpoint", type=Path, help="classifier checkpoint (default: the released one)")
+    p.add_argument("--checkpoint", type=path_arg, help="classifier checkpoint (default: the released one)")
     add_runtime_option(p)
     p.add_argument("--max-attempts", type=int, help="report attempts per case including the strict retry (default: 2)")
     p.add_argument("--probe", choices=["flip"],
@@ -47,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(with --concurrency of at least this many)")
     p.add_argument("--checkpointer", choices=["none", "sqlite"], default="none",
                    help="none (default): a pair interrupted mid-graph reruns from its start; sqlite: it resumes at its last node")
-    p.add_argument("--out", type=Path, help="batch folder (default: <workdir>/batches/<split>-<backend>); rerun to resume")
+    p.add_argument("--out", type=path_arg, help="batch folder (default: <workdir>/batches/<split>-<backend>); rerun to resume")
     p.add_argument("--note", help="a note shown at the top of the report (e.g. that the model is a random test model)")
     p.add_argument("--max-errors", type=int, help="stop after this many failed reviews (default: 20; batch.max_errors)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -83,7 +86,7 @@ def _report_corrupt(moved: list[tuple[Path, str]]) -> None:
 
 
 def _run(args: argparse.Namespace):
-    from casereview.evaluation.batch_arms import parse_variants, plan_arms
+    from casereview.evaluation.batch_arms import parse_outputs, parse_variants, plan_arms
     from casereview.evaluation.batch_records import set_aside_corrupt
     from casereview.evaluation.batch_runner import BatchPlan, BatchRunner, split_refs
     from casereview.graphs.review import expand_case_refs
@@ -99,6 +102,7 @@ def _run(args: argparse.Namespace):
         batch={"sample": args.sample, "concurrency": args.concurrency, "max_errors": args.max_errors},
     )
     variants = parse_variants(args.variants)  # a bad name fails before anything loads
+    outputs = parse_outputs(args.outputs, settings.reporter.backend)
     if args.split:
         refs = split_refs(settings, args.split, settings.batch.sample, args.seed)
     elif args.cases:
@@ -109,7 +113,8 @@ def _run(args: argparse.Namespace):
         raise CaseReviewError("give --split val|test, --cases ..., or --summarize DIR")
     backend = settings.reporter.backend
     out = check_folder(args.out or settings.paths.workdir / "batches" / f"{args.split or 'cases'}-{backend}", "--out")
-    plan = BatchPlan(out, refs, plan_arms(backend, variants, probe=args.probe == "flip"), settings,
+    check_writable(settings.paths.workdir, "--workdir", "the batch's locks and checkpoints")
+    plan = BatchPlan(out, refs, plan_arms(backend, variants, probe=args.probe == "flip", outputs=outputs), settings,
                      split=args.split, note=args.note)
     require_index_folder(settings)  # before the gate is fitted
     _report_corrupt(set_aside_corrupt(out))  # before the pending pairs are counted: a corrupt record is redone

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from casereview.cli.common import add_common_options, add_runtime_option, require_positive, settings_from_args
+from casereview.cli.common import add_common_options, add_runtime_option, path_arg, require_positive, settings_from_args
 from casereview.paths import check_folder
 
 
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_common_options(p)
-    p.add_argument("--out", type=Path, required=True, help="output folder (classifier.safetensors, history.json)")
+    p.add_argument("--out", type=path_arg, required=True, help="output folder (classifier.safetensors, history.json)")
     p.add_argument("--arch", help="cr_resnet_small (default), cr_vit_tiny, or any timm model name")
     p.add_argument("--pretrained", action="store_true", default=None, help="start from timm's ImageNet weights (needs internet)")
     p.add_argument("--epochs", type=int)
@@ -55,9 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_common_options(p)
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate (default: the released one)")
+    p.add_argument("--checkpoint", type=path_arg, help="checkpoint to evaluate (default: the released one)")
     add_runtime_option(p)
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=path_arg, required=True, help="output folder")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="metrics and predictions only")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     p.set_defaults(func=run_evaluate)
@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_common_options(p)
     p.add_argument("cases", nargs="+", help="case refs like test:42, image paths or folders of images")
-    p.add_argument("--checkpoint", type=Path, help="default: the released checkpoint")
+    p.add_argument("--checkpoint", type=path_arg, help="default: the released checkpoint")
     add_runtime_option(p)
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     p.set_defaults(func=run_predict)
@@ -84,7 +84,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_common_options(p)
-    p.add_argument("--out", type=Path, default=Path("runs/study"), help="one folder per run (default: runs/study)")
+    p.add_argument("--out", type=path_arg, default=Path("runs/study"), help="one folder per run (default: runs/study)")
     p.add_argument("--archs", nargs="+", default=["cr_resnet_small", "cr_vit_tiny"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--summary", type=Path, default=Path("reports/task1_study.json"), help="summary JSON path")
@@ -120,7 +120,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_common_options(p)
     p.add_argument("members", nargs="+", type=Path, help="member checkpoints written by `casereview train`")
-    p.add_argument("--out", type=Path, required=True, help="the ensemble checkpoint to write (.safetensors)")
+    p.add_argument("--out", type=path_arg, required=True, help="the ensemble checkpoint to write (.safetensors)")
     p.set_defaults(func=run_ensemble)
 
     p = sub.add_parser(
@@ -135,7 +135,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", dest="checkpoints", action="append", required=True, metavar="NAME=PATH",
                    help="a named checkpoint; repeat to compare (PATH 'released' means the released one)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test")
-    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    p.add_argument("--out", type=path_arg, required=True, help="JSON file to write")
     p.set_defaults(func=run_robustness)
 
 

@@ -22,12 +22,20 @@ class DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def path_arg(text: str) -> Path:
+    """An option's path; an empty one is refused (``Path("")`` is the current folder, which ``--out ''``
+    never means)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a folder or file (use . for the current folder)")
+    return Path(text)
+
+
 def add_common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML config file (default: $CASEREVIEW_CONFIG)")
+    parser.add_argument("--config", type=path_arg, help="YAML config file (default: $CASEREVIEW_CONFIG)")
     parser.add_argument(
-        "--data-root", type=Path, help="folder holding pneumoniamnist.npz (default: $CASEREVIEW_DATA_ROOT, else ~/.medmnist)"
+        "--data-root", type=path_arg, help="folder holding pneumoniamnist.npz (default: $CASEREVIEW_DATA_ROOT, else ~/.medmnist)"
     )
-    parser.add_argument("--workdir", type=Path, help="where indexes and runs are kept (default: runs/)")
+    parser.add_argument("--workdir", type=path_arg, help="where indexes and runs are kept (default: runs/)")
 
 
 def add_runtime_option(parser: argparse.ArgumentParser) -> None:

@@ -8,9 +8,10 @@ import textwrap
 from pathlib import Path
 from typing import Any, get_args
 
-from casereview.cli.common import add_common_options, add_runtime_option, settings_from_args
-from casereview.paths import check_folder
+from casereview.cli.common import add_common_options, add_runtime_option, path_arg, settings_from_args
 from casereview.config import EmbedderName, Settings
+from casereview.errors import CaseReviewError, printable
+from casereview.paths import check_folder, check_writable
 
 SPLIT_CHOICES = ("train", "val", "test", "train+val", "all")
 
@@ -31,11 +32,11 @@ downloaded there when missing, unless CASEREVIEW_DATA_DOWNLOAD=false.
 
 def _index_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedder", choices=get_args(EmbedderName), help="which embedder's index (default: index.embedder, cnn)")
-    p.add_argument("--checkpoint", type=Path, help="classifier checkpoint for the cnn embedder (default: the released one)")
+    p.add_argument("--checkpoint", type=path_arg, help="classifier checkpoint for the cnn embedder (default: the released one)")
     add_runtime_option(p)
     p.add_argument("--clip-model", help="open_clip model for the clip embedder (default: BiomedCLIP from the hub)")
     p.add_argument("--clip-pretrained", help="open_clip pretrained tag or weights file, for built-in model names")
-    p.add_argument("--chroma-path", type=Path, help="Chroma folder (default: <workdir>/chroma)")
+    p.add_argument("--chroma-path", type=path_arg, help="Chroma folder (default: <workdir>/chroma)")
     p.add_argument("--chroma-url", help="URL of a `chroma run` server instead of a folder, e.g. http://127.0.0.1:8000")
     add_common_options(p)
 
@@ -111,7 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("-k", type=int, help="number of cases (default: index.k, 5)")
         p.add_argument("--split", default="train", choices=SPLIT_CHOICES, help="case base (default: train)")
         p.add_argument("--json", action="store_true", help="print a JSON list of {case_id, split, index, label, similarity}")
-        p.add_argument("--grid", type=Path, metavar="PNG", help="also save the query beside its neighbours as an image")
+        p.add_argument("--grid", type=path_arg, metavar="PNG", help="also save the query beside its neighbours as an image")
         _index_options(p)
         p.set_defaults(func=run_search)
 
@@ -125,16 +126,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "DIR/retrieval_metrics.json with provenance.",
         "  casereview evaluate-retrieval --embedder cnn --out runs/retrieval/cnn",
     )
-    evaluate.add_argument("--out", type=Path, help="output folder (default: <workdir>/retrieval/<embedder>)")
+    evaluate.add_argument("--out", type=path_arg, help="output folder (default: <workdir>/retrieval/<embedder>)")
     evaluate.add_argument("--latency-queries", type=int, default=200, help="queries timed one by one (default 200)")
     _index_options(evaluate)
     evaluate.set_defaults(func=run_evaluate)
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from casereview.tools.case_index import chroma_path
     from casereview.tools.index_build import build_index
 
     settings = _settings(args, limit=args.limit)
+    check_writable(settings.paths.workdir, "--workdir", "the index and its build lock")
+    if not settings.index.chroma_url:
+        check_writable(chroma_path(settings), "--chroma-path", "the index")
     report = build_index(settings, rebuild=args.rebuild, prune=args.prune)
     state = "built" if report.built else "up to date, kept (use --rebuild to rebuild)"
     print(f"{report.name}: {report.count} cases at {report.location}, {state}")
@@ -187,6 +192,17 @@ def _print_hits(header: str, hits: list, as_json: bool) -> None:
         print(f"{rank:>4}  {h.case_id:<12} {h.label:<10} {h.similarity:>10.4f}")
 
 
+def check_grid_path(path: Path) -> Path:
+    """``--grid``: a .png file that can be written (checked before the index opens). Another suffix would
+    make matplotlib guess a format or fail; a folder, a device or a file under a file cannot be written."""
+    if path.suffix.lower() != ".png":
+        raise CaseReviewError(f"--grid {printable(path)}: give a file name ending in .png")
+    if path.exists() and not path.is_file():
+        raise CaseReviewError(f"--grid {printable(path)} is a folder or a device, not a file; give a .png file name")
+    check_folder(path.parent, "--grid", "the grid image")
+    return path
+
+
 def run_search(args: argparse.Namespace) -> int:
     """``search image`` and ``search text``: the query differs, the listing and the grid are the same."""
     from casereview.data import load_case
@@ -195,6 +211,8 @@ def run_search(args: argparse.Namespace) -> int:
 
     settings = _settings(args, k=args.k)
     k = settings.index.k
+    if args.grid:
+        check_grid_path(args.grid)
     index = open_index(settings)
     if args.search_command == "image":
         case = load_case(args.ref, settings.data.root, settings.data.download)
@@ -210,7 +228,7 @@ def run_search(args: argparse.Namespace) -> int:
     if args.grid:
         save_retrieval_grid([row], args.grid, settings.data.root, title)
         if not args.json:
-            print(f"grid saved to {args.grid}")
+            print(f"grid saved to {printable(args.grid)}")
     return 0
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from casereview.errors import printable
 from casereview.graphs.graph import NODE_ORDER
 from casereview.render import fence
 
@@ -114,7 +115,7 @@ def summary(record: dict[str, Any], timings: bool = False) -> str:
         total = record["provenance"].get("graph_total_s")
         lines.append(_row("timings (s)", ", ".join(f"{k}={t[k]:.4f}" for k in NODE_ORDER if k in t)
                           + (f", graph total={total:.4f}" if total is not None else " (finished in an earlier run)")))
-    return "\n".join(lines)
+    return "\n".join(map(printable, lines))  # a file name cannot forge lines or send escapes to the terminal
 
 
 def timing_summary(records: list[dict[str, Any]]) -> str:
@@ -193,7 +194,6 @@ FORMATTERS: dict[str, Callable[[Any], list[str]]] = {
                                      for k, v in s.items() if v is not None)],
     "notes": _items,
     "input_check": _input_check,
-    "opinion": _classifier,
     "embedding": lambda v: [f"{len(v)}-dimensional unit vector (the classifier's features)"],
     "gate": lambda v: [f"feature distance {v['ood_distance']:.1f} (limit {v['ood_threshold']:.1f}), "
                        f"contrast {v['stats']['contrast']:.1f}" + ("" if v["resize_spread"] is None else

@@ -6,7 +6,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-from casereview.cli.common import add_common_options, settings_from_args
+from casereview.cli.common import add_common_options, path_arg, settings_from_args
 from casereview.paths import check_folder
 
 # task -> "module:function"; each function takes (settings, out_dir) and returns the report's path.
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Regenerate a task report from its template in templates/, recomputing every figure it shows.",
     )
     p.add_argument("task", choices=sorted(REPORTS), help="which report")
-    p.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports/)")
+    p.add_argument("--out", type=path_arg, default=Path("reports"), help="output folder (default: reports/)")
     add_common_options(p)
     p.set_defaults(func=run)
 

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from casereview.cli.common import DeprecatedAlias, add_common_options, add_runtime_option, settings_from_args
+from casereview.cli.common import DeprecatedAlias, add_common_options, add_runtime_option, path_arg, settings_from_args
 
 EPILOG = """\
 backends:
@@ -58,11 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-model", dest="model_id", action=DeprecatedAlias, help=argparse.SUPPRESS)
     p.add_argument("--max-new-tokens", type=int, help="longest report in tokens (default 300)")
     p.add_argument("--batch-size", type=int, help="prompts per generate call / concurrent requests (default 4)")
-    p.add_argument("--checkpoint", type=Path, help="classifier checkpoint (default: the released one)")
+    p.add_argument("--checkpoint", type=path_arg, help="classifier checkpoint (default: the released one)")
     add_runtime_option(p)
     p.add_argument("-k", type=int, help="similar cases retrieved per case (default: graph.k)")
     p.add_argument("--run-id", help="resume or extend this run (default: a new id)")
-    p.add_argument("--out", type=Path, help="output folder (default: <workdir>/reports/<run id>)")
+    p.add_argument("--out", type=path_arg, help="output folder (default: <workdir>/reports/<run id>)")
     add_common_options(p)
     p.set_defaults(func=run)
 
@@ -70,10 +70,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uuid
 
-    from casereview.errors import CaseReviewError
+    from casereview.errors import CaseReviewError, printable
     from casereview.studies.case_picking import pick_cases
     from casereview.graphs.review import ReviewRun, expand_case_refs
-    from casereview.paths import check_folder, check_name, resolve_inside
+    from casereview.paths import check_folder, check_name, check_writable, resolve_inside
+    from casereview.records import claim_records
     from casereview.tools.case_index import require_index_folder
 
     reporter_flags = ("backend", "variant", "model_id", "base_url", "max_new_tokens", "batch_size")
@@ -81,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
                                   classifier={"checkpoint": args.checkpoint}, graph={"k": args.k})
     run_id = check_name(args.run_id, "--run-id") if args.run_id is not None else uuid.uuid4().hex[:12]
     out = check_folder(args.out or resolve_inside(settings.paths.workdir / "reports", run_id, what="--run-id"), "--out")
+    check_writable(settings.paths.workdir, "--workdir", "the run's checkpoints and locks")
     refs = expand_case_refs(args.cases, settings) if args.cases else None
+    claim_records(out, refs or [], run_id)  # (picked cases are checked by the save itself)
     require_index_folder(settings)
     run = ReviewRun(settings, run_id, out)
     picked = pick_cases(run.context, args.split, args.pick) if refs is None else [(r, None) for r in refs]
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         why = why_picked[ref]
         if isinstance(rec, CaseReviewError):
             failed += 1
-            print(f"error: {ref}: {rec}", file=sys.stderr)
+            print(printable(f"error: {ref}: {rec}"), file=sys.stderr)
             continue
         rep = rec["report"]
         if rep is None:  # the input gate found nothing to judge (a blank image): no report

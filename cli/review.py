@@ -9,11 +9,11 @@ import uuid
 from pathlib import Path
 from typing import get_args
 
-from casereview.cli.common import add_common_options, add_runtime_option, settings_from_args
+from casereview.cli.common import add_common_options, add_runtime_option, path_arg, settings_from_args
 from casereview.cli.signoff import add_review_options, check_sign_off, reviewer_name, sign_waiting
 from casereview.config import EmbedderName
-from casereview.errors import CaseReviewError
-from casereview.paths import check_folder, check_name, resolve_inside
+from casereview.errors import CaseReviewError, printable
+from casereview.paths import check_folder, check_name, check_writable, resolve_inside
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,10 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-url", help="OpenAI-compatible server URL (openai backend)")
     p.add_argument("-k", type=int, help="similar cases retrieved (default: 5; more when the classifier is uncertain)")
     p.add_argument("--embedder", choices=get_args(EmbedderName), help="case-index embedder (default: cnn)")
-    p.add_argument("--checkpoint", type=Path, help="classifier checkpoint (default: the released one)")
+    p.add_argument("--checkpoint", type=path_arg, help="classifier checkpoint (default: the released one)")
     add_runtime_option(p)
     p.add_argument("--max-attempts", type=int, help="report attempts including the first (default: 2)")
-    p.add_argument("--out", type=Path, help="where records go (default: <workdir>/reviews/<run id>)")
+    p.add_argument("--out", type=path_arg, help="where records go (default: <workdir>/reviews/<run id>)")
     p.add_argument("--run-id", help="resume or extend this run (default: a new id)")
     p.add_argument("--json", action="store_true", help="print the record(s) as JSON instead of a summary")
     p.add_argument("--step", action="store_true", help="pause before each node to inspect the state (interactive)")
@@ -72,7 +72,8 @@ def run_graph(args: argparse.Namespace) -> int:
 
 def run_review(args: argparse.Namespace) -> int:
     from casereview.cli import present  # (imports the graph: not for every command's start)
-    from casereview.graphs.review import ReviewRun, SettingsChangedError, expand_case_refs
+    from casereview.graphs.review import ReviewRun, expand_case_refs
+    from casereview.records import claim_records
     from casereview.tools.case_index import require_index_folder
 
     settings = settings_from_args(
@@ -89,18 +90,21 @@ def run_review(args: argparse.Namespace) -> int:
     run_id = check_name(args.run_id, "--run-id") if args.run_id is not None else uuid.uuid4().hex[:12]
     out = args.out or resolve_inside(settings.paths.workdir / "reviews", run_id, what="--run-id")
     check_folder(out, "--out", "the records")
+    check_writable(settings.paths.workdir, "--workdir", "the run's checkpoints and locks")
     refs = expand_case_refs(args.cases, settings)  # every input checked before any model loads
+    claim_records(out, refs, run_id)  # a folder holding another run's record of a case is not this run's
     require_index_folder(settings)
     run = ReviewRun(settings, run_id, out)
     if not args.step:
         run.prefetch(refs)
-    records, reviewed, failed = [], [], {}  # reviewed: the cases of records; failed: reason -> cases
+    records, reviewed, failed, resumable = [], [], {}, False  # reviewed: the cases of records; failed: reason -> cases
     for ref, record in _outcomes(run, refs, args.step):
         if isinstance(record, CaseReviewError):  # one failing case does not stop the others
             failed.setdefault(f"{type(record).__name__}: {record}".replace(ref, "<case>"), []).append(ref)
+            resumable |= record.resumable
             continue
         if record is None:  # q while stepping: end the run, keep what finished
-            print(f"stopped; {ref} can be resumed with --run-id {run_id}", file=sys.stderr)
+            print(f"stopped; {printable(ref)} can be resumed with --run-id {run_id}", file=sys.stderr)
             break
         records.append(record)
         reviewed.append(ref)
@@ -120,13 +124,13 @@ def run_review(args: argparse.Namespace) -> int:
     flagged = sum(r["needs_review"] for r in records)
     if records:
         print(f"{len(records)} of {len(refs)} case(s) reviewed, {flagged} flagged for review; "
-              f"records in {out} (run id {run_id})", file=sys.stderr)
+              f"records in {printable(out)} (run id {run_id})", file=sys.stderr)
     for reason, cases in failed.items():  # one line per cause, not per case
         more = f" (and {len(cases) - 1} more case{'s' if len(cases) > 2 else ''})" if len(cases) > 1 else ""
-        print(f"error: {cases[0]}{more}: {reason.split(': ', 1)[1].replace('<case>', cases[0])}", file=sys.stderr)
+        print(printable(f"error: {cases[0]}{more}: {reason.split(': ', 1)[1].replace('<case>', cases[0])}"),
+              file=sys.stderr)
     if failed:
         n = sum(map(len, failed.values()))
-        resumable = not all(r.startswith(SettingsChangedError.__name__) for r in failed)
         print(f"{n} of {len(refs)} case(s) failed" + (f"; fix the cause and rerun with --run-id {run_id} to resume "
               "them where they stopped" if resumable else ""), file=sys.stderr)
         return 2

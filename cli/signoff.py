@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from casereview.cli.common import add_common_options, settings_from_args
+from casereview.cli.common import add_common_options, path_arg, settings_from_args
 from casereview.config import Settings
-from casereview.errors import CaseReviewError
+from casereview.errors import CaseReviewError, printable
 from casereview.paths import check_name
 
 if TYPE_CHECKING:
@@ -42,13 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("case", metavar="CASE|list", help="the case to sign (as it was reviewed: test:42, films/a.png), or `list`")
     p.add_argument("--run-id", help="the run the case was reviewed in (see `casereview sign-off list`)")
     p.add_argument("--accept", action="store_true", help="sign the model's draft as the final report")
-    p.add_argument("--edit", type=Path, metavar="FILE", help="sign your report text (UTF-8 file) instead of the draft")
+    p.add_argument("--edit", type=path_arg, metavar="FILE", help="sign your report text (UTF-8 file) instead of the draft")
     p.add_argument("--reject", action="store_true", help="mark the report entered in error (needs --reason)")
     p.add_argument("--impression", choices=("normal", "pneumonia", "indeterminate"),
                    help="the impression of an --edit (default: read from its IMPRESSION: line)")
     p.add_argument("--reason", help="why (required with --reject; optional otherwise)")
     p.add_argument("--reviewer", help="who signs (default: the settings' graph.reviewer, else your login name)")
-    p.add_argument("--out", type=Path, help="the run's records folder, if the review was given --out "
+    p.add_argument("--out", type=path_arg, help="the run's records folder, if the review was given --out "
                                            "(default: <workdir>/reviews/<run id>)")
     p.set_defaults(func=run_sign_off)
 
@@ -123,8 +122,9 @@ def list_pending(settings: Settings, run_id: str | None) -> int:
     if not cases:
         print("no case is waiting for sign-off" + (f" in run {run_id}" if run_id else ""), file=sys.stderr)
         return 0
-    rows = [(p.run_id, p.case, p.age(), "; ".join(p.payload.get("review_reasons") or [NO_TRIAGE_REASON]))
-            for p in cases]
+    # names from file systems and text from the graph: no control character reaches the terminal
+    rows = [(p.run_id, printable(p.case), p.age(),
+             printable("; ".join(p.payload.get("review_reasons") or [NO_TRIAGE_REASON]))) for p in cases]
     widths = [max(len(r[i]) for r in rows + [("RUN", "CASE", "AGE", "")]) for i in range(3)]
     print(f"{'RUN':<{widths[0]}}  {'CASE':<{widths[1]}}  {'AGE':<{widths[2]}}  REASONS")
     for row in rows:
@@ -187,4 +187,4 @@ def sign_waiting(run: ReviewRun, refs: list[str], reviewer: str, interactive: bo
 
 def signed_line(case: str, run_id: str, record: dict[str, Any]) -> str:
     entry = record["sign_off"]
-    return f"{case} (run {run_id}): {record['status']}, {entry['decision']} by {entry['reviewer']} at {entry['at']}"
+    return printable(f"{case} (run {run_id}): {record['status']}, {entry['decision']} by {entry['reviewer']} at {entry['at']}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from casereview.cli.present import gate_text, neighbours_text, opinion_text, plain, wrap
-from casereview.errors import CaseReviewError
+from casereview.errors import CaseReviewError, printable
 from casereview.graphs.signing import NO_TRIAGE_REASON
 from casereview.render import fence
 
@@ -24,11 +24,12 @@ def case_view(payload: dict[str, Any]) -> str:
     """What a reviewer decides from: the case, why it was flagged, the evidence and the model's draft
     (fenced: model text is shown as written, never interpreted)."""
     p = plain(payload)
-    lines = [f"=== sign-off: {p['case_id']} (run {p['run_id']}, status {p['status']}) ==="]
+    lines = [printable(f"=== sign-off: {p['case_id']} (run {p['run_id']}, status {p['status']}) ===")]
     if p.get("signed_before"):
         s = p["signed_before"]
         lines.append(f"  signed before: {s['decision']} by {s['reviewer']} at {s['at']} (signing again amends it)")
-    lines += ["why it needs you:"] + [wrap(r, indent=4, first="  - ") for r in p.get("review_reasons") or [NO_TRIAGE_REASON]]
+    reasons = p.get("review_reasons") or [NO_TRIAGE_REASON]
+    lines += ["why it needs you:"] + [wrap(printable(r), indent=4, first="  - ") for r in reasons]
     if p.get("input_check") and gate_text(p["input_check"]):
         lines.append(wrap(gate_text(p["input_check"]), indent=4, first="  input:      "))
     if p.get("classifier"):
@@ -37,10 +38,16 @@ def case_view(payload: dict[str, Any]) -> str:
     report = p.get("draft")
     if report:
         lines += [f"  draft impression: {report.get('impression') or 'none (unreadable)'} "
-                  f"({report.get('backend')}, not signed)", "draft report:", fence(wrap(report["raw"]))]
+                  f"({report.get('backend')}, not signed)", "draft report:", fence(wrap(_lines(report["raw"])))]
     else:
         lines.append("  no draft report (nothing for the model to judge)")
     return "\n".join(lines)
+
+
+def _lines(text: str) -> str:
+    """Model text for a terminal: its lines kept, every other control character escaped (no escape
+    sequence a model wrote reaches the terminal)."""
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 def editor_command() -> list[str]:

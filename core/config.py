@@ -16,16 +16,20 @@ from __future__ import annotations
 
 import difflib
 import os
+import reprlib
 import warnings
+from importlib import resources
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from casereview.errors import CaseReviewError
+from casereview.errors import CaseReviewError, shown
 from casereview.paths import file_in_the_way
+from casereview.provenance import redact_url
 
 ENV_PREFIX = "CASEREVIEW_"
 EmbedderName = Literal["cnn", "clip", "pixels"]  # the registry of casereview.tools.embedders
@@ -37,9 +41,60 @@ OTHER_ENV = frozenset({CONFIG_ENV, "CASEREVIEW_REPO_URL"})
 class ConfigError(CaseReviewError, ValueError):
     """A setting, config file or environment variable that cannot be used; the message names it and its source."""
 
+    resumable = False  # the same run with the same settings fails the same way
+
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are no numbers of seconds, rates or sizes: `timeout_s: .inf` would wait forever
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # YAML's `k: true` is not a count: pydantic would read it as 1
+        field = cls.model_fields[info.field_name]
+        kinds = get_args(field.annotation) or (field.annotation,)
+        if isinstance(value, bool) and bool not in kinds and (int in kinds or float in kinds):
+            raise ValueError("a number is needed, not true/false")
+        return value
+
+
+def _not_empty(value: Any) -> Any:
+    """An empty path would mean the current folder: refuse it (``--out ''`` is a slip, not a choice)."""
+    if isinstance(value, (str, Path)) and not str(value).strip():
+        raise ValueError("an empty path; give a folder (use . for the current one)")
+    return value
+
+
+def check_http_url(url: str, what: str, query: bool = True) -> str:
+    """``url`` if it is an http(s) URL with a host and a numeric port (or none); a ``ValueError`` saying
+    what is wrong otherwise (checked when the settings load, not on the first request). ``query=False``:
+    a query string is refused (a client that appends a path to the URL puts it after the query)."""
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        parts.port  # raises for a port that is not a number or out of range
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL ({exc}); use http://host:port/path") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} must be an http:// or https:// URL with a host, like http://127.0.0.1:8000")
+    if parts.query and not query:
+        raise ValueError(f"{what} carries a query string (?...); the client appends "
+                         "/chat/completions after it, so no request could reach the server. Give the URL without "
+                         "it and put an API key in the environment variable named by reporter.api_key_env")
+    return url
+
+
+def _prompt_variants() -> set[str]:
+    """The prompt variants shipped in ``casereview.prompts`` (package data, not code: read by name here)."""
+    return {p.name[:-3] for p in resources.files("casereview.prompts").iterdir()
+            if p.name.endswith(".j2") and not p.name.startswith("_")}
+
+
+def _known_variant(value: str) -> str:
+    """A variant name the review would only find missing at its first prompt (or, for the strict one, at a retry)."""
+    if value not in (known := _prompt_variants()):
+        raise ValueError(f"no prompt variant {value!r}; known: {', '.join(sorted(known))}")
+    return value
 
 
 class DataConfig(Section):
@@ -48,6 +103,8 @@ class DataConfig(Section):
     root: Path | None = None
     download: bool = True  # only used when the file is missing under ``root``
     size: int = Field(default=28, ge=8)
+
+    _root = field_validator("root", mode="before")(lambda cls, v: _not_empty(v))
 
 
 class TrainConfig(Section):
@@ -100,6 +157,9 @@ class IndexConfig(Section):
     pixels_pca_components: int = Field(default=64, ge=1)
     chroma_path: Path | None = None  # None: <paths.workdir>/chroma
     chroma_url: str | None = None  # http://host:port of a `chroma run` server
+    # total seconds one request to a Chroma server may take (connect, send, wait, read): a server that
+    # accepts connections and never answers fails a search after this long
+    chroma_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     k: int = Field(default=5, ge=1)
     hnsw_m: int = Field(default=32, ge=2)
     hnsw_ef_construction: int = Field(default=200, ge=1)
@@ -107,6 +167,11 @@ class IndexConfig(Section):
     batch_size: int = Field(default=256, ge=1)
     limit: int | None = Field(default=None, ge=1)  # index a fixed random subset of N images of each split (tests, smoke runs)
     report_embedders: list[EmbedderName] = ["cnn", "pixels"]  # evaluated by `casereview report task3`
+
+    @field_validator("chroma_url")
+    @classmethod
+    def _chroma_url(cls, value: str | None) -> str | None:
+        return value and check_http_url(value, "the Chroma URL")
 
 
 class ReporterConfig(Section):
@@ -121,20 +186,35 @@ class ReporterConfig(Section):
     base_url: str = "http://127.0.0.1:8000/v1"
     api_model: str | None = None  # model name sent to the server; None: model_id
     api_key_env: str = "OPENAI_API_KEY"  # name of the variable holding the key, never the key
-    timeout_s: float = Field(default=120.0, gt=0)
+    # seconds one request may take in total (connect, send, wait, read the whole answer): a server that
+    # trickles its answer or never answers fails the request after this long
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    # seconds one prompt's requests may take together, retries and their back-off included
+    total_timeout_s: float = Field(default=120.0, gt=0, le=7200)
     retries: int = Field(default=3, ge=0)
     seed: int = 0
+    # openai backend: ask the server for a JSON object {findings, impression} (response_format json_schema);
+    # a server that refuses it is told once and the run falls back to free text
+    structured_output: bool = False
     # Which evidence the template backend's impression follows: "both" (the classifier, unless it is
     # uncertain or the neighbours' majority disagrees), or one source alone ("neighbours" is a kNN-vote
     # report baseline, "classifier" a CNN-only one).
     template_follows: Literal["both", "classifier", "neighbours"] = "both"
 
+    _variant = field_validator("variant")(lambda cls, v: _known_variant(v))
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return check_http_url(value, "the server URL", query=False)
+
 
 class GraphConfig(Section):
     """The case-review workflow (``casereview review``)."""
 
-    k: int = Field(default=5, ge=1)  # neighbours retrieved as evidence
-    k_uncertain: int = Field(default=15, ge=1)  # neighbours when the classifier is uncertain
+    # neighbours retrieved as evidence; at most 1,000 (the case base has 4,708 cases; a report can weigh a few)
+    k: int = Field(default=5, ge=1, le=1000)
+    k_uncertain: int = Field(default=15, ge=1, le=1000)  # neighbours when the classifier is uncertain
     case_base: Literal["train", "train+val"] = "train"  # never test: test cases must not ground reports
     max_attempts: int = Field(default=2, ge=1)  # report attempts, the first included
     strict_variant: str = "grounded_skeptical"  # prompt variant of a retry after a contradiction
@@ -150,6 +230,8 @@ class GraphConfig(Section):
     caller_folders: list[Path] = []
     caller_image_max_bytes: int = Field(default=8_000_000, ge=1_000)  # an image a caller sends, decoded
 
+    _strict_variant = field_validator("strict_variant")(lambda cls, v: _known_variant(v))
+
 
 class GateConfig(Section):
     """The input gate (graph node ``check_input``): fitted on train, thresholds set on validation."""
@@ -164,6 +246,8 @@ class GateConfig(Section):
 
 class PathsConfig(Section):
     workdir: Path = Path("runs")
+
+    _workdir = field_validator("workdir", mode="before")(lambda cls, v: _not_empty(v))
 
     @field_validator("workdir")
     @classmethod
@@ -211,7 +295,15 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                          f"position {exc.start}); save it as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deep to be a config (sections hold settings, "
+                          "settings hold values)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path} ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -243,11 +335,13 @@ def warn_unknown_env(environ: Mapping[str, str] | None = None, also_known: set[s
     environ = os.environ if environ is None else environ
     known = {env_name(section, name) for section, field in Settings.model_fields.items()
              for name in field.annotation.model_fields}
-    unknown = sorted(k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
-                     and k.upper() not in OTHER_ENV and k not in also_known)
+    # names are matched exactly: a lower-case casereview_graph_k is not read, so it is warned about too
+    unknown = sorted(k for k in environ if k.upper().startswith(ENV_PREFIX) and k not in known
+                     and k not in OTHER_ENV and k not in also_known)
     for name in unknown:
         close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}?" if close else "settings are CASEREVIEW_<SECTION>_<FIELD>"
+        name = shown(name, 60)
         warnings.warn(f"environment variable {name} is not a setting and is ignored; {hint}", stacklevel=2)
     return unknown
 
@@ -271,8 +365,17 @@ def _describe(error: dict[str, Any], layers: list[tuple[str, dict[str, Any]]]) -
         return f"unknown setting {section}.{name} ({source}); {section} has: {known}"
     setting = ".".join(loc)
     value = error.get("input")
-    shown = repr(str(value) if isinstance(value, Path) else value)
-    return f"invalid setting {setting} = {shown} ({source}): {error['msg']}"
+    if isinstance(value, str) and "://" in value or section == "reporter" and name == "base_url" \
+            or section == "index" and name == "chroma_url":
+        value = redact_url(str(value))  # a URL's credentials never reach a message
+    # a value can be huge (a YAML of nested anchors expands 1 KB into megabytes; its full repr would take
+    # longer than the run): reprlib writes only its first levels and items, and the message stays one line
+    text = _BRIEF.repr(str(value) if isinstance(value, Path) else value)
+    return f"invalid setting {setting} = {shown(text, 100)} ({source}): {shown(error['msg'], 300)}"
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 3, 100, 100
 
 
 def load_settings(

@@ -3,9 +3,11 @@
 - Splits are read from medmnist's file (``pneumoniamnist.npz`` under the data root); when the file
   is missing and the download is allowed, ``medmnist`` downloads it. Every command reaches the
   data through :func:`load_split`, so they all download (or fail) the same way.
-- A case is ``split:index`` (``test:42``) or an image file. Image files are decoded by one
-  function, :func:`decode_image`, into what the classifier sees: uint8 28x28 grayscale,
-  brought there the way MedMNIST made its images (centre square crop, resize).
+- A case is ``split:index`` (``test:42``) or an image file: PNG, JPEG or a DICOM film (``.dcm``, or
+  any name with ``DICM`` at byte 128). Image files are decoded by one function, :func:`decode_image`
+  (a path or the file's bytes), into what the classifier sees: uint8 28x28 grayscale, brought there
+  the way MedMNIST made its images (centre square crop, resize). DICOM specifics live in
+  ``casereview.dicom``, imported only when a DICOM file is read (a PNG review imports no pydicom).
 
 Labels: 0 = normal, 1 = pneumonia.
 """
@@ -26,15 +28,18 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from casereview.errors import CaseReviewError, root_cause
+from casereview.errors import CaseReviewError, root_cause, shown
 
 SPLITS = ("train", "val", "test")
 CLASS_NAMES = ("normal", "pneumonia")
 DATA_FILE = "pneumoniamnist.npz"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DICOM_SUFFIX = ".dcm"
+DICOM_MAGIC = (128, b"DICM")  # the DICOM preamble: 128 bytes, then "DICM" (PS3.10 7.1)
 SIZE = 28
 MAX_PIXELS = 64_000_000  # larger files are refused: no chest film needs more, a decompression bomb does
-_REF = re.compile(r"^(train|val|test):(-?\d+)$")
+_REF = re.compile(r"^(train|val|test):(-?\d{1,18})$")  # a longer index is out of any range (and int() refuses 4,300 digits)
+_LONG_REF = re.compile(r"^(train|val|test):-?\d{19,}$")
 DATA_HINT = (
     "set the data root to a folder holding {file} (--data-root or CASEREVIEW_DATA_ROOT), "
     "or allow the download (CASEREVIEW_DATA_DOWNLOAD=true, the default)"
@@ -78,6 +83,8 @@ def _missing_parents(folder: Path) -> list[Path]:
 @lru_cache(maxsize=8)
 def _load_split(split: str, root: str | None, download: bool) -> Split:
     path = data_file(root)
+    if path.exists() and not path.is_file():  # a folder of that name: a download could not replace it either
+        raise DataError(f"{path} is not a file (a folder or a device); " + DATA_HINT.format(file=DATA_FILE))
     if not path.is_file():
         if not download:
             raise DataError(f"{path} not found: " + DATA_HINT.format(file=DATA_FILE))
@@ -208,18 +215,38 @@ def resize_views(img: Image.Image, size: int = SIZE) -> np.ndarray:
     ])
 
 
+ImageSource = Path | bytes  # an image file, or its bytes (what a remote caller sends)
+
+
+def _name(source: ImageSource) -> str:
+    """How messages name an image: its path as given; bytes by their size only."""
+    return f"image bytes ({len(source):,} bytes)" if isinstance(source, bytes) else str(source)
+
+
+def is_dicom(source: ImageSource) -> bool:
+    """A DICOM file: named ``.dcm``, or carrying the DICOM preamble whatever its name."""
+    offset, magic = DICOM_MAGIC
+    if isinstance(source, bytes):
+        return source[offset : offset + len(magic)] == magic
+    if source.suffix.lower() == DICOM_SUFFIX:
+        return True
+    try:
+        with open(source, "rb") as f:
+            return f.read(offset + len(magic))[offset:] == magic
+    except OSError:
+        return False
+
+
 @contextmanager
-def _opened(path: Path | bytes, name: str | None = None) -> Iterator[Image.Image]:
-    """The image file (or the bytes of one, called ``name``) open (its header read), or a
-    :class:`CaseError` for one that is unreadable or too large to decode safely (also when decoding
-    inside the block finds either)."""
-    source = io.BytesIO(path) if isinstance(path, bytes) else path
-    path = name or path
+def _opened(source: ImageSource) -> Iterator[Image.Image]:
+    """The image file open (its header read), or a :class:`CaseError` for a file that is unreadable or
+    too large to decode safely (also when decoding inside the block finds either)."""
+    path = _name(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            with Image.open(source) as im:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
                 if im.width * im.height > MAX_PIXELS:
                     raise Image.DecompressionBombError(f"{im.width}x{im.height} pixels")
                 yield im
@@ -229,28 +256,69 @@ def _opened(path: Path | bytes, name: str | None = None) -> Iterator[Image.Image
         raise CaseError(f"{path}: unreadable image ({exc})") from exc
 
 
-def decode_image(path: Path | bytes, size: int = SIZE, name: str | None = None) -> DecodedImage:
-    """Read an image file (or its bytes, called ``name`` in messages) as uint8 (size, size) grayscale
-    (centre square crop, bicubic resize, the way MedMNIST made its images); also says what was done
-    to it and, for files of another size, the other resize views of :func:`resize_views`."""
-    with _opened(path, name) as im:
-        path = name or path
+class _Read(NamedTuple):
+    img: Image.Image  # 8-bit grayscale ("L")
+    notes: list[str]  # what the file says about itself (a DICOM film's note)
+    steps: list[str]  # the conversions it needed, said with the resize when there is one
+    original: str  # the file as it was, for the note
+
+
+def _read_dicom(source: ImageSource) -> _Read:
+    """A DICOM film windowed as a reader sees it (see ``casereview.dicom``), with its notes."""
+    from casereview.dicom import read_film  # here, not at the top: a PNG review imports no pydicom
+
+    film = read_film(source, _name(source))
+    rows, cols = film.pixels.shape
+    return _Read(Image.fromarray(film.pixels, mode="L"), film.notes, [], f"DICOM film ({cols}x{rows})")
+
+
+def _read_picture(source: ImageSource) -> _Read:
+    """A PNG or JPEG file as 8-bit grayscale, upright (EXIF), with the conversion it needed."""
+    with _opened(source) as im:
         im.load()
-        mode, original = im.mode, f"{im.width}x{im.height} {im.mode}"
+        mode, original = im.mode, f"image file ({im.width}x{im.height} {im.mode})"
         img = _to_gray8(ImageOps.exif_transpose(im))
-    w, h = img.size
-    if min(w, h) < 8:
-        raise CaseError(f"{path}: image of {w}x{h} px is too small to be a chest X-ray")
-    notes = []
     steps = [] if mode == "L" else [f"converted from {mode} to 8-bit grayscale"
                                     + (" (rescaled by its value range)" if mode in HIGH_DEPTH_MODES else "")]
+    return _Read(img, [], steps, original)
+
+
+def decode_image(source: ImageSource | str, size: int = SIZE) -> DecodedImage:
+    """Read an image file (a path, or the file's bytes) as uint8 (size, size) grayscale (centre square
+    crop, bicubic resize, the way MedMNIST made its images); also says what was done to it and, for
+    files of another size, the other resize views of :func:`resize_views`. DICOM films are windowed
+    first (``casereview.dicom``); their notes say what the film is and how it was read."""
+    source = source if isinstance(source, bytes) else Path(source)
+    if isinstance(source, Path) and is_dicom(source):
+        try:
+            stat = source.stat()
+        except OSError as exc:
+            raise CaseError(f"{source}: unreadable image ({exc.strerror})") from exc
+        film = _decoded_film(str(source), str(source.resolve()), stat.st_mtime_ns, stat.st_size, size)
+        return DecodedImage(film.image.copy(), list(film.notes), None if film.views is None else film.views.copy())
+    return _decode(source, size)
+
+
+@lru_cache(maxsize=256)
+def _decoded_film(path: str, resolved: str, mtime_ns: int, length: int, size: int) -> DecodedImage:
+    """A DICOM film file decoded once per version of the file (its resolved path, time and length):
+    :func:`check_image_path` reads a film whole before any model loads, and the review that follows
+    reads it again. 5 KB an entry (the image and its resize views)."""
+    return _decode(Path(path), size)
+
+
+def _decode(source: ImageSource, size: int) -> DecodedImage:
+    img, notes, steps, original = _read_dicom(source) if is_dicom(source) else _read_picture(source)
+    w, h = img.size
+    if min(w, h) < 8:
+        raise CaseError(f"{_name(source)}: image of {w}x{h} px is too small to be a chest X-ray")
     if w != h:
         steps.append(f"centre-cropped to {min(w, h)}x{min(w, h)}")
     if min(w, h) != size:
         steps.append(f"resized to {size}x{size} (bicubic)")
     if steps:  # say what was done, only that
         notes.append(
-            f"image file ({original}) {', '.join(steps)}; the classifier has only seen MedMNIST-style "
+            f"{original} {', '.join(steps)}; the classifier has only seen MedMNIST-style "
             "images, so treat its output on other images with caution"
         )
     if (w, h) == (size, size):
@@ -260,14 +328,27 @@ def decode_image(path: Path | bytes, size: int = SIZE, name: str | None = None) 
 
 
 def check_image_path(path: Path | str) -> Path:
-    """The path of an existing PNG/JPEG file, or a :class:`CaseError` saying what is wrong."""
+    """The path of an existing PNG/JPEG file or DICOM film, or a :class:`CaseError` saying what is wrong.
+
+    A PNG/JPEG file has its header read; a DICOM film is read whole (header, pixels, windowing), since
+    what makes one unusable (a lie about its bits, a missing decoder, a truncated pixel stream) is only
+    found there, and it must be found before any model loads."""
     path = Path(path)
-    if path.is_dir():
-        raise CaseError(f"{path} is a folder; pass the image files in it (or a command that takes folders)")
-    if not path.is_file():
-        raise CaseError(f"image not found: {path}")
+    try:
+        if path.is_dir():
+            raise CaseError(f"{shown(path)} is a folder; pass the image files in it (or a command that takes folders)")
+        if path.exists() and not path.is_file():  # opening a FIFO would wait forever, /dev/zero never ends
+            raise CaseError(f"{shown(path)} is not a regular file (a FIFO, a device or a socket); give an image file")
+        if not path.is_file():
+            raise CaseError(f"image not found: {shown(path)}")
+    except OSError as exc:  # a name the OS refuses: too long, or a component longer than 255 bytes
+        raise CaseError(f"cannot use {shown(path)} as an image path: {exc.strerror}") from None
+    if is_dicom(path):
+        decode_image(path)  # cached for the load that follows
+        return path
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise CaseError(f"{path}: not a PNG or JPEG file (expected one of {', '.join(IMAGE_SUFFIXES)})")
+        raise CaseError(f"{shown(path)}: not a PNG or JPEG file, nor a DICOM film (expected one of "
+                        f"{', '.join(IMAGE_SUFFIXES + (DICOM_SUFFIX,))}, or a file with the DICOM preamble)")
     with _opened(path):  # reads the header only: the image is decoded once, when the case is loaded
         pass
     return path
@@ -277,8 +358,10 @@ def check_ref(ref: str, root: Path | str | None = None, download: bool = False) 
     """Raise a :class:`CaseError` for a reference that cannot be loaded, without decoding images."""
     parsed = parse_ref(ref)
     if parsed is None:
-        if re.match(r"^\w+:\S*$", ref) and not Path(ref).exists():
-            raise CaseError(f"bad case reference {ref!r}: use <split>:<index> with split in {SPLITS}, or an image path")
+        if _LONG_REF.match(ref.strip()):
+            raise CaseError(f"case {shown(ref, 40)} out of range: an index has at most 18 digits")
+        if re.match(r"^\w+:\S*$", ref) and len(ref) < 256 and not Path(ref).exists():
+            raise CaseError(f"bad case reference {shown(repr(ref))}: use <split>:<index> with split in {SPLITS}, or an image path")
         check_image_path(ref)
         return
     split, index = parsed
@@ -300,24 +383,33 @@ def _skip_reason(path: Path) -> str | None:
     return None
 
 
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name the OS refuses (too long): not a folder; check_image_path says why
+        return False
+
+
 def expand_folders(items: list[str]) -> list[str]:
-    """Case references from command-line items: a folder becomes the PNG/JPEG files in it (sorted);
+    """Case references from command-line items: a folder becomes the PNG/JPEG files and DICOM films in it (sorted);
     a folder holding anything else, or nothing, is a :class:`CaseError`. Entries that are not cases
     (hidden files, broken links, subfolders) are skipped with one warning per folder naming each."""
     refs: list[str] = []
     for item in items:
         path = Path(item)
-        if parse_ref(item) is None and path.is_dir():
+        if parse_ref(item) is None and _is_folder(path):
             entries = sorted(path.iterdir())
             skipped = {p: why for p in entries if (why := _skip_reason(p))}
             files = [p for p in entries if p not in skipped]
             listed = ", ".join(f"{p.name!r} ({why})" for p, why in list(skipped.items())[:5]) + (" ..." if len(skipped) > 5 else "")
-            others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+            others = [p.name for p in files if p.suffix.lower() not in IMAGE_SUFFIXES and not is_dicom(p)]
             if others:
                 raise CaseError(f"{path} holds files that are not PNG/JPEG images: {', '.join(others[:5])}"
-                                f"{' ...' if len(others) > 5 else ''}; move them out or pass the images one by one")
+                                f"{' ...' if len(others) > 5 else ''} (nor DICOM films); "
+                                "move them out or pass the images one by one")
             if not files:
-                raise CaseError(f"{path} holds no PNG/JPEG images" + (f" (skipped: {listed})" if skipped else ""))
+                raise CaseError(f"{path} holds no PNG/JPEG images" + (f" (skipped: {listed})" if skipped else "")
+                                + "; no DICOM films either")
             if skipped:
                 warnings.warn(f"{path}: skipped {len(skipped)} of {len(entries)} entries, not images: {listed}", stacklevel=2)
             refs.extend(str(p) for p in files)
@@ -350,8 +442,9 @@ def load_case(ref: str, root: Path | str | None = None, download: bool = False) 
 
 
 def case_from_bytes(data: bytes, name: str) -> Case:
-    """A case from the bytes of an image file (a caller sent them), decoded as a file is: ``name`` is its id."""
-    decoded = decode_image(data, name=name)
+    """A case from the bytes of an image file (PNG, JPEG or DICOM; a caller sent them), decoded as a
+    file is: ``name`` is its id."""
+    decoded = decode_image(data)
     return Case(case_id=name, image=decoded.image, notes=tuple(decoded.notes), views=decoded.views)
 
 

@@ -8,6 +8,7 @@ names that are not one plain path component (separators, ``..``, control charact
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -53,4 +54,15 @@ def check_folder(path: Path, what: str, purpose: str = "the output") -> Path:
     if (existing := file_in_the_way(path)) is not None:
         where = "is a file" if existing == path else f"is inside {existing}, which is a file"
         raise UnsafePathError(f"{what} {path} {where}; give a folder for {purpose}")
+    return check_writable(path, what, purpose)
+
+
+def check_writable(path: Path, what: str, purpose: str = "the output") -> Path:
+    """``path`` if this process may write in it (or create it: its first existing parent is writable); an
+    :class:`UnsafePathError` otherwise, before any work starts rather than as a ``PermissionError`` after it."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" ({existing} is where it would be created)"
+        raise UnsafePathError(f"{what} {path} is not writable by this user{where}; give a folder you can write "
+                              f"for {purpose}")
     return path

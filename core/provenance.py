@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import platform
 import re
 import subprocess
@@ -104,23 +105,66 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-# Query parameters whose values are credentials (?api_key=..., ?token=..., ?sig=...).
-_SECRET_QUERY = re.compile(r"key|token|secret|pass|sig|auth|cred|session", re.IGNORECASE)
+# A query value that cannot be a credential: a number, a version or a date (``?v=2``, ``?api-version=2024-02-01``)
+_PLAIN_VALUE = re.compile(r"[0-9][0-9.-]{0,15}")
+# Names that mark a credential even when its value looks like a number
+_SECRET_NAME = re.compile(r"key|token|secret|pass|sig|auth|cred|session|code", re.IGNORECASE)
+
+
+def _query_value(name: str, value: str) -> str:
+    return value if _PLAIN_VALUE.fullmatch(value) and not _SECRET_NAME.search(name) else "***"
 
 
 def redact_url(url: str | None) -> str | None:
-    """``url`` with its credentials replaced by ``***``: the userinfo (``user:secret@``) and the values of
-    query parameters that look like tokens. Every URL that is written (provenance, records) or logged
-    (messages) goes through this; the request itself still uses the full URL."""
+    """``url`` with its credentials replaced by ``***``: the userinfo (``user:secret@``) and the value of
+    every query parameter whatever its name (a key may hide behind any name: ``?code=``), except
+    numbers, versions and dates under names that do not name a credential (``?api-version=2024``). Every URL that is
+    written (provenance, records) or logged (messages) goes through this; the request itself still uses
+    the full URL."""
     if not url:
         return url
-    parts = urlsplit(url if "://" in url else f"//{url}")
+    try:
+        parts = urlsplit(url if "://" in url else f"//{url}")
+    except ValueError:  # not a URL at all (a broken IPv6 literal): nothing of it is shown
+        return "<unparseable URL>"
     pairs = parse_qsl(parts.query, keep_blank_values=True)
-    if "@" not in parts.netloc and not any(_SECRET_QUERY.search(k) for k, _ in pairs):
+    hidden = [(k, _query_value(k, v)) for k, v in pairs]
+    if "@" not in parts.netloc and hidden == pairs and (pairs or not parts.query):
         return url  # nothing to hide: the URL exactly as given
     netloc = parts.netloc
     if "@" in netloc:
         netloc = "***@" + netloc.rpartition("@")[2]
-    query = urlencode([(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in pairs], safe="*")
-    clean = urlunsplit(parts._replace(netloc=netloc, query=query))
+    query = urlencode(hidden, safe="*") if pairs else ("***" if parts.query else "")
+    clean = urlunsplit(parts._replace(netloc=netloc, query=query, fragment=""))
     return clean if "://" in url else clean.removeprefix("//")
+
+
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+# "Authorization: Bearer sk-...", "api_key=...", "'x-api-key': '...'" as servers and clients echo them
+_SECRET_FIELD = re.compile(
+    r"(?i)((?:authorization|proxy-authorization|api[-_]?key|x-api-key|token|password|secret|cookie)['\"]?\s*[:=]\s*['\"]?)"
+    r"(?:(?:bearer|basic|token)\s+)?[^\s'\",;&}]+")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}")
+
+
+def redact_text(text: str, secrets: tuple[str | None, ...] = ()) -> str:
+    """Someone else's text (a server's error body, an HTTP client's log line) with what may be a
+    credential replaced by ``***``: every URL through :func:`redact_url`, header and field values named
+    like credentials, bearer tokens, and each of ``secrets`` (the key this process sends) wherever it
+    appears."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    text = _URL.sub(lambda m: redact_url(m.group()) or "", text)
+    text = _SECRET_FIELD.sub(lambda m: m.group(1) + "***", text)
+    return _BEARER.sub(lambda m: m.group(1) + " ***", text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that passes every record's text through :func:`redact_text` (the HTTP clients log
+    full request URLs at debug level, credentials included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        record.msg, record.args = redact_text(message), None
+        return True

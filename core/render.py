@@ -15,17 +15,22 @@ from typing import Any
 
 import jinja2
 
+from casereview.errors import printable
+
 
 def fence(text: str, info: str = "text") -> str:
-    """``text`` in a Markdown code fence longer than any backtick run inside it."""
+    """``text`` in a Markdown code fence longer than any backtick run inside it, its control characters
+    other than newlines and tabs escaped (``\x1b``: no escape sequence reaches a terminal showing the file)."""
+    text = "\n".join("\t".join(printable(part) for part in line.split("\t")) for line in str(text).split("\n"))
     longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
     ticks = "`" * max(3, longest + 1)
     return f"{ticks}{info}\n{text}\n{ticks}"
 
 
 def md_inline(text: object) -> str:
-    """Untrusted text for inline Markdown: one line, HTML escaped, Markdown syntax backslash-escaped."""
-    flat = " ".join(str(text).split())
+    """Untrusted text for inline Markdown: one line, control characters escaped, HTML escaped, Markdown syntax
+    backslash-escaped."""
+    flat = printable(" ".join(str(text).split()))
     return re.sub(r"([\\`*_{}\[\]()#+!|~>-])", r"\\\1", html.escape(flat, quote=False))
 
 

@@ -67,7 +67,7 @@ class InputCheck(GateMeasure):
     reasons: list[str]
 
 
-Verdict = Literal["agree", "contradicts_classifier", "contradicts_neighbours", "unparseable"]
+Verdict = Literal["agree", "contradicts_classifier", "contradicts_neighbours", "inconsistent_findings", "unparseable"]
 
 
 class Verification(Record):
@@ -104,6 +104,8 @@ class ReportRecord(Record):
     findings: str
     hedging: list[str]
     parse_notes: list[str] = Field(default_factory=list, description="format drift seen, or why nothing was read")
+    read_by_tier: Literal[1, 2] | None = Field(default=None, description="1: the contract line, 2: the report's language")
+    impression_sentences: list[str] = Field(default_factory=list, description="the text the impression was read from")
     variant: str
     backend: str
     model_id: str

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from casereview.evaluation import batch_stats as st
-from casereview.evaluation.batch_arms import PROBES, REFERENCE_ARMS
+from casereview.evaluation.batch_arms import PROBES, REFERENCE_ARMS, base_name
 from casereview.evaluation.batch_records import BatchRows, Row, failure_summary, load_rows
 from casereview.records import write_atomic
 from casereview.training.metrics import bootstrap_indices
@@ -108,6 +108,21 @@ def arm_metrics(rows: list[Row], draws: np.ndarray, reference: bool) -> dict[str
     return out
 
 
+def reading_analysis(rows: list[Row]) -> dict[str, Any]:
+    """How an arm's reports were read: the share read by the contract line (tier 1), by the report's own
+    language (tier 2) and not at all, and the accuracy of each tier's impressions on cases with truth."""
+    reports = [r for r in rows if r.has_report]
+    out: dict[str, Any] = {"n_reports": len(reports)}
+    for name, tier in (("tier1", 1), ("tier2", 2), ("unread", None)):
+        mine = [r for r in reports if r.read_tier == tier]
+        known = _with_truth(mine)
+        out[name] = {"share": _rate([r.read_tier == tier for r in reports]), "n": len(mine)}
+        if tier is not None:
+            out[name]["accuracy"] = _rate([r.impression == r.truth for r in known])
+            out[name]["n_with_truth"] = len(known)
+    return out
+
+
 def identical_arms(rows: dict[str, list[Row]], names: list[str]) -> list[list[str]]:
     """``names`` grouped by identical outputs (the same impression and review flag on every case), in
     ``names`` order: every score and rate of an arm is a function of these, so one group is one result."""
@@ -158,7 +173,8 @@ def probe_analysis(rows: dict[str, list[Row]], plan: dict[str, Any]) -> dict[str
     evidence states a label with confidence (the flipped classifier outside its uncertainty band, or
     a clear majority of the swapped neighbours), and how many impressions changed at all."""
     out = {}
-    probed = [(a["name"], f"{a['backend']}-{a['variant']}", a["probe"]) for a in plan["arms"] if a["probe"]]
+    probed = [(a["name"], base_name(a["backend"], a["variant"], a.get("output")), a["probe"])
+              for a in plan["arms"] if a["probe"]]
     probes = {p for *_, p in probed}
     probed += [(f"{ref}.{p}", ref, p) for p in probes for ref in REFERENCE_ARMS]
     for name, base, probe in probed:
@@ -190,6 +206,7 @@ def compute_metrics(data: BatchRows, n_boot: int = N_BOOT, seed: int = SEED) -> 
         # one arm of each group: a pair of identical arms has nothing to test, and would only weaken Holm
         "comparisons": compare(data.arms, [g[0] for g in groups], n_boot, seed),
         "evidence": evidence_analysis(data.arms[REFERENCE_ARMS[0]]),
+        "reading": {name: reading_analysis(data.arms[name]) for name in data.model_arms},
         "probe": probe_analysis(data.arms, data.plan),
     }
 

@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from casereview.agents.gate import review_reasons
 from casereview.agents.verify import neighbour_vote, verify_report
+from casereview.errors import one_line
 from casereview.evaluation.batch_arms import REFERENCE_ARMS
 from casereview.evaluation.batch_runner import ARMS_DIR, arm_dir, load_plan
 from casereview.records import record_stem, write_atomic
-from casereview.schemas import ClassifierOpinion, ClassifierResult, InputCheck, Neighbour
+from casereview.schemas import CaseReview, ClassifierOpinion, ClassifierResult, InputCheck, Neighbour
 from casereview.tools.reporter.backends import TemplateBackend
 from casereview.tools.reporter.evidence import Evidence
 from casereview.tools.reporter.parser import parse_report
@@ -28,16 +30,19 @@ CORRUPT_SUFFIX = ".corrupt"
 
 def set_aside_corrupt(out: Path) -> list[tuple[Path, str]]:
     """Move every record JSON under ``out/arms/`` that does not parse (a truncated file, from a full disk
-    or a copy cut short) to ``<name>.json.corrupt``, so that its pair counts as pending and is redone;
-    returns each record's path and why it was moved. Records are renamed into place whole, so only
-    damage from outside gets here."""
+    or a copy cut short) or is not a case record (fields missing or of the wrong type) to
+    ``<name>.json.corrupt``, so that its pair counts as pending and is redone; returns each record's
+    path and why it was moved. Records are renamed into place whole, so only damage from outside gets here."""
     moved = []
     for path in sorted((out / ARMS_DIR).glob("*/*.json")):
         try:
-            json.loads(path.read_bytes())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            CaseReview.model_validate_json(path.read_bytes())
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(x) for x in error["loc"])
+            why = f"JSONDecodeError: {error['msg']}" if error["type"] == "json_invalid" else f"{where}: {error['msg']}"
             path.replace(path.with_name(path.name + CORRUPT_SUFFIX))
-            moved.append((path, f"{type(exc).__name__}: {exc}"))
+            moved.append((path, one_line(why, 160).strip("'\"")))
     return moved
 
 
@@ -84,6 +89,8 @@ class Row:
     graph_s: float | None
     chars: int | None  # length of the raw report
     tokens: int | None = None  # tokens generated for the report, where the backend counts them
+    read_tier: int | None = None  # 1: contract line, 2: the report's language, None: unread or no report
+    has_report: bool = False
 
 
 def read_records(out: Path, arm: str, refs: list[str]) -> dict[str, dict[str, Any]]:
@@ -106,6 +113,8 @@ def model_row(ref: str, r: dict[str, Any], majority: float) -> Row:
         classifier_uncertain=bool(clf and clf["uncertain"]), margin=abs(clf["prob_pneumonia"] - clf["threshold"]) if clf else 0.0, vote=_vote(r, majority),
         generate_s=r["provenance"]["reporter"].get("generate_s"), graph_s=r["provenance"].get("graph_total_s"),
         chars=len(rep["raw"]) if rep else None, tokens=r["provenance"]["reporter"].get("completion_tokens"),
+        # records from before tier 2 were read by the contract line alone
+        read_tier=rep.get("read_by_tier", 1 if rep["impression"] else None) if rep else None, has_report=rep is not None,
     )
 
 

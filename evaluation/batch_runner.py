@@ -25,12 +25,13 @@ from tqdm.auto import tqdm
 from casereview.agents.evidence import PROBE_TRANSFORMS, batch_evidence
 from casereview.config import Settings
 from casereview.data import load_case, load_split
-from casereview.errors import CaseReviewError
+from casereview.errors import CaseReviewError, one_line
 from casereview.evaluation.batch_arms import Arm, arm_settings
 from casereview.graphs.review import ReviewRun
 from casereview.provenance import sha256_text
 from casereview.records import record_stem, write_atomic
 from casereview.tools.context import build_context, fingerprint, fingerprint_fields
+from casereview.tools.reporter.backends import get_backend
 
 # A batch's arms run under ids made from its folder, which the user never typed.
 BATCH_IN_USE = ("another `casereview batch` ({holder}) is using this batch folder; wait for it to finish, "
@@ -82,29 +83,46 @@ def split_refs(settings: Settings, split: str, sample: int | None, seed: int) ->
     return [f"{split}:{i}" for i in idx]
 
 
+def check_plan(plan: BatchPlan) -> bool:
+    """Whether ``out`` already holds this batch (a rerun resumes it); a :class:`BatchError` if it holds
+    another. Checked before anything loads, and nothing is written: a batch that fails its checks
+    leaves no ``batch.json`` that would refuse the corrected command."""
+    if not (plan.out / PLAN_FILE).is_file():
+        return False
+    old, mine = load_plan(plan.out), plan.to_dict()
+    changed = [k for k in mine if old.get(k) != mine[k]]
+    if changed:
+        raise BatchError(
+            f"{plan.out} holds a batch with other {', '.join(changed)} "
+            f"({'settings of an arm' if 'fingerprints' in changed else 'a different plan'}); "
+            "rerun with the same options to resume it, or give a new --out"
+        )
+    return True
+
+
 def save_plan(plan: BatchPlan) -> None:
-    """Write ``batch.json``, or check that the folder's batch is this one (a rerun resumes it)."""
-    path = plan.out / PLAN_FILE
-    mine = plan.to_dict()
-    if path.is_file():
-        old = json.loads(path.read_text())
-        changed = [k for k in mine if old.get(k) != mine[k]]
-        if changed:
-            raise BatchError(
-                f"{plan.out} holds a batch with other {', '.join(changed)} "
-                f"({'settings of an arm' if 'fingerprints' in changed else 'a different plan'}); "
-                "rerun with the same options to resume it, or give a new --out"
-            )
-        return
-    plan.out.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(mine, indent=2) + "\n")
+    """Write ``batch.json`` (once the batch's models have loaded), unless the folder holds this batch already."""
+    if not check_plan(plan):
+        plan.out.mkdir(parents=True, exist_ok=True)
+        write_atomic(plan.out / PLAN_FILE, json.dumps(plan.to_dict(), indent=2) + "\n")
 
 
 def load_plan(out: Path) -> dict[str, Any]:
     path = out / PLAN_FILE
     if not path.is_file():
         raise BatchError(f"{out} holds no batch ({PLAN_FILE} missing); run `casereview batch --out {out} ...` first")
-    return json.loads(path.read_text())
+    try:
+        plan = json.loads(path.read_bytes())
+        if not isinstance(plan, dict) or not all(isinstance(plan.get(k), list) for k in ("refs", "arms")):
+            raise ValueError("not a batch plan: no lists of refs and arms")
+        for arm in plan["arms"]:
+            if not isinstance(arm, dict) or not isinstance(arm.get("name"), str):
+                raise ValueError("an arm without a name")
+    except (ValueError, RecursionError) as exc:
+        raise BatchError(f"{path} is not a readable batch plan ({type(exc).__name__}: {one_line(str(exc))}); the "
+                         f"records under {out / ARMS_DIR} are kept: move {PLAN_FILE} aside and rerun the batch "
+                         "command that made this folder to write it again") from None
+    return plan
 
 
 @dataclass
@@ -124,14 +142,16 @@ class BatchRunner:
         self._folder_id = sha256_text(str(plan.out.resolve()))[:10]
 
     def run(self) -> BatchOutcome:
-        save_plan(self.plan)
+        check_plan(self.plan)
         pending = self.plan.pending()
         outcome = BatchOutcome(skipped=len(self.plan.refs) * len(self.plan.arms) - len(pending))
         if not pending:
+            save_plan(self.plan)
             return outcome
         s = self.plan.settings
         s = s.model_copy(update={"graph": s.graph.model_copy(update={"sign_off": "off"})})  # no case waits for a reviewer
         base = build_context(s, "batch")  # the models load once, for every arm
+        save_plan(self.plan)  # the checks passed and the models loaded: this folder now holds this batch
         # Every case of the plan, not just the pending ones: the batched forward pass then sees the same
         # batches in a resumed run as in one that ran through, so the numbers match to the last bit.
         cases = [load_case(ref, s.data.root, s.data.download) for ref in self.plan.refs]
@@ -139,8 +159,9 @@ class BatchRunner:
         runs = {}
         for arm in self.plan.arms:
             arm_s, run_id = arm_settings(s, arm), f"batch-{self._folder_id}-{arm.name}"
-            runs[arm.name] = ReviewRun(arm_s, run_id, arm_dir(self.plan.out, arm.name),
-                                       context=replace(base, settings=arm_s, run_id=run_id), in_use=BATCH_IN_USE)
+            # the arm's backend comes from its settings (get_backend: one instance per configuration)
+            ctx = replace(base, settings=arm_s, run_id=run_id)
+            runs[arm.name] = ReviewRun(arm_s, run_id, arm_dir(self.plan.out, arm.name), context=ctx, in_use=BATCH_IN_USE)
         self._tidy()
         start = time.perf_counter()
         bar = tqdm(total=len(pending), desc="batch", unit="review", disable=not self.progress, file=sys.stderr)

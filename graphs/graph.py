@@ -14,6 +14,7 @@ output is the record, or why the input was refused.
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from casereview.agents import nodes
+from casereview.errors import CaseReviewError
 from casereview.schemas import STATE_TYPES, CaseState, ReviewInput, ReviewOutput
 from casereview.tools.context import RunContext
 
@@ -61,13 +63,21 @@ def sqlite_checkpointer(path: Path) -> BaseCheckpointSaver:
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(str(path), check_same_thread=False)
-    # Write-ahead log without an fsync per commit: a committed checkpoint survives the process being
-    # killed (what resuming relies on), only an OS crash can lose the last ones; commits cost a
-    # fraction of the rollback journal's, and a review commits one checkpoint per node.
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    return SqliteSaver(connection, serde=SERDE)
+    try:  # opened and set up here, before any case starts: a full or failing disk is one clear error
+        connection = sqlite3.connect(str(path), check_same_thread=False)
+        # Write-ahead log without an fsync per commit: a committed checkpoint survives the process being
+        # killed (what resuming relies on), only an OS crash can lose the last ones; commits cost a
+        # fraction of the rollback journal's, and a review commits one checkpoint per node.
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        saver = SqliteSaver(connection, serde=SERDE)
+        saver.setup()
+    except sqlite3.Error as exc:  # SQLite says "disk I/O error" when a nearly full disk cannot take its files
+        free = shutil.disk_usage(path.parent).free
+        raise CaseReviewError(
+            f"cannot open the run's checkpoints at {path} ({exc}; {free // 1024:,} KiB free on that disk): "
+            "free space, or give a --workdir on another disk") from None
+    return saver
 
 
 def make_checkpointer(kind: str, path: Path | None = None) -> BaseCheckpointSaver | None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
 from collections.abc import Iterator
-from typing import IO, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -19,8 +17,9 @@ from casereview.config import Settings
 from casereview.data import check_refs, expand_folders, load_case, parse_ref
 from casereview.errors import CaseReviewError
 from casereview.graphs.graph import NODE_ORDER, make_checkpointer, thread_config, with_checkpointer
+from casereview.locks import LockBusyError, hold_lock
 from casereview.provenance import sha256_text, utc_now
-from casereview.records import record_stem, save_case_record
+from casereview.records import is_saved, record_stem, save_case_record
 from casereview.schemas import CaseEvidence
 from casereview.tools.context import RunContext, build_context, fingerprint, fingerprint_fields
 from casereview.tools.reporter.reporting import generate
@@ -28,12 +27,11 @@ from casereview.tools.reporter.reporting import generate
 class SettingsChangedError(CaseReviewError):
     """A case of this run was started with other settings; resuming it would mix two configurations."""
 
+    resumable = False
+
 
 class RunInUseError(CaseReviewError):
     """Another process is working on this run id."""
-
-
-_HELD_LOCKS: dict[Path, IO[str]] = {}  # run locks this process holds (a process may reopen its own runs)
 
 
 RUN_IN_USE = "run {run_id} is in use by {holder}; wait for it to finish, or start a new run (omit --run-id)"
@@ -41,28 +39,13 @@ RUN_IN_USE = "run {run_id} is in use by {holder}; wait for it to finish, or star
 
 def lock_run(workdir: Path, run_id: str, in_use: str = RUN_IN_USE) -> Path:
     """Hold the run id's lock for the rest of this process, or raise :class:`RunInUseError` with the message
-    ``in_use`` (``{run_id}`` and ``{holder}`` filled in: the caller knows what the user can do instead).
-
-    An OS file lock (``flock``): it is released when the holding process ends, even by ``kill -9``,
-    so a crashed run never blocks its own resume."""
+    ``in_use`` (``{run_id}`` and ``{holder}`` filled in: the caller knows what the user can do instead);
+    see :func:`casereview.locks.hold_lock`."""
     path = Path(workdir) / "locks" / f"{sha256_text(run_id)[:16]}.lock"
-    if path in _HELD_LOCKS:
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a+")
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "another process"
-        fh.close()
-        raise RunInUseError(in_use.format(run_id=run_id, holder=holder)) from None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"process {os.getpid()}")
-    fh.flush()
-    _HELD_LOCKS[path] = fh
-    return path
+        return hold_lock(path, in_use.replace("{run_id}", run_id))
+    except LockBusyError as exc:
+        raise RunInUseError(str(exc)) from None
 
 
 def expand_case_refs(items: list[str], settings: Settings) -> list[str]:
@@ -92,8 +75,9 @@ class ReviewRun:
                  in_use: str = RUN_IN_USE):
         self.settings, self.run_id, self.out = settings, run_id, out
         lock_run(settings.paths.workdir, run_id, in_use)  # before any model loads: a second process exits at once
-        self.context = replace(context or build_context(settings, run_id), run_id=run_id, out=out)
+        # before the models load: a disk too full for the checkpoints fails at once
         self.checkpointer = make_checkpointer(settings.graph.checkpointer, settings.paths.workdir / "checkpoints.sqlite")
+        self.context = replace(context or build_context(settings, run_id), run_id=run_id, out=out)
         self.graph = with_checkpointer(self.checkpointer)
         self.evidence: dict[str, CaseEvidence] = {}  # evidence computed ahead, per case ref (graph input, in process)
 
@@ -244,6 +228,7 @@ class ReviewRun:
         return save_case_record(record, np.asarray(image, dtype=np.uint8), self.out)
 
     def ensure_saved(self, record: dict[str, Any], image: Any) -> None:
-        """Write a finished case's files if they are not on disk (its graph ended, its save did not)."""
-        if not (self.out / f"{record_stem(record['case_id'])}.json").is_file():
+        """Write a finished case's files if they are not on disk as this run's record (its graph ended, its
+        save did not); another run's record in their place is refused by the save, never replaced."""
+        if not is_saved(record, self.out):
             self.save(record, image)

@@ -155,6 +155,7 @@ def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n
                          if (c["a"] in val_rows.model_arms or c["b"] in val_rows.model_arms)
                          and c["mcnemar"]["only_a_right"] + c["mcnemar"]["only_b_right"]],
             evidence=val_metrics["evidence"],
+            reading=val_metrics["reading"],
             choice=choice(val_metrics, val_rows.model_arms, "val"),
             batch_report=f"{BATCH_REPORT_DIR}/report.md",
             group_label=group_label,

@@ -34,6 +34,7 @@ BODIES = {  # mode -> (content type, body)
 class FakeServer(http.server.ThreadingHTTPServer):
     mode = "ok"
     status = 200
+    refuse_structured = False  # answer HTTP 400 to a request with response_format, as a server without it does
     requests: list[dict]
 
     @property
@@ -48,11 +49,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.do_POST()
 
     def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.requests.append({"path": self.path, "headers": dict(self.headers)})
+        sent = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.requests.append({"path": self.path, "headers": dict(self.headers), "body": sent})
         kind, body = BODIES[self.server.mode]
+        status = self.server.status
+        if self.server.refuse_structured and b'"response_format"' in sent:
+            kind, body, status = "application/json", json.dumps({"error": {"message": "response_format is not supported"}}), 400
         data = body.encode()
-        self.send_response(self.server.status)
+        self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()

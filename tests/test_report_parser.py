@@ -1,10 +1,12 @@
-"""The output parser on realistic model outputs: labels read where unambiguous, never guessed."""
+"""The contract-line parser (tier 1) on realistic model outputs: labels read where unambiguous, never guessed.
+
+``parse_report`` adds tier 2 where this reads nothing: see tests/test_report_language.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from casereview.tools.reporter.parser import parse_report
+from casereview.tools.reporter.parser import read_contract as parse_report
 
 # (raw model output, impression, status, a note that must be present or None)
 TABLE = [

@@ -123,3 +123,53 @@ def test_timeout_is_a_clear_error(monkeypatch) -> None:
     head = requests[0].decode("latin-1")
     assert f"Bearer {SECRET}" in head  # the key comes from the named environment variable...
     assert SECRET not in str(info.value)  # ...and never shows in errors
+
+
+@pytest.mark.slow
+def test_structured_output_on_transformers_serve(served_model: str, tiny_vlm_dir: Path) -> None:  # noqa: F811
+    """transformers serve accepts response_format but ignores it: told once, the text is read as free text."""
+    cfg = ReporterConfig(backend="openai", base_url=served_model, api_model=str(tiny_vlm_dir), max_new_tokens=8,
+                         timeout_s=60, retries=0, batch_size=1, structured_output=True)
+    backend = OpenAIBackend(cfg)
+    with pytest.warns(UserWarning, match="answered free text to a structured-output request") as caught:
+        results = generate(backend, [render_prompt("structured", ev) for ev in _cases(2)])
+    assert len([w for w in caught if "structured" in str(w.message)]) == 1
+    assert all(r.raw == r.parsed.raw for r in results)
+
+
+def test_structured_output_refused_falls_back_once() -> None:
+    """A server that answers HTTP 400 to response_format: one warning, then free-text requests only."""
+    import json as _json
+
+    from fake_openai import fake_openai
+
+    with fake_openai() as srv:
+        srv.refuse_structured = True
+        cfg = ReporterConfig(backend="openai", base_url=srv.url, retries=0, batch_size=1, structured_output=True)
+        backend = OpenAIBackend(cfg)
+        with pytest.warns(UserWarning, match="refused structured output") as caught:
+            results = generate(backend, [render_prompt("structured", ev) for ev in _cases(3)])
+        assert len([w for w in caught if "refused" in str(w.message)]) == 1
+        assert [r.parsed.impression for r in results] == ["normal"] * 3
+        bodies = [_json.loads(r["body"]) for r in srv.requests]
+        assert ["response_format" in b for b in bodies] == [True, False, False, False]
+        assert backend.describe()["structured_output"] is False
+
+
+def test_structured_answer_is_read_in_the_contract_layout() -> None:
+    from fake_openai import BODIES, COMPLETION, fake_openai
+
+    content = '{"findings": "Dense right lower lobe consolidation.", "impression": "pneumonia"}'
+    answer = COMPLETION | {"choices": [{"index": 0, "finish_reason": "stop",
+                                        "message": {"role": "assistant", "content": content}}]}
+    BODIES["structured"] = ("application/json", __import__("json").dumps(answer))
+    try:
+        with fake_openai("structured") as srv:
+            cfg = ReporterConfig(backend="openai", base_url=srv.url, retries=0, structured_output=True)
+            result = generate(OpenAIBackend(cfg), [render_prompt("structured", _cases(1)[0])])[0]
+            sent = __import__("json").loads(srv.requests[0]["body"])
+    finally:
+        del BODIES["structured"]
+    assert sent["response_format"]["type"] == "json_schema"
+    assert result.raw == "FINDINGS: Dense right lower lobe consolidation.\nIMPRESSION: pneumonia"
+    assert result.parsed.impression == "pneumonia" and result.parsed.tier == 1

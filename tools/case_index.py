@@ -26,12 +26,14 @@ collections are searched, so a search cannot return a test case by construction.
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import chromadb
+import httpx
 import numpy as np
 from chromadb.api import ClientAPI
 from chromadb.api.models.Collection import Collection
@@ -43,6 +45,7 @@ from casereview.data import CLASS_NAMES, SPLITS, parse_ref
 from casereview.errors import CaseReviewError, one_line
 from casereview.provenance import redact_url
 from casereview.schemas import Neighbour
+from casereview.tools.http_deadline import DeadlineTransport
 from casereview.tools.embedders import Embedder, create_embedder, data_sha256
 
 if TYPE_CHECKING:
@@ -71,6 +74,8 @@ class StaleIndexError(IndexMissingError):
 class QueryError(CaseIndexError, ValueError):
     """A search that cannot be answered: bad k or an unknown split."""
 
+    resumable = False  # a setting (k, a split, a variant): the same run fails the same way
+
 
 def build_command(embedder: str, runtime: str = "onnx") -> str:
     torch = " --runtime torch" if embedder == "cnn" and runtime == "torch" else ""  # the index follows the served file
@@ -95,22 +100,52 @@ def chroma_path(settings: Settings) -> Path:
     return settings.index.chroma_path or settings.paths.workdir / "chroma"
 
 
+def _http_client(host: str, port: int, ssl: bool, seconds: float) -> ClientAPI:
+    """``chromadb.HttpClient`` whose every request ends within ``seconds``. chromadb's own HTTP session
+    waits forever (``timeout=None``) and its constructor already asks the server three questions: it is
+    built in a daemon thread given ``seconds`` (a server that never answers leaves that thread waiting
+    until the process ends, not the user), then its session is replaced by one on a
+    :class:`~casereview.tools.http_deadline.DeadlineTransport`."""
+    made: list[Any] = []
+
+    def connect() -> None:
+        try:
+            made.append(chromadb.HttpClient(host=host, port=port, ssl=ssl,
+                                             settings=ChromaSettings(anonymized_telemetry=False)))
+        except Exception as exc:  # handed to the caller's thread
+            made.append(exc)
+
+    thread = threading.Thread(target=connect, daemon=True, name="chroma-connect")
+    thread.start()
+    thread.join(seconds)
+    if not made:
+        raise httpx.ReadTimeout(f"no complete answer within the deadline of {seconds:g} s")
+    if isinstance(made[0], Exception):
+        raise made[0]
+    client, server = made[0], made[0]._server  # the FastAPI instance that holds the session (chromadb 1.x)
+    session = httpx.Client(transport=DeadlineTransport(seconds), timeout=seconds)
+    session.headers.update(server._session.headers)
+    server._session.close()
+    server._session = session
+    return client
+
+
 def chroma_client(settings: Settings) -> ClientAPI:
     """A client for the configured Chroma: a server at ``index.chroma_url``, else a folder on disk."""
     chroma_settings = ChromaSettings(anonymized_telemetry=False)
     url = settings.index.chroma_url
     if not url:
-        return chromadb.PersistentClient(path=str(chroma_path(settings)), settings=chroma_settings)
+        try:
+            return chromadb.PersistentClient(path=str(chroma_path(settings)), settings=chroma_settings)
+        except Exception as exc:  # a folder this user cannot write, a catalogue that is not a database
+            raise CaseIndexError(f"cannot open the case index at {chroma_path(settings)} "
+                                 f"({type(exc).__name__}: {one_line(str(exc), 160)})") from exc
     parsed = urlparse(url if "://" in url else f"http://{url}")
     if not parsed.hostname:
         raise CaseIndexError(f"bad Chroma URL {redact_url(url)!r}; expected http://host:port")
     try:
-        client = chromadb.HttpClient(
-            host=parsed.hostname,
-            port=parsed.port or (443 if parsed.scheme == "https" else 8000),
-            ssl=parsed.scheme == "https",
-            settings=chroma_settings,
-        )
+        client = _http_client(parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 8000),
+                              parsed.scheme == "https", settings.index.chroma_timeout_s)
         client.heartbeat()
     except Exception as exc:  # chromadb raises plain ValueError/ConnectionError/httpx errors here
         raise CaseIndexError(
@@ -240,9 +275,13 @@ class CaseIndex:
         step = max(1, SQL_VARIABLES // n)
         self.verify([split])
         for start in range(0, len(vectors), step):
-            res = self.collections[split].query(
-                query_embeddings=vectors[start : start + step], n_results=n, include=["metadatas", "distances"]
-            )
+            try:
+                res = self.collections[split].query(
+                    query_embeddings=vectors[start : start + step], n_results=n, include=["metadatas", "distances"]
+                )
+            except httpx.TimeoutException as exc:  # a Chroma server that stopped answering (see chroma_client)
+                raise CaseIndexError(f"the Chroma server at {self.location} did not answer a search within "
+                                     f"its deadline (index.chroma_timeout_s)") from exc
             out += [[_neighbour(m, d) for m, d in zip(ms, ds)] for ms, ds in zip(res["metadatas"], res["distances"])]
         return out
 

@@ -149,6 +149,8 @@ def fingerprint_fields(settings: Settings) -> dict[str, Any]:
         "strict_variant": s.graph.strict_variant,
         "seed": r.seed,
         "gate": s.gate.model_dump(),
+        # only when on, so that the fingerprints of runs from before the setting stay as they were
+        **({"structured_output": True} if r.backend == "openai" and r.structured_output else {}),
     }
 
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from casereview.config import Settings
 from casereview.data import CLASS_NAMES, SPLITS, load_split, subset_indices
+from casereview.locks import holding
 from casereview.provenance import package_versions, utc_now
 from casereview.tools.case_index import (
     CaseIndex,
@@ -119,6 +120,15 @@ def build_index(
     One build at a time per location: a build removes the collections other builds left behind, and in an
     on-disk Chroma the segment folders of every deleted collection (Chroma leaves them).
     """
+    # One build per work folder at a time: two would both drop "the other builds' collections" (each
+    # other's), and two first builds would both create the manifest.
+    with holding(settings.paths.workdir / "locks" / "index-build.lock",
+                 "another `casereview index build` ({holder}) is building the index of this work folder; "
+                 "wait for it to finish (then this build finds its index up to date, or rerun with --rebuild)"):
+        return _build(settings, embedder, rebuild, prune, progress)
+
+
+def _build(settings: Settings, embedder: str | None, rebuild: bool, prune: bool, progress: bool) -> BuildReport:
     started = time.perf_counter()
     load_avg = os.getloadavg()[0]  # timings mean little without the machine's load: kept beside them
     name = embedder or settings.index.embedder

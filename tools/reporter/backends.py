@@ -11,7 +11,9 @@ import copy
 import json
 import logging
 import os
+import threading
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +23,8 @@ from pydantic import BaseModel
 
 from casereview.config import ReporterConfig, Settings
 from casereview.errors import one_line
-from casereview.provenance import redact_url
+from casereview.provenance import redact_text, redact_url
+from casereview.tools.http_deadline import DeadlineTransport, deadline
 from casereview.tools.reporter.evidence import Evidence, ReporterError
 from casereview.tools.reporter.prompts import RenderedPrompt
 
@@ -250,13 +253,42 @@ class MedGemmaBackend(ReporterBackend):
         return out
 
 
+# The JSON object ``reporter.structured_output`` asks an OpenAI-compatible server for.
+REPORT_SCHEMA = {
+    "type": "json_schema",
+    "json_schema": {"name": "chest_xray_report", "strict": True, "schema": {
+        "type": "object", "additionalProperties": False, "required": ["findings", "impression"],
+        "properties": {"findings": {"type": "string"},
+                       "impression": {"type": "string", "enum": ["normal", "pneumonia", "indeterminate"]}}}},
+}
+
+
+def structured_text(content: str) -> str | None:
+    """A structured answer in the contract's layout (``FINDINGS: ...`` / ``IMPRESSION: label``), or None
+    when ``content`` is not the JSON object asked for (it is then read as free text)."""
+    try:
+        answer = json.loads(content)
+    except json.JSONDecodeError:
+        return None
+    if not (isinstance(answer, dict) and isinstance(answer.get("findings"), str)
+            and isinstance(answer.get("impression"), str)):
+        return None
+    return f"FINDINGS: {answer['findings'].strip()}\nIMPRESSION: {answer['impression'].strip()}"
+
+
 class OpenAIBackend(ReporterBackend):
     """An OpenAI-compatible chat-completions server (vLLM, ``transformers serve``, Ollama).
 
     Images go as base64 PNG data URLs. The API key is read from the environment variable
-    named by ``cfg.api_key_env`` (local servers accept any key); it is never logged or saved.
-    Timeouts and retries with exponential backoff are the ``openai`` client's; up to
-    ``cfg.batch_size`` requests run at once.
+    named by ``cfg.api_key_env`` (local servers accept any key); it is never logged or saved, and
+    a server's error text is shown only through :func:`~casereview.provenance.redact_text`.
+    Retries with exponential backoff are the ``openai`` client's. Each request ends within
+    ``cfg.timeout_s`` (connect, wait and the whole answer: see :mod:`casereview.tools.http_deadline`),
+    and one prompt's requests, retries included, within ``cfg.total_timeout_s``. Up to
+    ``cfg.batch_size`` requests run at once. With ``cfg.structured_output`` the server is asked for
+    ``REPORT_SCHEMA`` (chat-completions ``response_format``); a server that refuses it (HTTP 400 or
+    422) is warned about once and asked for free text from then on; one that ignores it (answers
+    free text, as ``transformers serve`` does) is warned about once and its text is read as it is.
     """
 
     name = "openai"
@@ -264,6 +296,15 @@ class OpenAIBackend(ReporterBackend):
     def __init__(self, cfg: ReporterConfig):
         super().__init__(cfg)
         self._client = None
+        self._structured = cfg.structured_output
+        self._lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    def _warn_once(self, key: str, message: str) -> None:
+        with self._lock:
+            if key not in self._warned:
+                self._warned.add(key)
+                warnings.warn(f"the server at {redact_url(self.cfg.base_url)} {message}", stacklevel=3)
 
     @property
     def model_id(self) -> str:
@@ -271,22 +312,49 @@ class OpenAIBackend(ReporterBackend):
 
     def client(self):
         if self._client is None:
+            import httpx
             from openai import OpenAI
 
             self._client = OpenAI(
                 base_url=self.cfg.base_url,
-                api_key=os.environ.get(self.cfg.api_key_env) or "no-key",
+                api_key=self._api_key() or "no-key",
                 timeout=self.cfg.timeout_s,
                 max_retries=self.cfg.retries,
+                http_client=httpx.Client(transport=DeadlineTransport(self.cfg.timeout_s), timeout=self.cfg.timeout_s),
             )
         return self._client
+
+    def _api_key(self) -> str | None:
+        return os.environ.get(self.cfg.api_key_env)
+
+    def _safe(self, text: str) -> str:
+        """A server's or the client's text without credentials (it may echo the request, key included)."""
+        return redact_text(text, (self._api_key(),))
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {
             "base_url": redact_url(self.cfg.base_url),
             "max_new_tokens": self.cfg.max_new_tokens,
             "decoding": "temperature 0",
+            **({"structured_output": self._structured} if self.cfg.structured_output else {}),
         }
+
+    def _create(self, prompt: RenderedPrompt):
+        """One chat completion; asked for the JSON schema while the server has not refused it."""
+        import openai
+
+        args = dict(model=self.model_id, messages=prompt.openai_messages(), max_tokens=self.cfg.max_new_tokens,
+                    temperature=0.0, seed=self.cfg.seed)
+        structured = self._structured
+        try:
+            return self.client().chat.completions.create(**args, **({"response_format": REPORT_SCHEMA} if structured else {})), structured
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
+            if not structured:
+                raise
+            self._structured = False
+            self._warn_once("refused", f"refused structured output (HTTP {exc.status_code}); "
+                                       "reports are asked for as free text")
+            return self.client().chat.completions.create(**args), False
 
     def _one(self, prompt: RenderedPrompt) -> Generation:
         import openai
@@ -295,38 +363,48 @@ class OpenAIBackend(ReporterBackend):
         tries = f"{self.cfg.retries + 1} attempt(s)"
         start = time.perf_counter()
         try:
-            resp = self.client().chat.completions.create(
-                model=self.model_id,
-                messages=prompt.openai_messages(),
-                max_tokens=self.cfg.max_new_tokens,
-                temperature=0.0,
-                seed=self.cfg.seed,
-            )
+            with deadline(self.cfg.total_timeout_s):  # the request and the client's retries, together
+                resp, structured = self._create(prompt)
         except openai.APITimeoutError as exc:
-            raise ReporterError(f"{where} did not answer within {self.cfg.timeout_s:g} s ({tries})") from exc
+            if time.perf_counter() - start >= self.cfg.total_timeout_s:
+                raise ReporterError(f"{where} did not answer within {self.cfg.total_timeout_s:g} s in total "
+                                    f"(reporter.total_timeout_s, retries included)") from exc
+            raise ReporterError(f"{where} did not answer within {self.cfg.timeout_s:g} s ({tries}; reporter.timeout_s "
+                                "bounds connecting, waiting and reading the whole answer)") from exc
         except openai.APIConnectionError as exc:
             raise ReporterError(
-                f"cannot reach {where} ({tries}: {exc}). Start one (e.g. `vllm serve MODEL` or "
+                f"cannot reach {where} ({tries}: {self._safe(str(exc))}). Start one (e.g. `vllm serve MODEL` or "
                 "`transformers serve MODEL`) or set reporter.base_url."
             ) from exc
         except openai.APIStatusError as exc:
-            raise ReporterError(f"{where} refused the request: HTTP {exc.status_code} {exc.message}") from exc
+            raise ReporterError(f"{where} refused the request: HTTP {exc.status_code} "
+                                f"{one_line(self._safe(exc.message), 300)}") from exc
         except json.JSONDecodeError as exc:  # a 200 declared as JSON whose body is not (truncated, cut off)
             raise MalformedAnswerError(f"{where} answered with malformed JSON ({exc.msg}, "
                                        f"character {exc.pos} of {len(exc.doc)}): "
-                                       f"{one_line(exc.doc)}") from exc
+                                       f"{one_line(self._safe(exc.doc))}") from exc
+        except (UnicodeDecodeError, RecursionError) as exc:  # bytes that are no UTF-8, JSON nested 100,000 deep
+            what = "text that is not UTF-8" if isinstance(exc, UnicodeDecodeError) else "JSON nested too deep to read"
+            raise MalformedAnswerError(f"{where} answered with {what}") from None
         if isinstance(resp, str):  # a 200 that is not JSON at all (an HTML page of a proxy): the client returns the text
-            raise MalformedAnswerError(f"{where} answered with something other than JSON: {one_line(resp)}")
+            raise MalformedAnswerError(f"{where} answered with something other than JSON: {one_line(self._safe(resp))}")
         try:  # the client builds the completion without validating it: any JSON object gets here
             choices = resp.choices
             if not choices:
                 raise ReporterError(f"{where} answered without a completion")
             text = choices[0].message.content
         except (AttributeError, IndexError, KeyError, TypeError) as exc:
-            raise MalformedAnswerError(f"{where} answered with JSON that is not a chat completion: {one_line(repr(resp))}") from exc
+            raise MalformedAnswerError(f"{where} answered with JSON that is not a chat completion: "
+                                       f"{one_line(self._safe(repr(resp)))}") from exc
         if text is not None and not isinstance(text, str):
-            raise MalformedAnswerError(f"{where} answered with a completion whose content is not text: {one_line(repr(text))}")
+            raise MalformedAnswerError(f"{where} answered with a completion whose content is not text: "
+                                       f"{one_line(self._safe(repr(text)))}")
         tokens = getattr(getattr(resp, "usage", None), "completion_tokens", None)  # optional in the protocol
+        if structured and text:
+            as_contract = structured_text(text)
+            if as_contract is None:
+                self._warn_once("ignored", "answered free text to a structured-output request; read as free text")
+            text = as_contract or text
         text, truncated_from = capped((text or "").strip(), self.cfg.max_new_tokens)
         return Generation(text=text, seconds=time.perf_counter() - start, truncated_from=truncated_from,
                           completion_tokens=tokens if isinstance(tokens, int) else None)

@@ -5,7 +5,16 @@ indeterminate``. The parser tolerates drift in case and format (Markdown emphasi
 the label on the line after an ``Impression`` heading, text after the label or after the
 line) and notes each drift. It only reads a label where the impression names exactly one;
 a negated or two-sided impression ("no pneumonia", "normal vs pneumonia") is ``ambiguous``
-and no impression line at all is ``missing``: both leave ``impression`` unset.
+and no impression line at all is ``missing``. That is tier 1, the contract.
+
+Tier 1 reads a contract line: an impression that starts with one of the labels ("pneumonia",
+"Normal.", "indeterminate - image quality limited"). When it reads nothing, or finds the label only
+inside the impression's own words ("Possible early RLL pneumonia", "Resolution of the pneumonia"),
+tier 2 (``report_language``) reads the report's own radiology language:
+the impression's sentences (else the findings'), their target concepts and whether each is present,
+negated, hedged, historical or hypothetical. ``tier`` says which tier read the impression and
+``impression_sentences`` which sentences gave it; a report that asserts neither stays unset, with
+tier 1's ``status`` and notes. spaCy is imported only when tier 2 runs.
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ import re
 from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from casereview.tools.reporter.report_language import read_language, sections  # spaCy only when it reads
 
 Impression = Literal["normal", "pneumonia", "indeterminate"]
 ParseStatus = Literal["ok", "ambiguous", "missing"]
@@ -70,6 +81,8 @@ class ParsedReport(BaseModel):
     hedging: list[str] = Field(description="hedging words and phrases used, in order of first use, lower case")
     notes: list[str] = Field(default_factory=list, description="format drift seen, or why nothing was read")
     raw: str
+    tier: Literal[1, 2] | None = Field(default=None, description="1: the contract line, 2: the report's language")
+    impression_sentences: list[str] = Field(default_factory=list, description="the text the impression was read from")
 
     @property
     def parsed(self) -> bool:
@@ -123,8 +136,8 @@ def find_hedging(text: str) -> list[str]:
     return list(dict.fromkeys(m.group(1).lower() for m in _HEDGE.finditer(text)))
 
 
-def parse_report(raw: str) -> ParsedReport:
-    """Read a model's raw text against the ``IMPRESSION:`` contract (see the module docstring)."""
+def read_contract(raw: str) -> ParsedReport:
+    """Tier 1: read a model's raw text against the ``IMPRESSION:`` contract (see the module docstring)."""
     text = raw or ""
     lines = text.replace("\r\n", "\n").split("\n")
     hedging = find_hedging(text)
@@ -151,4 +164,32 @@ def parse_report(raw: str) -> ParsedReport:
         hedging=hedging,
         notes=notes,
         raw=raw,
+        tier=1 if label is not None else None,
+        impression_sentences=[value.strip()] if label is not None else [],
     )
+
+
+def has_contract_line(contract: ParsedReport) -> bool:
+    """Whether tier 1 read a contract line: an impression that starts with its label."""
+    return contract.parsed and bool(_LEADING_LABEL.match(_clean(contract.impression_sentences[0])))
+
+
+def parse_report(raw: str) -> ParsedReport:
+    """The contract line (tier 1), else the report's own language (tier 2); see the module docstring."""
+    contract = read_contract(raw)
+    if has_contract_line(contract):
+        return contract
+    reading = read_language(raw or "")
+    if reading.impression is None and contract.parsed:  # a label inside prose that tier 2 cannot read
+        return contract
+    if reading.impression is None:
+        return contract.model_copy(update={"notes": [*contract.notes, "the report's language asserts neither "
+                                                     "pneumonia nor a normal study"]})
+    parts = sections(raw)
+    return contract.model_copy(update={
+        "impression": reading.impression, "status": "ok", "tier": 2, "impression_sentences": reading.sentences,
+        "findings": parts["findings"] or parts["report"],
+        "notes": [*contract.notes, f"impression read from the report's language ({reading.section} section)"]
+        + ([f"the impression line names {contract.impression} inside its own words: read as language"]
+           if contract.parsed else []),
+    })

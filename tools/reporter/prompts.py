@@ -29,6 +29,8 @@ _MARKER = re.compile(r"\x00image:(case|\d+)\x00")
 class PromptError(ReporterError):
     """A variant is unknown or cannot be rendered with the evidence given."""
 
+    resumable = False  # a setting (k, a split, a variant): the same run fails the same way
+
 
 @dataclass(frozen=True)
 class ImagePart:
