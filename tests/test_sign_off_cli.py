@@ -254,3 +254,16 @@ def test_pending_cases_are_read_with_the_graphs_allow_list(tmp_path, caplog):
         value = t.model_construct()
         assert type(serde.loads_typed(SERDE.dumps_typed(value))) is t
     assert "unregistered" not in caplog.text
+
+
+def test_the_terminal_view_shows_model_text_as_text():
+    """A draft holding an escape sequence reaches the terminal escaped, its lines kept, fenced."""
+    from casereview.cli.signoff_terminal import case_view
+
+    payload = {"case_id": "films/a\x1b]0;x\x07.png", "run_id": "r1", "status": "preliminary", "signed_before": None,
+               "review_reasons": ["the report is indeterminate"], "classifier": None, "neighbours": [],
+               "input_check": None, "draft": {"raw": "FINDINGS: \x1b[2Jclear.\nIMPRESSION: normal", "impression": "normal",
+                                              "backend": "openai"}}
+    view = case_view(payload)
+    assert "\x1b" not in view and "\x07" not in view
+    assert "FINDINGS: \\x1b[2Jclear.\nIMPRESSION: normal" in view and "```" in view
