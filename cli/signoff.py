@@ -59,14 +59,15 @@ def reviewer_name(given: str | None, settings: Settings) -> str:
 
 def edit_fields(text: str, impression: str | None = None) -> dict[str, Any]:
     """A reviewer's report text as an edit's ``impression`` and ``text``: the impression given, else the
-    one its ``IMPRESSION:`` line names (read by the same parser as a model's report)."""
+    one its ``IMPRESSION:`` line names (read by the same parser as a model's report, its first tier)."""
     from casereview.tools.reporter.parser import parse_report
 
     if not text.strip():
         raise CaseReviewError("the edited report is empty; nothing was signed")
     if impression is None:
         parsed = parse_report(text)
-        if parsed.impression is None:
+        # only the contract line (tier 1): what a person signs is stated, never inferred from its prose
+        if parsed.impression is None or parsed.tier != 1:
             raise CaseReviewError("the edited report names no impression: end it with a line "
                                   "'IMPRESSION: normal | pneumonia | indeterminate' (or give --impression)")
         impression = parsed.impression
