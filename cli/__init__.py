@@ -2,6 +2,8 @@
 
 Each module in ``COMMAND_MODULES`` adds its subcommands with ``register(subparsers)`` and
 sets ``func(args) -> int`` on them, so that the commands of one capability live together.
+Other distributions (and the research layer, studies/) add commands the same way
+through the ``casereview.commands`` entry-point group: the CLI never imports them by name.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import sqlite3
 import sys
 import textwrap
 import warnings
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from casereview.cli.examples import add_examples
 from casereview.errors import CaseReviewError, printable
 from casereview.provenance import RedactingFilter
 
-COMMAND_MODULES = ("classifier", "report", "review", "signoff", "reporter", "index", "batch")
+COMMAND_MODULES = ("classifier", "review", "signoff", "reporter", "index", "batch")
+PLUGIN_GROUP = "casereview.commands"  # entry points: "name = module:register"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"casereview.cli.{name}").register(sub)
+    for plugin in sorted(entry_points(group=PLUGIN_GROUP), key=lambda ep: ep.name):
+        try:
+            register = plugin.load()
+        except ImportError as exc:  # a broken plugin must not take the product's commands down with it
+            print(f"warning: the commands of {plugin.value} are not available: {exc}", file=sys.stderr)
+            continue
+        register(sub)
     add_examples(parser)
     return parser
 

@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_batch(args: argparse.Namespace) -> int:
     from casereview.evaluation.batch_metrics import summarize
     from casereview.evaluation.batch_records import load_rows, save_failures, set_aside_corrupt
-    from casereview.studies.batch_report import write_reports
+    from casereview.evaluation.batch_report import write_reports
 
     if args.summarize:
         out = check_folder(args.summarize, "--summarize")

@@ -1,4 +1,4 @@
-"""Classifier commands: ``train``, ``evaluate``, ``predict``."""
+"""Classifier commands: ``train``, ``evaluate``, ``predict``, ``release``, ``ensemble``."""
 
 from __future__ import annotations
 
@@ -75,23 +75,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_predict)
 
     p = sub.add_parser(
-        "study",
-        help="architecture comparison on validation and the seed study of the chosen one",
-        description=(
-            "Train seed 0 of each architecture (the default config otherwise), choose on validation, train the "
-            "other seeds of the choice, evaluate those on test, and write a JSON summary. Runs that already "
-            "have a checkpoint under --out are reused, so an interrupted study resumes."
-        ),
-    )
-    add_common_options(p)
-    p.add_argument("--out", type=path_arg, default=Path("runs/study"), help="one folder per run (default: runs/study)")
-    p.add_argument("--archs", nargs="+", default=["cr_resnet_small", "cr_vit_tiny"])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--summary", type=Path, default=Path("reports/task1_study.json"), help="summary JSON path")
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
-    p.set_defaults(func=run_study)
-
-    p = sub.add_parser(
         "release",
         help="export a checkpoint to ONNX and install it as the released default, with its model card",
         description=(
@@ -107,7 +90,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-out", type=Path, default=Path("runs/release_eval"), help="where the evaluations go")
     p.set_defaults(func=run_release)
 
-
     p = sub.add_parser(
         "ensemble",
         help="combine the seeds of one recipe into one checkpoint (mean logit), calibrated on validation",
@@ -122,33 +104,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("members", nargs="+", type=Path, help="member checkpoints written by `casereview train`")
     p.add_argument("--out", type=path_arg, required=True, help="the ensemble checkpoint to write (.safetensors)")
     p.set_defaults(func=run_ensemble)
-
-    p = sub.add_parser(
-        "robustness",
-        help="metrics under synthetic brightness, contrast, gamma, blur and noise shifts",
-        description=(
-            "Evaluate checkpoints on a split under synthetic acquisition shifts (studies/robustness.py) "
-            "with their own temperature and threshold; writes a JSON table (one entry per --checkpoint NAME=PATH)."
-        ),
-    )
-    add_common_options(p)
-    p.add_argument("--checkpoint", dest="checkpoints", action="append", required=True, metavar="NAME=PATH",
-                   help="a named checkpoint; repeat to compare (PATH 'released' means the released one)")
-    p.add_argument("--split", choices=["train", "val", "test"], default="test")
-    p.add_argument("--out", type=path_arg, required=True, help="JSON file to write")
-    p.set_defaults(func=run_robustness)
-
-
-def _named_checkpoints(pairs: list[str]) -> dict[str, Path | None]:
-    from casereview.errors import CaseReviewError
-
-    named: dict[str, Path | None] = {}
-    for pair in pairs:
-        name, sep, path = pair.partition("=")
-        if not sep or not name or not path:
-            raise CaseReviewError(f"--checkpoint expects NAME=PATH, got {pair!r}")
-        named[name] = None if path == "released" else Path(path)
-    return named
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -170,7 +125,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from casereview.studies.classifier_evaluation import evaluate
+    from casereview.evaluation.classifier_evaluation import evaluate
 
     require_positive(args, "bootstrap")
     settings = settings_from_args(args, classifier={"checkpoint": args.checkpoint})
@@ -209,28 +164,20 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_study(args: argparse.Namespace) -> int:
-    from casereview.studies.architecture_study import run_study, write_summary
-
-    settings = settings_from_args(args, train={"threads": args.threads})
-    summary = run_study(settings, check_folder(args.out, "--out"), args.archs, args.seeds)
-    path = write_summary(summary, args.summary)
-    print(f"chosen on validation: {summary['chosen_arch']} (ranking {summary['ranking_on_val']})")
-    for k, v in summary["test_mean_std"].items():
-        print(f"  test {k:18s} {v['mean']:.4f} +- {v['std']:.4f}")
-    print(f"wrote {path}")
-    return 0
-
-
 def run_release(args: argparse.Namespace) -> int:
-    from casereview.studies.release import export, release
+    from casereview.evaluation.classifier_evaluation import evaluate
+    from casereview.training.release import export, install, serving
 
+    settings = settings_from_args(args)
+    exported, parity = export(settings, args.checkpoint)
     if args.export_only:
-        path, parity = export(settings_from_args(args), args.checkpoint)
-        print(f"wrote {path}; against torch on {parity['n']} validation films: largest logit difference "
+        print(f"wrote {exported}; against torch on {parity['n']} validation films: largest logit difference "
               f"{parity['max_abs_logit_diff']:.1e}, smallest embedding cosine {parity['min_cosine']:.7f}")
         return 0
-    path = release(settings_from_args(args), args.checkpoint, args.eval_out)
+    # evaluated as served (the ONNX export beside the checkpoint) before anything is installed
+    local = serving(settings, args.checkpoint)
+    evals = [evaluate(local, split, args.eval_out / split, figures=False) for split in ("val", "test")]
+    path = install(args.checkpoint, exported, parity, evals)
     print(f"released {path} (model card: {path.parent / 'MODEL_CARD.md'})")
     return 0
 
@@ -246,23 +193,4 @@ def run_ensemble(args: argparse.Namespace) -> int:
           f"val AUC {meta['val_metrics']['roc_auc']:.4f}; temperature {cal['temperature']:.3f}; "
           f"threshold {cal['threshold']:.3f}; conformal qhat {cal['conformal']['qhat']:.3f} "
           f"(alpha {cal['conformal']['alpha']}, {cal['conformal']['fitted_on']})")
-    return 0
-
-
-def run_robustness(args: argparse.Namespace) -> int:
-    from casereview.data import load_split
-    from casereview.studies.robustness import robustness_rows, summary
-
-    settings = settings_from_args(args)
-    data = load_split(args.split, settings.data.root, settings.data.download)
-    table = {}
-    for name, path in _named_checkpoints(args.checkpoints).items():
-        rows = robustness_rows(path, data.images, data.labels, settings.classifier.device)
-        table[name] = {"checkpoint": str(path or "released"), "rows": rows, "summary": summary(rows)}
-        s = table[name]["summary"]
-        print(f"{name}: mean AUC under shifts {s['mean_auc']:.4f}, min AUC {s['min_auc']:.4f}, "
-              f"min sensitivity {s['min_sensitivity']:.3f}, min specificity {s['min_specificity']:.3f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"split": args.split, "checkpoints": table}, indent=1))
-    print(f"wrote {args.out}")
     return 0

@@ -12,12 +12,10 @@ EXAMPLES: dict[str, list[str]] = {
     "evaluate": ["casereview evaluate --split test --out runs/eval/test",
                  "casereview evaluate --split val --runtime torch --no-figures --out runs/eval/val-torch"],
     "predict": ["casereview predict test:42 test:7", "casereview predict xray.png films/ --json"],
-    "study": ["casereview study --out runs/study --seeds 0 1 2"],
     "ensemble": ["casereview ensemble runs/ensemble/s0/classifier.safetensors runs/ensemble/s1/classifier.safetensors "
                  "runs/ensemble/s2/classifier.safetensors --out runs/ensemble/ensemble.safetensors"],
     "release": ["casereview release runs/ensemble/ensemble.safetensors",
                 "casereview release runs/train/classifier.safetensors --export-only"],
-    "robustness": ["casereview robustness --split val --checkpoint released=released --out runs/robustness_val.json"],
     "index": ["casereview index build", "casereview index list"],
     "index list": ["casereview index list"],
     "search": ["casereview search image test:42 -k 5",
@@ -32,21 +30,21 @@ EXAMPLES: dict[str, list[str]] = {
                  'casereview sign-off test:42 --run-id ward3 --reject --reason "wrong patient"'],
     "graph": ["casereview graph", "casereview graph --mermaid"],
     "schema": ["casereview schema > case_review.schema.json"],
-    "report": ["casereview report task1", "casereview report task3 --out reports"],
     "batch": ["casereview batch --split val --sample 60 --seed 0 --out runs/batches/val60",
               "casereview batch --split test --variants grounded,minimal --probe flip --out runs/batches/test",
               "casereview batch --summarize runs/batches/test"],
 }
 
 
-def add_examples(parser: argparse.ArgumentParser, path: str = "") -> None:
+def add_examples(parser: argparse.ArgumentParser, path: str = "", examples: dict[str, list[str]] = EXAMPLES) -> None:
     """Append ``examples:`` to the help of ``parser`` (``path``: its command, "" for ``casereview``) and of
-    every command below it, where ``EXAMPLES`` has some and the help has none yet."""
-    if path in EXAMPLES and "examples:" not in (parser.epilog or ""):
-        lines = "\n".join(f"  {line}" for line in EXAMPLES[path])
+    every command below it, where ``examples`` has some and the help has none yet (a plugin's commands
+    bring their own)."""
+    if path in examples and "examples:" not in (parser.epilog or ""):
+        lines = "\n".join(f"  {line}" for line in examples[path])
         parser.epilog = f"{parser.epilog}\n\nexamples:\n{lines}" if parser.epilog else f"examples:\n{lines}"
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
-                add_examples(sub, f"{path} {name}".strip())
+                add_examples(sub, f"{path} {name}".strip(), examples)

@@ -207,7 +207,7 @@ def run_search(args: argparse.Namespace) -> int:
     """``search image`` and ``search text``: the query differs, the listing and the grid are the same."""
     from casereview.data import load_case
     from casereview.tools.case_index import open_index
-    from casereview.studies.retrieval_figures import GridRow, save_retrieval_grid
+    from casereview.evaluation.retrieval_figures import GridRow, save_retrieval_grid
 
     settings = _settings(args, k=args.k)
     k = settings.index.k

@@ -218,7 +218,7 @@ def describe_value(key: str, value: Any) -> str:
     value = plain(value)
     if value is None:
         return f"  {key}: none"
-    lines = FORMATTERS.get(key, _compact)(value)
+    lines = FORMATTERS.get(key, _compact)(value) or ["none"]  # an empty list (no notes or errors yet)
     head, body = lines[0], lines[1:]
     out = [wrap(head, indent=4, first=f"  {key}: ")]
     for line in body:

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     import uuid
 
     from casereview.errors import CaseReviewError, printable
-    from casereview.studies.case_picking import pick_cases
+    from casereview.evaluation.case_picking import pick_cases
     from casereview.graphs.review import ReviewRun, expand_case_refs
     from casereview.paths import check_folder, check_name, check_writable, resolve_inside
     from casereview.records import claim_records

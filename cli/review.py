@@ -7,7 +7,8 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import get_args
+from collections.abc import Iterable, Iterator
+from typing import Any, get_args
 
 from casereview.cli.common import add_common_options, add_runtime_option, path_arg, settings_from_args
 from casereview.cli.signoff import add_review_options, check_sign_off, reviewer_name, sign_waiting
@@ -142,7 +143,7 @@ def _outcomes(run, refs: list[str], step: bool):
     from casereview.cli import present
 
     if not step:
-        yield from run.review_many(refs)
+        yield from _in_given_order(run.review_many(refs), refs)
         return
     for ref in refs:
         try:
@@ -150,3 +151,16 @@ def _outcomes(run, refs: list[str], step: bool):
                                         show=lambda node, update: print(present.describe_update(node, update)))
         except CaseReviewError as exc:
             yield ref, exc
+
+
+def _in_given_order(outcomes: Iterable[tuple[str, Any]], refs: list[str]) -> Iterator[tuple[str, Any]]:
+    """``outcomes`` (which come as cases finish, those finished in an earlier run first) in the order of
+    ``refs``, each as soon as every case before it is out."""
+    pending: dict[str, Any] = {}
+    order = iter(refs)
+    want = next(order, None)
+    for ref, outcome in outcomes:
+        pending[ref] = outcome
+        while want in pending:
+            yield want, pending.pop(want)
+            want = next(order, None)

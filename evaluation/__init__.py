@@ -1,2 +1,5 @@
-"""Batch evaluation (runner, records, metrics, statistics) and the retrieval evaluation: they use the
-capabilities, they are not capabilities. Report writers and studies are in ``casereview.studies``."""
+"""The evaluations of the product: the classifier's evaluation (``casereview evaluate``, its figures and
+saliency), the batch runner, records, metrics, statistics and report (``casereview batch``), case picking
+(``report-gen --pick``) and the retrieval evaluation. They use the capabilities, they are not
+capabilities. The research layer (studies/: task reports, studies) builds on them;
+matplotlib is imported only by the modules that draw (``*_figures``), when a figure is drawn."""

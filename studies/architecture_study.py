@@ -18,7 +18,7 @@ import numpy as np
 from casereview.config import Settings
 from casereview.provenance import utc_now
 from casereview.training.classifier import read_meta
-from casereview.studies.classifier_evaluation import evaluate
+from casereview.evaluation.classifier_evaluation import evaluate
 from casereview.training.train import train
 
 SUMMARY_METRICS = ("roc_auc", "accuracy", "precision", "recall", "specificity", "f1", "balanced_accuracy", "pr_auc")

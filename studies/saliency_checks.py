@@ -20,7 +20,7 @@ from torch import nn
 
 from casereview.training.data import PIXEL_MEAN, to_tensor
 from casereview.training.metrics import binary_metrics, sigmoid
-from casereview.studies.saliency import grad_cam, occlusion, smoothgrad
+from casereview.evaluation.saliency import grad_cam, occlusion, smoothgrad
 
 MEAN_LEVEL = int(round(PIXEL_MEAN * 255))  # occlusion fill: the mean training intensity
 

@@ -19,7 +19,8 @@ from casereview.config import Settings
 from casereview.data import CLASS_NAMES, case_id, load_split
 from casereview.errors import CaseReviewError
 from casereview.render import render
-from casereview.studies import classifier_figures as figures, saliency_checks as explain
+from casereview.evaluation import classifier_figures as figures
+from casereview.studies import saliency_checks as explain
 from casereview.studies.saliency_checks import LATTICE
 from casereview.training.calibration import validation_parts
 from casereview.training.checkpoint import TorchClassifier, load_classifier
@@ -27,13 +28,13 @@ from casereview.training.classifier import open_classifier
 from casereview.training.export import parity
 from casereview.training.data import to_tensor
 from casereview.training.ensemble import member_logits
-from casereview.studies.classifier_evaluation import SALIENCY_PER_OUTCOME, evaluate, saliency_sample
-from casereview.studies.failure_analysis import between, conformal_summary, outcomes, statistics_by_outcome
+from casereview.evaluation.classifier_evaluation import SALIENCY_PER_OUTCOME, evaluate, saliency_sample
+from casereview.evaluation.failure_analysis import between, conformal_summary, outcomes, statistics_by_outcome
 from casereview.training.metrics import binary_metrics, expected_calibration_error, sigmoid
 from casereview.training.models import build_from_meta, single_view
 from casereview.training.predict import embed_images, predict_logits
 from casereview.studies.robustness import AUC_TOLERANCE, choose_recipe
-from casereview.studies.saliency import grad_cam, occlusion, randomisation_check, rank_correlation
+from casereview.evaluation.saliency import grad_cam, occlusion, randomisation_check, rank_correlation
 
 STUDY_FILE = "task1_study.json"  # casereview study: architecture comparison and the v1 seed study
 RECIPE_FILE = "task1_recipe_val.json"  # casereview robustness --split val over the recipe candidates

@@ -24,9 +24,9 @@ from casereview.errors import CaseReviewError
 from casereview.evaluation.batch_arms import REFERENCE_ARMS, Arm, plan_arms
 from casereview.evaluation.batch_metrics import summarize
 from casereview.evaluation.batch_records import load_rows, read_records
-from casereview.studies.batch_report import choice, group_label, write_reports
+from casereview.evaluation.batch_report import choice, group_label, write_reports
 from casereview.evaluation.batch_runner import BatchPlan, BatchRunner, split_refs
-from casereview.studies.case_picking import pick_cases
+from casereview.evaluation.case_picking import pick_cases
 from casereview.provenance import git_commit, sha256_text, utc_now
 from casereview.records import view_png
 from casereview.render import render
@@ -136,7 +136,7 @@ def write_task2_report(settings: Settings, out_dir: Path, n_samples: int = 12, n
             vlm=vlm,
             machine={"gpu": torch.cuda.is_available(), "hf_token": bool(os.environ.get("HF_TOKEN"))},
             gpu_command=GPU_COMMAND,
-            classifier_sha=ctx.classifier.clf.sha256,
+            classifier=ctx.classifier.clf,  # its checkpoint's sha256 and, served by ONNX Runtime, the graph's
             index=ctx.index.embedder_id,
             k=settings.graph.k,
             k_uncertain=settings.graph.k_uncertain,

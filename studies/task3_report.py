@@ -27,7 +27,7 @@ from casereview.tools.case_index import CaseIndex, case_indices, open_index
 from casereview.tools.index_build import build_index, copy_with_hnsw
 from casereview.tools.embedders import MEDICAL_CLIP
 from casereview.evaluation.retrieval_eval import KS, evaluate_retrieval, hnsw_recall
-from casereview.studies.retrieval_figures import GridRow, save_retrieval_grid
+from casereview.evaluation.retrieval_figures import GridRow, save_retrieval_grid
 from casereview.data import CLASS_NAMES, SPLITS, load_split
 
 REPORT_NAME = "task3_retrieval_system.md"

@@ -25,7 +25,7 @@ from casereview.cli import main
 from casereview.evaluation.batch_arms import Arm, parse_variants, plan_arms
 from casereview.evaluation.batch_metrics import summarize
 from casereview.evaluation.batch_records import load_rows
-from casereview.studies.batch_report import write_reports
+from casereview.evaluation.batch_report import write_reports
 from casereview.evaluation.batch_runner import BatchError, BatchPlan, BatchRunner, split_refs
 from casereview.schemas import CaseReview
 from casereview.tools.index_build import build_index

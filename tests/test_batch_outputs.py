@@ -16,7 +16,7 @@ from casereview.evaluation.batch_arms import Arm, arm_settings, plan_arms
 from casereview.evaluation.batch_metrics import summarize
 from casereview.evaluation.batch_records import load_rows
 from casereview.evaluation.batch_runner import BatchPlan, BatchRunner, split_refs
-from casereview.studies.batch_report import write_reports
+from casereview.evaluation.batch_report import write_reports
 from casereview.tools.index_build import build_index
 
 LIMIT = 60

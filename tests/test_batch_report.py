@@ -8,11 +8,11 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pytest
 
-from casereview.studies import batch_figures
+from casereview.evaluation import batch_figures
 from casereview.evaluation.batch_arms import REFERENCE_ARMS
 from casereview.evaluation.batch_metrics import compute_metrics, identical_arms
 from casereview.evaluation.batch_records import BatchRows, Row, review_flag
-from casereview.studies.batch_report import choice, write_reports
+from casereview.evaluation.batch_report import choice, write_reports
 from casereview.schemas import ClassifierResult, GateMeasure, InputCheck, Neighbour
 
 P, N, I = "pneumonia", "normal", "indeterminate"
@@ -169,3 +169,36 @@ def test_console_table_names_identical_arms_together():
     text = comparison_text(compute_metrics(batch({"x-a": same, "x-b": same}, same), n_boot=50))
     rows = [line for line in text.splitlines()[1:] if not line.startswith("probe ")]
     assert len(rows) == 1 and rows[0].startswith("x-a = x-b = " + " = ".join(REFERENCE_ARMS))
+
+
+def test_proportions_on_few_cases_read_as_counts_with_a_wilson_interval(tmp_path):
+    """5 normals all right: the bootstrap's [100%, 100%] is degenerate; the page says 5/5 [56.6%, 100.0%]."""
+    truth = [P] * 3 + [N] * 5
+    rows = [Row(ref=f"val:{i}", truth=t, impression=t, first_impression=t, verdict="agree", attempts=1,
+                needs_review=False, classifier_label=t, classifier_uncertain=False, margin=0.3, vote=t,
+                generate_s=0.01, graph_s=0.02, chars=40) for i, t in enumerate(truth)]
+    plan = {"refs": [r.ref for r in rows], "split": "val", "fingerprints": {},
+            "arms": [{"name": "x-a", "backend": "x", "variant": "a", "probe": None}]}
+    records = {"x-a": {r.ref: {"report": {"raw": "x"}, "provenance": {}} for r in rows}}
+    data = BatchRows(plan, {"x-a": rows, **{a: rows for a in REFERENCE_ARMS}}, records)
+    md, page = write_reports(compute_metrics(data, n_boot=50), data, tmp_path)
+    for text in (md.read_text(), page.read_text()):
+        assert "100.0% 5/5 [56.6%, 100.0%]" in text.replace("<small>", "").replace("</small>", "")
+        assert "[100.0%, 100.0%] degenerate" in text  # balanced accuracy: the bootstrap, marked
+        assert "Wilson score interval" in text
+
+
+def test_the_page_explains_its_figure_keeps_arm_names_whole_and_shows_records_in_place(tmp_path):
+    same = rows_saying({0, 13}, flagged={0})
+    data = batch({"x-grounded_skeptical": same}, same)
+    for r in same:
+        path = tmp_path / "arms" / "x-grounded_skeptical" / f"{r.ref.replace(':', '_')}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# Case review: {r.ref}\n<b>model text</b>\n")
+    html = write_reports(compute_metrics(data, n_boot=50), data, tmp_path)[1].read_text()
+    caption = html.split("<figcaption>")[1].split("</figcaption>")[0]
+    assert "Risk-coverage" in caption and "The dot is the" in caption
+    assert '<span class="arm">x-grounded_skeptical</span>' in html and ".arm { white-space: nowrap; }" in html
+    assert '.md"' not in html  # no link to a raw Markdown file: the record is on the page
+    assert html.count("<summary>the whole case record") == 4 and "# Case review: val:0" in html
+    assert "&lt;b&gt;model text&lt;/b&gt;" in html and "<b>model text" not in html  # escaped

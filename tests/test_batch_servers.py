@@ -22,7 +22,7 @@ from server_support import free_port, http_ok, server
 from casereview.evaluation.batch_arms import plan_arms
 from casereview.evaluation.batch_metrics import summarize
 from casereview.evaluation.batch_records import load_rows
-from casereview.studies.batch_report import write_reports
+from casereview.evaluation.batch_report import write_reports
 from casereview.evaluation.batch_runner import BatchPlan, BatchRunner, split_refs
 from casereview.tools.case_index import CaseIndexError, chroma_client
 from casereview.tools.index_build import build_index

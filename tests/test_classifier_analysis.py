@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from casereview.training.calibration import validation_parts
-from casereview.studies.failure_analysis import (
+from casereview.evaluation.failure_analysis import (
     between,
     border_fraction,
     conformal_summary,

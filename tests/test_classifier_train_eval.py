@@ -14,7 +14,7 @@ from casereview.config import load_settings
 from casereview.provenance import sha256_file
 from casereview.training.checkpoint import load_classifier
 from casereview.training.classifier import CheckpointError, read_meta
-from casereview.studies.classifier_evaluation import evaluate
+from casereview.evaluation.classifier_evaluation import evaluate
 from casereview.training.predict import embed_images, predict_proba
 from split_spy import splits_read
 

@@ -10,8 +10,10 @@ import shlex
 import pytest
 
 from casereview.cli import build_parser
-from casereview.cli.examples import EXAMPLES
-from casereview.cli.report import REPORTS
+from casereview.cli.examples import EXAMPLES as CLI_EXAMPLES
+from casereview.studies.commands import EXAMPLES as STUDY_EXAMPLES, REPORTS
+
+EXAMPLES = CLI_EXAMPLES | STUDY_EXAMPLES  # the studies' commands come through the casereview.commands entry point
 
 
 def leaf_commands(parser: argparse.ArgumentParser, path: str = "") -> dict[str, argparse.ArgumentParser]:

@@ -4,6 +4,9 @@ on-disk Chroma, stepping and resuming with a checkpointer, the CLI and its error
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -319,6 +322,29 @@ def test_review_cli_json(settings, capsys, monkeypatch):
     for key in ("case_id", "classifier", "neighbours", "report", "verification", "needs_review", "provenance"):
         assert key in out
     assert {"raw", "impression"} <= set(out["report"]) and "verdict" in out["verification"]
+
+
+def test_review_prints_cases_in_the_order_given(settings, tmp_path, capsys, monkeypatch):
+    """A case finished earlier in the run comes out of the graph first; the listing keeps the order given."""
+    monkeypatch.setenv("CASEREVIEW_PATHS_WORKDIR", str(settings.paths.workdir))
+    monkeypatch.setenv("CASEREVIEW_DATA_ROOT", str(settings.data.root))
+    common = ["--checkpoint", str(settings.classifier.checkpoint), "--run-id", "order", "--out", str(tmp_path)]
+    assert main(["review", "test:13", *common]) == 0
+    capsys.readouterr()
+    assert main(["review", "test:12", "test:13", "test:11", *common]) == 0
+    shown = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("test:")]
+    assert shown == ["test:12", "test:13", "test:11"]
+
+
+@pytest.mark.slow
+def test_a_review_never_imports_matplotlib(settings, tmp_path):
+    """matplotlib is imported only where a figure is drawn: not on `casereview review`'s path."""
+    code = ("import sys; from casereview.cli import main; "
+            f"code = main(['review', 'test:3', '--checkpoint', {str(settings.classifier.checkpoint)!r}, '--out', {str(tmp_path)!r}]); "
+            "print(code, 'matplotlib' in sys.modules)")
+    env = os.environ | {"CASEREVIEW_PATHS_WORKDIR": str(settings.paths.workdir), "CASEREVIEW_DATA_ROOT": str(settings.data.root)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.stdout.split()[-2:] == ["0", "False"], done.stderr[-2000:]
 
 
 def test_graph_mermaid(capsys):

@@ -28,6 +28,7 @@ import pytest
 from PIL import Image
 
 from case_index_support import index_settings
+from dicom_support import monochrome1_12bit_window, save
 from casereview.cli import main
 from casereview.schemas import CaseReview
 from casereview.tools.index_build import build_index
@@ -202,7 +203,7 @@ def test_hostile_inputs_are_refused_without_reading_or_forging(served, tmp_path)
     assert tracebacks(log) == 0
 
 
-def test_an_image_sent_as_bytes_is_reviewed(served, data_root):
+def test_an_image_sent_as_bytes_is_reviewed(served, data_root, tmp_path):
     url, log, s = served.url, served.log, served.settings
     from casereview.data import load_split
 
@@ -213,6 +214,11 @@ def test_an_image_sent_as_bytes_is_reviewed(served, data_root):
     assert record.case_id.startswith("upload-") and record.classifier is not None
     assert record.input_check.resize_spread is not None  # decoded as a file of another size is
     assert any("image file (112x112 L)" in n for n in record.notes)
+    # a DICOM film sent as bytes goes through the same decoding as a film file (windowed, MONOCHROME1 inverted)
+    dcm = save(monochrome1_12bit_window(big), tmp_path / "film.dcm").read_bytes()
+    _, values = run(url, {"image_base64": base64.b64encode(dcm).decode()})
+    film = CaseReview.model_validate(values["record"])
+    assert film.case_id.startswith("upload-") and any("DICOM" in n for n in film.notes), film.notes
     assert tracebacks(log) == 0
 
 

@@ -184,7 +184,8 @@ def test_execute_script_runs_a_notebook_on_cpu_and_writes_its_outputs_back(tmp_p
 
     nb.cells.append(nbformat.v4.new_code_cell("raise ValueError('boom')"))
     nbformat.write(nb, path)
-    failed = subprocess.run([sys.executable, str(REPO / "notebooks" / "execute.py"), "--notebook", str(path)],
-                            capture_output=True, text=True, timeout=300)
+    # --data-root again: the first cell reads the variable it sets, which need not be set here (README's default)
+    failed = subprocess.run([sys.executable, str(REPO / "notebooks" / "execute.py"), "--notebook", str(path),
+                             "--data-root", str(data_root)], capture_output=True, text=True, timeout=300)
     assert failed.returncode == 1 and "a cell failed" in failed.stderr and "boom" in failed.stderr
     assert not any(c.get("outputs") for c in nbformat.read(path, as_version=4).cells)  # left as it was

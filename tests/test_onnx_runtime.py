@@ -95,7 +95,7 @@ def test_export_without_the_onnx_package_is_a_one_line_error(random_checkpoint, 
 
     real = importlib.util.find_spec
     monkeypatch.setattr(export.importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
-    monkeypatch.setattr("casereview.studies.release.load_classifier", lambda *a: pytest.fail("a model was loaded"))
+    monkeypatch.setattr("casereview.training.release.load_classifier", lambda *a: pytest.fail("a model was loaded"))
     ckpt = Path(shutil.copy(random_checkpoint, tmp_path / "mine.safetensors"))
     assert main(["release", str(ckpt), "--export-only"]) == 2
     err = capsys.readouterr().err.strip()

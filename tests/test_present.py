@@ -117,3 +117,15 @@ def test_step_keys_help_state_and_stop():
     assert prompt == ["[Enter] run retrieve, s state, q stop, h help: "]
     keys = present.step_help()
     assert all(k in keys for k in ("Enter", "s ", "q ", "h, ?"))
+
+
+def test_state_before_the_first_node_shows_without_error():
+    """`review --step`, then `s` before load_case: the state holds only the case and empty lists."""
+    from casereview.graphs.graph import NODE_ORDER, build_graph, make_checkpointer, thread_config
+
+    graph, cfg = build_graph(make_checkpointer("memory")), thread_config("step", "test:42")
+    graph.invoke({"case_ref": "test:42"}, cfg, interrupt_before=list(NODE_ORDER))
+    state = graph.get_state(cfg)
+    assert state.next == (NODE_ORDER[0],)
+    text = present.describe_state(state.values)
+    assert "  case_ref: test:42" in text and "  attempt_log: none" in text

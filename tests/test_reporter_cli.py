@@ -10,6 +10,8 @@ import pytest
 
 from casereview.cli import main
 from casereview.config import load_settings
+from casereview.provenance import sha256_file
+from casereview.training.classifier import onnx_file, open_classifier
 from casereview.studies.task2_report import write_task2_report
 from casereview.tools.index_build import build_index
 from tiny_vlm import tiny_vlm_dir  # noqa: F401  (fixture)
@@ -124,6 +126,11 @@ def test_task2_report_with_template_backend(data_root, random_checkpoint, small_
         assert sum(arm in names for names in named) == 1
     assert any({"template-grounded", "template-minimal", "template-visual_fewshot"} <= set(names) for names in named)
     assert "Variant choice" not in md  # the template ignores the prompt: nothing to choose
+    # served by ONNX Runtime: the checkpoint's sha256 and the graph's, each named for what it is
+    served = open_classifier(random_checkpoint)
+    assert (f"Classifier checkpoint sha256 `{sha256_file(random_checkpoint)[:16]}`, served as its ONNX export "
+            f"(ONNX graph sha256 `{sha256_file(onnx_file(random_checkpoint))[:16]}`)") in md
+    assert served.runtime == "onnx" and served.sha256 != served.checkpoint_sha256
     batch = out / "task2_batch" / "report.md"  # the batch report it cites, beside it
     assert "](task2_batch/report.md)" in md and batch.is_file()
     links = [line.split("](")[1].split(")")[0] for line in batch.read_text().splitlines() if line.startswith("[val:")]

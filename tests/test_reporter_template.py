@@ -11,7 +11,7 @@ from casereview.config import ReporterConfig, load_settings
 from casereview.schemas import ClassifierOpinion, Neighbour
 from casereview.tools.reporter import BACKENDS, Evidence, ReporterError, generate, get_backend, parse_report, render_prompt
 from casereview.tools.reporter.backends import TemplateBackend
-from casereview.studies.case_picking import pick_representative
+from casereview.evaluation.case_picking import pick_representative
 
 IMAGE = np.zeros((28, 28), dtype=np.uint8)
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from casereview.training.models import MeanLogitEnsemble, create_classifier
-from casereview.studies.saliency import grad_cam, occlusion, randomisation_check, rank_correlation, smoothgrad
+from casereview.evaluation.saliency import grad_cam, occlusion, randomisation_check, rank_correlation, smoothgrad
 
 
 class BlobDetector(nn.Module):

@@ -1,4 +1,4 @@
-"""``casereview evaluate``: metrics with bootstrap intervals, calibration and figures for one split.
+"""``casereview evaluate``: metrics with bootstrap intervals, calibration and (optionally) figures for one split.
 
 The checkpoint's temperature and threshold were fitted on validation by ``casereview train``;
 evaluation only applies them.
@@ -18,7 +18,6 @@ import numpy as np
 from casereview.data import case_id
 from casereview.config import Settings
 from casereview.provenance import package_versions, utc_now
-from casereview.studies import classifier_figures as figures
 from casereview.training.checkpoint import load_classifier
 from casereview.training.classifier import Classifier, open_classifier
 from casereview.data import CLASS_NAMES, load_split
@@ -31,8 +30,7 @@ from casereview.training.metrics import (
 )
 from casereview.training.models import single_view
 from casereview.training.predict import predict_logits
-from casereview.studies.failure_analysis import conformal_summary, outcomes, random_examples
-from casereview.studies.saliency import occlusion, smoothgrad
+from casereview.evaluation.failure_analysis import conformal_summary, outcomes, random_examples
 
 GALLERY_SIZE = 8  # failure cases of each kind shown in the gallery
 SALIENCY_PER_OUTCOME = 2  # films of each outcome (TP, TN, FP, FN) in the saliency panels
@@ -74,6 +72,10 @@ def saliency_sample(groups: np.ndarray, failures: dict[str, list[int]]) -> list[
 
 def _figures(clf: Classifier, split: str, images: np.ndarray, y: np.ndarray, prob: np.ndarray,
              prob_raw: np.ndarray, eces: dict[str, float], failures: dict[str, list[int]], out: Path) -> dict[str, str]:
+    # matplotlib and the saliency methods: imported only when figures are drawn
+    from casereview.evaluation import classifier_figures as figures
+    from casereview.evaluation.saliency import occlusion, smoothgrad
+
     thr = clf.threshold
     paths = {
         "confusion": figures.confusion(y, (prob >= thr).astype(int), out / "confusion_matrix.png",

@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 from casereview.evaluation.batch_records import Row  # noqa: E402
 
 SAID = ("pneumonia", "normal", "other")  # other: indeterminate or no impression
+FLAG_POINT = "dot: the needs-review flag (unflagged cases kept)"
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -70,6 +71,7 @@ def risk_coverage_plot(metrics: dict[str, Any], arms: dict[str, str], path: Path
     needs-review flag's own operating point (all unflagged cases kept); ``arms``: name -> label."""
     fig, ax = plt.subplots(figsize=(6, 4))
     styles = ("-", "--", ":", "-.")  # curves of arms right on the same cases coincide: keep each visible
+    dot_named = False
     for k, (arm, label) in enumerate(arms.items()):
         rv = metrics["arms"][arm]["review"]
         if not rv:
@@ -77,7 +79,9 @@ def risk_coverage_plot(metrics: dict[str, Any], arms: dict[str, str], path: Path
         line, = ax.plot(rv["curve"]["coverage"], rv["curve"]["risk"], lw=1.2, ls=styles[k % len(styles)],
                         label=f"{label} (AURC {rv['aurc']:.3f})")
         if rv["n_unflagged"] and rv["accuracy_unflagged"] is not None:
-            ax.plot([1 - rv["needs_review_rate"]], [1 - rv["accuracy_unflagged"]], "o", color=line.get_color(), ms=4)
+            ax.plot([1 - rv["needs_review_rate"]], [1 - rv["accuracy_unflagged"]], "o", color=line.get_color(), ms=4,
+                    label="_nolegend_" if dot_named else FLAG_POINT)  # named once in the legend
+            dot_named = True
     ax.set_xlabel("coverage (share of cases kept)")
     ax.set_ylabel("error rate among kept")
     ax.set_xlim(0, 1)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from casereview.schemas import Neighbour
 from casereview.data import load_split
@@ -25,6 +24,8 @@ class GridRow:
 
 def save_retrieval_grid(rows: Sequence[GridRow], path: Path, data_root: Path | None, title: str | None = None) -> Path:
     """Draw one row per query (query first, then its neighbours) and save it as an image file."""
+    from matplotlib.figure import Figure  # imported where a figure is drawn: `search` without --grid never does
+
     k = max(len(r.neighbours) for r in rows)
     fig = Figure(figsize=(1.35 * (k + 1), 1.75 * len(rows) + (0.4 if title else 0)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(rows), k + 1, squeeze=False))

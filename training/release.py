@@ -1,5 +1,6 @@
-"""``casereview release``: export a trained checkpoint to ONNX, evaluate it, install both at the released
-location and write the model card."""
+"""``casereview release``: export a trained checkpoint to ONNX and install it, with its model card, at the
+released location. The evaluations the card shows are computed above this layer (the CLI runs
+``casereview.evaluation``) and passed in, so training never imports the evaluation."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from casereview.config import Settings
 from casereview.data import load_split
 from casereview.provenance import sha256_file
 from casereview.render import render
-from casereview.studies.classifier_evaluation import evaluate
 from casereview.training.checkpoint import load_classifier
 from casereview.training.classifier import onnx_file, read_meta, released_checkpoint
 from casereview.training.export import OPSET, export_onnx, require_onnx
@@ -24,12 +24,15 @@ def export(settings: Settings, checkpoint: Path) -> tuple[Path, dict[str, Any]]:
     return export_onnx(load_classifier(checkpoint, "cpu"), val.images)
 
 
-def release(settings: Settings, checkpoint: Path, eval_dir: Path) -> Path:
-    """Export ``checkpoint`` to ONNX, evaluate it on val and test (served as every command serves it),
-    install both files as the released classifier, write MODEL_CARD.md."""
-    exported, parity = export(settings, checkpoint)
-    local = settings.model_copy(update={"classifier": settings.classifier.model_copy(update={"checkpoint": checkpoint})})
-    evals = [evaluate(local, split, eval_dir / split, figures=False) for split in ("val", "test")]
+def serving(settings: Settings, checkpoint: Path) -> Settings:
+    """``settings`` with ``checkpoint`` as the classifier, served as every command serves it."""
+    return settings.model_copy(update={"classifier": settings.classifier.model_copy(update={"checkpoint": checkpoint})})
+
+
+def install(checkpoint: Path, exported: Path, parity: dict[str, Any], evals: list[dict[str, Any]]) -> Path:
+    """Copy ``checkpoint`` and its ONNX export ``exported`` to the released location and write MODEL_CARD.md
+    from the checkpoint's metadata, the export's parity check and ``evals`` (the metrics of
+    ``casereview.evaluation.classifier_evaluation.evaluate`` on val and test)."""
     target = released_checkpoint()
     target.parent.mkdir(parents=True, exist_ok=True)
     if checkpoint.resolve() != target.resolve():

@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from casereview.studies import batch_figures as fig
 from casereview.evaluation.batch_arms import REFERENCE_ARMS
 from casereview.evaluation.batch_metrics import identical_arms
-from casereview.evaluation.batch_records import NO_FAILURES, BatchRows
+from casereview.evaluation.batch_records import NO_FAILURES, BatchRows, Row
+from casereview.evaluation.batch_stats import proportions
 from casereview.provenance import git_commit, utc_now
 from casereview.records import record_stem, write_atomic
 from casereview.render import render, render_html
@@ -29,18 +29,22 @@ def group_label(group: list[str], short: bool = False) -> str:
     return f"{group[0]} (+{len(group) - 1} identical)" if short else " = ".join(group)
 
 
-def table_row(group: list[str], m: dict[str, Any], model_arms: list[str]) -> dict[str, Any]:
-    """One row of the comparison table for a group of arms with identical outputs (``m``: the first's metrics)."""
+def table_row(group: list[str], m: dict[str, Any], model_arms: list[str], rows: list[Row]) -> dict[str, Any]:
+    """One row of the comparison table for a group of arms with identical outputs (``m``: the first's metrics,
+    ``rows``: its rows); the proportions also as counts with their Wilson intervals (:func:`proportions`)."""
     kinds = sorted({"model" if a in model_arms else "reference" for a in group})
-    s = m["scores"]
+    known = [r for r in rows if r.truth is not None]
+    counts = proportions([r.truth for r in known], [r.impression for r in known]) if known else {}
+    s = {name: score | counts.get(name, {}) for name, score in m["scores"].items()}
     return {"arm": group_label(group), "arms": group, "kind": " + ".join(kinds), "n": m["n"], "scores": s, "rates": m["rates"],
             "kappa_classifier": m["agreement"]["classifier"]["kappa"],
             "needs_review": m["review"].get("needs_review_rate"), "acc_unflagged": m["review"].get("accuracy_unflagged")}
 
 
-def samples(data: BatchRows, arm: str, out: Path) -> dict[str, Any]:
+def samples(data: BatchRows, arm: str, records_dir: Path) -> dict[str, Any]:
     """A few cases of an arm for the reader to open: its errors first, then right ones, with how many of
-    each there are; the raw text is the model's (untrusted) output, shown fenced or escaped by the templates."""
+    each there are; the raw text is the model's (untrusted) output, shown fenced or escaped by the templates.
+    ``records_dir``: the batch folder, where each case's record Markdown is read for the page."""
     rows = data.arms[arm]
     wrong = [r for r in rows if r.truth is not None and r.impression != r.truth]
     right = [r for r in rows if r.truth is not None and r.impression == r.truth]
@@ -52,6 +56,9 @@ def samples(data: BatchRows, arm: str, out: Path) -> dict[str, Any]:
         cases.append({"ref": r.ref, "truth": r.truth, "impression": r.impression or "none",
                       "link": f"arms/{arm}/{record_stem(r.ref)}.md",
                       "raw": record["report"]["raw"] if record["report"] else ""})
+    for case in cases:  # the page shows the record's text itself: a browser opens a linked .md as a download
+        path = records_dir / case["link"]
+        case["record_md"] = path.read_text() if path.is_file() else None
     return {"cases": cases, "errors_shown": len(shown_wrong), "errors": len(wrong),
             "right_shown": len(shown_right), "right": len(right)}
 
@@ -75,6 +82,8 @@ def provenance(data: BatchRows) -> dict[str, Any]:
 
 def make_figures(metrics: dict[str, Any], data: BatchRows, out: Path) -> dict[str, Path]:
     """The figures, one bar, matrix or curve per group of identical arms (named by its first arm)."""
+    from casereview.evaluation import batch_figures as fig  # matplotlib: imported only when a report is drawn
+
     folder = out / FIGURES_DIR
     folder.mkdir(exist_ok=True)
     groups = metrics["identical"]
@@ -159,7 +168,7 @@ def write_reports(metrics: dict[str, Any], data: BatchRows, out: Path, source: P
     context = {
         "created": utc_now(), "commit": git_commit(), "plan": plan, "metrics": metrics,
         "backend": backend, "template_backend": backend == "template", "note": plan.get("note"),
-        "rows": [table_row(g, metrics["arms"][g[0]], data.model_arms) for g in metrics["identical"]],
+        "rows": [table_row(g, metrics["arms"][g[0]], data.model_arms, data.arms[g[0]]) for g in metrics["identical"]],
         "n_arms": len(data.model_arms) + len(REFERENCE_ARMS),
         # pairs that differ on at least one case; the others are the same in correctness
         "comparisons": sorted((c for c in metrics["comparisons"] if c["mcnemar"]["only_a_right"] + c["mcnemar"]["only_b_right"]),
@@ -171,7 +180,7 @@ def write_reports(metrics: dict[str, Any], data: BatchRows, out: Path, source: P
         "verification_groups": verification_groups(metrics, data.model_arms),
         "probe_groups": probe_groups(metrics, data),
         "group_label": group_label,
-        "samples": {g[0]: samples(data, g[0], out) for g in model_groups if g[0] in data.model_arms},
+        "samples": {g[0]: samples(data, g[0], source or out) for g in model_groups if g[0] in data.model_arms},
         "provenance": provenance(data),
         "choice": choice(metrics, data.model_arms, plan.get("split")),
         "scored": scored, "failed": metrics.get("failed", NO_FAILURES),  # metrics of records in memory have none
