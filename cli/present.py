@@ -58,8 +58,9 @@ def wrap(text: str, indent: int = 0, first: str | None = None, width: int | None
 
 
 def _row(label: str, text: str) -> str:
-    """One ``label  value`` row of a summary, its value wrapped under itself."""
-    return wrap(text, indent=2 + LABEL_WIDTH, first=f"  {label:<{LABEL_WIDTH - 1}} ")
+    """One ``label  value`` row of a summary, its value wrapped under itself (control characters escaped first,
+    so that a file name in it can neither forge lines nor send escapes to the terminal)."""
+    return wrap(printable(text), indent=2 + LABEL_WIDTH, first=f"  {label:<{LABEL_WIDTH - 1}} ")
 
 
 def rounded(value: Any, digits: int = 3) -> Any:
@@ -97,7 +98,7 @@ def summary(record: dict[str, Any], timings: bool = False) -> str:
     """A finished case in a few lines: input check, classifier, neighbours, report, verdict, review flag."""
     record = plain(record)
     c, v, rep = record["classifier"], record["verification"], record["report"]
-    lines = [f"{record['case_id']}  (ground truth: {record['ground_truth'] or 'unknown'})"]
+    lines = [printable(f"{record['case_id']}  (ground truth: {record['ground_truth'] or 'unknown'})")]
     gate = gate_text(record["input_check"])
     if gate:
         lines.append(_row("input", gate))
@@ -115,7 +116,7 @@ def summary(record: dict[str, Any], timings: bool = False) -> str:
         total = record["provenance"].get("graph_total_s")
         lines.append(_row("timings (s)", ", ".join(f"{k}={t[k]:.4f}" for k in NODE_ORDER if k in t)
                           + (f", graph total={total:.4f}" if total is not None else " (finished in an earlier run)")))
-    return "\n".join(map(printable, lines))  # a file name cannot forge lines or send escapes to the terminal
+    return "\n".join(lines)
 
 
 def timing_summary(records: list[dict[str, Any]]) -> str:
