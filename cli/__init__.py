@@ -24,7 +24,7 @@ from casereview.cli.examples import add_examples
 from casereview.errors import CaseReviewError, printable
 from casereview.provenance import RedactingFilter
 
-COMMAND_MODULES = ("classifier", "review", "reporter", "index", "batch")
+COMMAND_MODULES = ("classifier", "review", "signoff", "reporter", "index", "batch")
 PLUGIN_GROUP = "casereview.commands"  # entry points: "name = module:register"
 
 

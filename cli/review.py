@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, get_args
 
 from casereview.cli.common import add_common_options, add_runtime_option, path_arg, settings_from_args
+from casereview.cli.signoff import add_review_options, check_sign_off, reviewer_name, sign_waiting
 from casereview.config import EmbedderName
 from casereview.errors import CaseReviewError, printable
 from casereview.paths import check_folder, check_name, check_writable, resolve_inside
@@ -43,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the record(s) as JSON instead of a summary")
     p.add_argument("--step", action="store_true", help="pause before each node to inspect the state (interactive)")
     p.add_argument("--timings", action="store_true", help="print per-node timings and the graph overhead")
+    add_review_options(p)
     p.set_defaults(func=run_review)
 
     p = sub.add_parser("graph", help="print the review graph", description="Print the case-review graph.")
@@ -78,13 +80,14 @@ def run_review(args: argparse.Namespace) -> int:
     settings = settings_from_args(
         args,
         reporter={"backend": args.backend, "variant": args.variant, "model_id": args.model_id, "base_url": args.base_url},
-        graph={"k": args.k, "max_attempts": args.max_attempts},
+        graph={"k": args.k, "max_attempts": args.max_attempts, "sign_off": args.sign_off, "reviewer": args.reviewer},
         index={"embedder": args.embedder},
         classifier={"checkpoint": args.checkpoint},
     )
     if args.step and not sys.stdin.isatty():
         raise CaseReviewError("--step pauses for Enter between nodes and needs a terminal; run without --step, "
                               "or step through the graph in the notebook")
+    check_sign_off(settings, reviewer_name(args.reviewer, settings), sys.stdin.isatty())
     run_id = check_name(args.run_id, "--run-id") if args.run_id is not None else uuid.uuid4().hex[:12]
     out = args.out or resolve_inside(settings.paths.workdir / "reviews", run_id, what="--run-id")
     check_folder(out, "--out", "the records")
@@ -95,7 +98,7 @@ def run_review(args: argparse.Namespace) -> int:
     run = ReviewRun(settings, run_id, out)
     if not args.step:
         run.prefetch(refs)
-    records, failed, resumable = [], {}, False  # failed: reason -> cases
+    records, reviewed, failed, resumable = [], [], {}, False  # reviewed: the cases of records; failed: reason -> cases
     for ref, record in _outcomes(run, refs, args.step):
         if isinstance(record, CaseReviewError):  # one failing case does not stop the others
             failed.setdefault(f"{type(record).__name__}: {record}".replace(ref, "<case>"), []).append(ref)
@@ -105,8 +108,16 @@ def run_review(args: argparse.Namespace) -> int:
             print(f"stopped; {printable(ref)} can be resumed with --run-id {run_id}", file=sys.stderr)
             break
         records.append(record)
+        reviewed.append(ref)
         if not args.json:
             print(present.summary(record, timings=args.timings))
+    if settings.graph.sign_off != "off" and records:
+        signed, waiting = sign_waiting(run, reviewed, reviewer_name(args.reviewer, settings), sys.stdin.isatty())
+        records = [signed.get(ref, record) for ref, record in zip(reviewed, records)]
+        if waiting:
+            print(f"{waiting} case(s) waiting for sign-off: `casereview sign-off list`, then "
+                  f"`casereview sign-off CASE --run-id {run_id} --accept | --edit FILE | --reject --reason TEXT`",
+                  file=sys.stderr)
     if args.json and records:
         print(json.dumps(records[0] if len(refs) == 1 else records, indent=2))
     if args.timings and len(records) > 1:

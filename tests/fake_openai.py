@@ -22,6 +22,10 @@ BODIES = {  # mode -> (content type, body)
     "html": ("text/html", "<html><head><title>502 Bad Gateway</title></head>\n<body>\n<h1>Bad Gateway</h1>\n"
                           + "<p>nginx</p>\n" * 14 + "</body></html>"),
     "shape": ("application/json", json.dumps({"choices": [{"text": 3}]})),
+    # model text that is markup: pages must show it as text (the reviewer page's test)
+    "script": ("application/json", json.dumps(COMPLETION | {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": "FINDINGS: <script>document.title='owned'</script><b>patchy</b> opacity."
+                                        "\nIMPRESSION: pneumonia"}}]})),
     "huge": ("application/json", json.dumps(COMPLETION | {"choices": [{"index": 0, "finish_reason": "length", "message": {
         "role": "assistant", "content": "FINDINGS: " + "x" * 1_000_000 + "\nIMPRESSION: normal"}}]})),
 }
