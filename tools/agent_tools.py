@@ -7,7 +7,7 @@ reporter backend per process) and takes a case reference (``test:42``, an image 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.tools import BaseTool, tool
 from pydantic import BaseModel, Field
@@ -15,13 +15,15 @@ from pydantic import BaseModel, Field
 from casereview.config import Settings
 from casereview.data import Case, case_from_input, load_split
 from casereview.schemas import ClassifierOpinion, ClassifierResult, Neighbour
-from casereview.tools.case_index import CaseIndex
-from casereview.tools.case_classifier import CaseClassifier
 from casereview.tools.context import RunContext
-from casereview.tools.reporter.backends import ReporterBackend
 from casereview.tools.reporter.evidence import Evidence
 from casereview.tools.reporter.prompts import render_prompt
 from casereview.tools.reporter.reporting import generate
+
+if TYPE_CHECKING:
+    from casereview.tools.case_classifier import CaseClassifier
+    from casereview.tools.case_index import CaseIndex
+    from casereview.tools.reporter.backends import ReporterBackend
 
 class CaseInput(BaseModel):
     case_ref: str | None = Field(default=None, description="the case: split:index (e.g. test:42) or an image file path")

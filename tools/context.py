@@ -18,17 +18,19 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import numpy as np
 
 from casereview.config import Settings
 from casereview.provenance import sha256_file, sha256_text
-from casereview.tools.case_classifier import CaseClassifier, load_case_classifier
-from casereview.tools.case_index import CaseIndex, open_index, parse_splits
-from casereview.tools.input_gate import InputGate, load_input_gate
-from casereview.tools.reporter.backends import ReporterBackend, get_backend
 from casereview.training.classifier import onnx_file, released_checkpoint
+
+if TYPE_CHECKING:  # imported where they are built: a process that only signs cases loads no capability
+    from casereview.tools.case_classifier import CaseClassifier
+    from casereview.tools.case_index import CaseIndex
+    from casereview.tools.input_gate import InputGate
+    from casereview.tools.reporter.backends import ReporterBackend
 
 T = TypeVar("T")
 
@@ -63,6 +65,8 @@ class RunContext:
     @property
     def backend(self) -> ReporterBackend:
         """The reporter backend, one per reporter configuration (a local model loads on its first report)."""
+        from casereview.tools.reporter.backends import get_backend
+
         return get_backend(self.settings)
 
     def case_vector(self, image: np.ndarray, embedding: np.ndarray) -> np.ndarray:
@@ -107,6 +111,10 @@ def _resources(settings: Settings | None) -> Resources:
 
 
 def _build(settings: Settings) -> Resources:
+    from casereview.tools.case_classifier import load_case_classifier
+    from casereview.tools.case_index import open_index, parse_splits
+    from casereview.tools.input_gate import load_input_gate
+
     classifier = load_case_classifier(settings)
     index = open_index(settings, classifier=classifier.clf if settings.index.embedder == "cnn" else None)
     index.verify(parse_splits(settings.graph.case_base))  # the splits the reviews will search
@@ -119,7 +127,7 @@ def build_context(settings: Settings, run_id: str = "adhoc", reviewer: str | Non
     index, the reporter backend), so that a missing checkpoint or index fails here, before any case starts."""
     ctx = RunContext(settings, run_id, reviewer, out)
     _resources(settings)
-    get_backend(settings)
+    ctx.backend  # noqa: B018 (built now, so that a bad reporter setting fails before any case)
     return ctx
 
 
