@@ -112,21 +112,30 @@ def test_6_verbose_http_logs_carry_no_credentials(common, tmp_path):
 
 
 # item 8: folders this user cannot write are refused before the review runs (root with CAP_DAC_OVERRIDE dropped)
-@pytest.mark.parametrize("which", ["--out", "--workdir"])
+@pytest.mark.parametrize("which", ["--out", "--workdir", "index"])
 def test_8_folders_that_cannot_be_written_are_one_line_before_any_work(which, common, workdir, tmp_path):
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is needed to drop the capability")
     locked = tmp_path / "locked"
     locked.mkdir()
     args = [*common, "--out", str(locked / "r")]
-    if which == "--workdir":
+    if which != "--out":
         shutil.copytree(workdir / "chroma", locked / "chroma")
         args = [*common, "--out", str(tmp_path / "r")]
         args[args.index("--workdir") + 1] = str(locked)
-    locked.chmod(0o555)
+    if which == "index":  # the work folder is writable, the index in it is not (Chroma writes on opening)
+        for path in [locked / "chroma", *(locked / "chroma").rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+    else:
+        locked.chmod(0o555)
     done = subprocess.run([*NO_OVERRIDE, *CLI, "review", "test:3", *args], capture_output=True, text=True, timeout=300)
-    line = one_error_line(done.returncode, done.stderr)
-    assert f"{which} " in line and "is not writable by this user" in line
+    if which == "index":  # after the classifier's one-off progress line (its cache is writable): one error line
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        line = done.stderr.strip().splitlines()[-1]
+        assert line.startswith("error: cannot open the case index") and "readonly" in line
+    else:
+        line = one_error_line(done.returncode, done.stderr)
+        assert f"{which} " in line and "is not writable by this user" in line
     assert not (tmp_path / "r").exists()
 
 
