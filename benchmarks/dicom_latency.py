@@ -77,8 +77,9 @@ def main() -> None:
             start = time.perf_counter()
             decode_image(data)
             in_process.append(time.perf_counter() - start)
-        def review(path: Path) -> list[str]:
-            return [*base, "review", str(path), "--run-id", uuid.uuid4().hex[:12], "--out", str(Path(tmp) / "out"), *common]
+        def review(path: Path) -> list[str]:  # a folder per run: a record file belongs to the run that wrote it
+            run_id = uuid.uuid4().hex[:12]
+            return [*base, "review", str(path), "--run-id", run_id, "--out", str(Path(tmp) / "out" / run_id), *common]
 
         wall(review(png))  # the gate is fitted and cached here, not in a timed run
         def decode(path: Path) -> list[str]:
