@@ -43,10 +43,9 @@ def tcp_server(serve: Callable[[socket.socket, threading.Event], None]) -> Itera
         listener.close()
 
 
-def _read_request(conn: socket.socket, stop: threading.Event) -> bytes:
-    conn.settimeout(0.5)
-    data = b""
-    while b"\r\n\r\n" not in data and not stop.is_set():
+def _receive(conn: socket.socket, stop: threading.Event, data: bytes, enough: Callable[[bytes], bool]) -> bytes:
+    """``data`` extended with what the peer sends until ``enough(data)``, the peer closes or ``stop`` is set."""
+    while not enough(data) and not stop.is_set():
         try:
             chunk = conn.recv(65536)
         except TimeoutError:
@@ -56,18 +55,16 @@ def _read_request(conn: socket.socket, stop: threading.Event) -> bytes:
         if not chunk:
             break
         data += chunk
+    return data
+
+
+def _read_request(conn: socket.socket, stop: threading.Event) -> bytes:
+    conn.settimeout(0.5)
+    data = _receive(conn, stop, b"", lambda d: b"\r\n\r\n" in d)
     head, _, body = data.partition(b"\r\n\r\n")
     length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
-    while len(body) < length and not stop.is_set():  # the whole body: closing on unread data would reset the connection
-        try:
-            chunk = conn.recv(65536)
-        except TimeoutError:
-            continue
-        except OSError:
-            break
-        if not chunk:
-            break
-        body += chunk
+    # the whole body: closing on unread data would reset the connection
+    body = _receive(conn, stop, body, lambda d: len(d) >= length)
     return head + b"\r\n\r\n" + body
 
 
