@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from casereview.cli.common import DeprecatedAlias, add_common_options, add_runtime_option, path_arg, settings_from_args
 

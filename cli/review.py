@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import uuid
-from pathlib import Path
 from collections.abc import Iterable, Iterator
 from typing import Any, get_args
 

@@ -31,7 +31,6 @@ from casereview.graphs.review import ReviewRun
 from casereview.provenance import sha256_text
 from casereview.records import record_stem, write_atomic
 from casereview.tools.context import build_context, fingerprint, fingerprint_fields
-from casereview.tools.reporter.backends import get_backend
 
 # A batch's arms run under ids made from its folder, which the user never typed.
 BATCH_IN_USE = ("another `casereview batch` ({holder}) is using this batch folder; wait for it to finish, "

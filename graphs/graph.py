@@ -14,20 +14,15 @@ output is the record, or why the input was refused.
 
 from __future__ import annotations
 
-import shutil
-import sqlite3
-from pathlib import Path
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from casereview.agents import nodes
-from casereview.errors import CaseReviewError
-from casereview.schemas import STATE_TYPES, CaseState, ReviewInput, ReviewOutput
+from casereview.graphs.checkpoints import SERDE, make_checkpointer, sqlite_checkpointer  # noqa: F401 (where callers take them)
+from casereview.schemas import CaseState, ReviewInput, ReviewOutput
 from casereview.tools.context import RunContext
 
 NODE_ORDER = ("load_case", "classify", "check_input", "retrieve", "compose_prompt", "report", "verify", "triage",
@@ -51,39 +46,6 @@ def build_graph(checkpointer: BaseCheckpointSaver | None = None) -> CompiledStat
     g.add_conditional_edges("save_record", nodes.route_after_save, ["sign_off", END])
     g.add_edge("sign_off", "save_record")
     return g.compile(checkpointer=checkpointer)
-
-
-# The state's records are restored from checkpoints by module and class name: these and no others.
-SERDE_ALLOWED = [(t.__module__, t.__name__) for t in STATE_TYPES]
-SERDE = JsonPlusSerializer(allowed_msgpack_modules=SERDE_ALLOWED)
-
-
-def sqlite_checkpointer(path: Path) -> BaseCheckpointSaver:
-    """A SQLite checkpointer (runs can be inspected and resumed after the process ends)."""
-    from langgraph.checkpoint.sqlite import SqliteSaver
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:  # opened and set up here, before any case starts: a full or failing disk is one clear error
-        connection = sqlite3.connect(str(path), check_same_thread=False)
-        # Write-ahead log without an fsync per commit: a committed checkpoint survives the process being
-        # killed (what resuming relies on), only an OS crash can lose the last ones; commits cost a
-        # fraction of the rollback journal's, and a review commits one checkpoint per node.
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.execute("PRAGMA synchronous=NORMAL")
-        saver = SqliteSaver(connection, serde=SERDE)
-        saver.setup()
-    except sqlite3.Error as exc:  # SQLite says "disk I/O error" when a nearly full disk cannot take its files
-        free = shutil.disk_usage(path.parent).free
-        raise CaseReviewError(
-            f"cannot open the run's checkpoints at {path} ({exc}; {free // 1024:,} KiB free on that disk): "
-            "free space, or give a --workdir on another disk") from None
-    return saver
-
-
-def make_checkpointer(kind: str, path: Path | None = None) -> BaseCheckpointSaver | None:
-    """``sqlite`` (at ``path``), ``memory`` or ``none``, each restoring the state's records (``SERDE``)."""
-    return {"sqlite": lambda: sqlite_checkpointer(path), "memory": lambda: InMemorySaver(serde=SERDE),
-            "none": lambda: None}[kind]()
 
 
 def thread_config(run_id: str, case_ref: str) -> dict[str, Any]:

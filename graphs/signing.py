@@ -108,17 +108,15 @@ def checkpoints_file(settings: Settings) -> Path:
 
 def reading_saver(path: Path) -> BaseCheckpointSaver:
     """The run checkpoints at ``path``, to read: LangGraph's SQLite saver restoring the state's records
-    by the allow-list of ``graphs.graph.SERDE`` (built here from the same types: importing the graph
-    module, with every capability module it imports, would be most of ``sign-off list``'s time)."""
+    with the graph's own serializer (:data:`casereview.graphs.checkpoints.SERDE`; importing the graph
+    module, with the nodes and what they import, would be most of ``sign-off list``'s time)."""
     import sqlite3
 
-    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
     from langgraph.checkpoint.sqlite import SqliteSaver
 
-    from casereview.schemas import STATE_TYPES
+    from casereview.graphs.checkpoints import SERDE
 
-    serde = JsonPlusSerializer(allowed_msgpack_modules=[(t.__module__, t.__name__) for t in STATE_TYPES])
-    saver = SqliteSaver(sqlite3.connect(str(path), check_same_thread=False), serde=serde)
+    saver = SqliteSaver(sqlite3.connect(str(path), check_same_thread=False), serde=SERDE)
     try:
         saver.setup()  # (its tables, should the file hold none yet)
     except sqlite3.DatabaseError as exc:
